@@ -1,0 +1,190 @@
+#include "rules.hpp"
+
+#include <cmath>
+
+namespace fusedopt {
+
+std::string type_name(py::handle value) {
+  return py::str(py::type::of(value).attr("__name__")).cast<std::string>();
+}
+
+// Python's spelling of a float (0.001, not 0.001000), for error messages.
+static std::string repr(double x) { return py::repr(py::float_(x)).cast<std::string>(); }
+
+// ------------------------------------------------------------- GroupReader
+
+GroupReader::GroupReader(py::handle group, std::int64_t group_index)
+    : group_(group), index_(group_index) {
+  if (!PyDict_Check(group.ptr()))
+    throw py::type_error("param_groups[" + std::to_string(index_) + "] must be a dict, got " +
+                         type_name(group));
+}
+
+std::string GroupReader::where(const char* name) const {
+  return std::string(name) + " (param group " + std::to_string(index_) + ")";
+}
+
+void GroupReader::fail(const std::string& message) const {
+  throw py::value_error(message + " (param group " + std::to_string(index_) + ")");
+}
+
+py::handle GroupReader::get(const char* name) const {
+  PyObject* value = PyDict_GetItemString(group_.ptr(), name);  // borrowed
+  if (value == nullptr)
+    throw py::value_error("param group " + std::to_string(index_) + " has no '" + name + "'");
+  return value;
+}
+
+double GroupReader::to_number(py::handle value, const std::string& label) const {
+  // bool is an int in Python, but a flag passed as a number is a mistake.
+  const double x = PyBool_Check(value.ptr()) ? -1.0 : PyFloat_AsDouble(value.ptr());
+  if (PyBool_Check(value.ptr()) || (x == -1.0 && PyErr_Occurred())) {
+    PyErr_Clear();
+    throw py::type_error(label + " must be a real number, got " + type_name(value));
+  }
+  if (!std::isfinite(x)) throw py::value_error(label + " must be finite, got " + repr(x));
+  return x;
+}
+
+double GroupReader::number(const char* name) const { return to_number(get(name), where(name)); }
+
+double GroupReader::at_least(const char* name, double low) const {
+  const double x = number(name);
+  if (x < low)
+    throw py::value_error(where(name) + " must be >= " + repr(low) +
+                          ", got " + repr(x));
+  return x;
+}
+
+static std::string interval(double low, double high, bool high_is_open) {
+  return "[" + repr(low) + ", " +
+         repr(high) + (high_is_open ? ")" : "]");
+}
+
+double GroupReader::in_range(const char* name, double low, double high, bool high_is_open) const {
+  const double x = number(name);
+  if (x < low || x > high || (high_is_open && x == high))
+    throw py::value_error(where(name) + " must be in " + interval(low, high, high_is_open) +
+                          ", got " + repr(x));
+  return x;
+}
+
+std::pair<double, double> GroupReader::pair_in_range(const char* name, double low,
+                                                     double high) const {
+  py::handle value = get(name);
+  if (!PySequence_Check(value.ptr()) || PySequence_Size(value.ptr()) != 2) {
+    PyErr_Clear();
+    throw py::type_error(where(name) + " must be a pair of numbers");
+  }
+  double elements[2];
+  for (int k = 0; k < 2; ++k) {
+    const std::string label = std::string(name) + "[" + std::to_string(k) + "] (param group " +
+                              std::to_string(index_) + ")";
+    elements[k] = to_number(py::reinterpret_steal<py::object>(PySequence_GetItem(value.ptr(), k)), label);
+    if (elements[k] < low || elements[k] >= high)
+      throw py::value_error(label + " must be in " + interval(low, high, true) + ", got " +
+                            repr(elements[k]));
+  }
+  return {elements[0], elements[1]};
+}
+
+bool GroupReader::flag(const char* name) const {
+  py::handle value = get(name);
+  // numpy.bool_ is accepted too; 0/1 and other objects are not.
+  if (PyBool_Check(value.ptr())) return value.ptr() == Py_True;
+  if (py::isinstance(value, py::module_::import("numpy").attr("bool_")))
+    return py::cast<bool>(py::bool_(py::reinterpret_borrow<py::object>(value)));
+  throw py::type_error(where(name) + " must be a bool, got " +
+                       type_name(value));
+}
+
+std::string GroupReader::choice(const char* name, std::initializer_list<const char*> options) const {
+  py::handle value = get(name);
+  std::string allowed;
+  for (const char* option : options) {
+    if (PyUnicode_Check(value.ptr()) && py::cast<std::string>(value) == option) return option;
+    allowed += std::string(allowed.empty() ? "" : ", ") + "'" + option + "'";
+  }
+  throw py::value_error(where(name) + " must be one of " + allowed + ", got " +
+                        py::repr(value).cast<std::string>());
+}
+
+// ------------------------------------------------------------------- rules
+
+MomentumRule::Hyper MomentumRule::read(const GroupReader& group) {
+  return {group.at_least("lr", 0.0), group.in_range("momentum", 0.0, 1.0, /*high_is_open=*/true)};
+}
+
+SgdRule::Hyper SgdRule::read(const GroupReader& group) {
+  Hyper h{group.at_least("lr", 0.0),        group.at_least("momentum", 0.0),
+          group.number("dampening"),        group.at_least("weight_decay", 0.0),
+          group.flag("nesterov"),           group.flag("maximize")};
+  if (h.nesterov && (h.momentum <= 0.0 || h.dampening != 0.0))
+    group.fail("nesterov needs momentum > 0 and dampening == 0");
+  return h;
+}
+
+StateKeys SgdRule::state_keys(const Hyper& h) {
+  if (h.momentum != 0.0) return {{"momentum_buffer"}, 1};
+  return {{}, 0};
+}
+
+SgdRule::Scalars SgdRule::scalars(const Hyper& h, StepCount step) {
+  // torch.optim.SGD starts the buffer as a copy of the first gradient it sees.
+  const bool first = step.t == 1 || step.buffer_is_new;
+  return {h.lr,          h.momentum,      h.dampening, h.weight_decay, h.maximize ? -1.0 : 1.0,
+          h.momentum != 0.0, first, h.nesterov};
+}
+
+AdadeltaRule::Hyper AdadeltaRule::read(const GroupReader& group) {
+  return {group.at_least("lr", 0.0),
+          group.in_range("rho", 0.0, 1.0, /*high_is_open=*/false),
+          group.at_least("eps", 0.0),
+          group.at_least("weight_decay", 0.0),
+          group.flag("maximize"),
+          group.choice("scale", {"updates", "weights"}) == "weights"};
+}
+
+StateKeys AdadeltaRule::state_keys(const Hyper& h) {
+  if (h.scale_by_weights) return {{"square_avg", "square_weight_avg"}, 2};
+  return {{"square_avg", "acc_delta"}, 2};
+}
+
+AdadeltaRule::Scalars AdadeltaRule::scalars(const Hyper& h, StepCount) {
+  return {h.lr, h.rho, h.eps, h.weight_decay, h.maximize ? -1.0 : 1.0, h.scale_by_weights};
+}
+
+AdamRule::Hyper AdamRule::read(const GroupReader& group) {
+  const auto [beta1, beta2] = group.pair_in_range("betas", 0.0, 1.0);
+  return {group.at_least("lr", 0.0),
+          beta1,
+          beta2,
+          group.at_least("eps", 0.0),
+          group.at_least("weight_decay", 0.0),
+          group.flag("amsgrad"),
+          group.flag("maximize"),
+          group.flag("decoupled_weight_decay")};
+}
+
+StateKeys AdamRule::state_keys(const Hyper& h) {
+  if (h.amsgrad) return {{"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}, 3};
+  return {{"exp_avg", "exp_avg_sq"}, 2};
+}
+
+AdamRule::Scalars AdamRule::scalars(const Hyper& h, StepCount step) {
+  const double t = static_cast<double>(step.t);
+  const double bias_correction1 = 1.0 - std::pow(h.beta1, t);  // removes m's start-up lag
+  const double bias_correction2 = 1.0 - std::pow(h.beta2, t);
+  const bool decoupled = h.decoupled_weight_decay;
+  return {h.beta1,
+          h.beta2,
+          h.eps,
+          decoupled ? 0.0 : h.weight_decay,
+          decoupled ? 1.0 - h.lr * h.weight_decay : 1.0,
+          h.lr / bias_correction1,
+          std::sqrt(bias_correction2),
+          h.maximize ? -1.0 : 1.0,
+          h.amsgrad};
+}
+
+}  // namespace fusedopt

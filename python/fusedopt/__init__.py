@@ -1,0 +1,23 @@
+"""fusedopt: fused, SIMD-vectorised, OpenMP-parallel optimizer steps over NumPy arrays.
+
+    >>> opt = fusedopt.Adam([w1, w2], lr=1e-3)
+    >>> opt.step([g1, g2])          # w1, w2 and the state updated in place
+
+See ``fusedopt.functional`` for stateless kernels and ``fusedopt.reference``
+for the NumPy oracle.
+"""
+
+from . import _core
+from ._config import cpu_features, get_num_threads, set_num_threads, show_config, threads
+from .optimizer import Optimizer
+from .optimizers import SGD, Adadelta, Adam, AdamW, Momentum
+from . import functional, reference  # noqa: E402  (they import the classes above)
+
+__version__ = _core.build_info()["version"]
+
+__all__ = [
+    "Optimizer", "Momentum", "SGD", "Adadelta", "Adam", "AdamW",
+    "functional", "reference",
+    "cpu_features", "show_config", "get_num_threads", "set_num_threads", "threads",
+    "__version__",
+]

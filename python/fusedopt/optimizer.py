@@ -1,0 +1,199 @@
+"""The optimizer base class: param groups and state kept as torch.optim keeps
+them, and a step that is one call into the compiled core."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["Optimizer"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The compiled core's entry points for one update rule."""
+
+    name: str
+    step: Callable[[list, Sequence, list], None]
+    check_group: Callable[[dict, int], None]
+    state_keys: Callable[[dict], list[str]]
+
+    @classmethod
+    def named(cls, name: str) -> "Rule":
+        return cls(
+            name,
+            getattr(_core, f"{name}_step"),
+            getattr(_core, f"{name}_check_group"),
+            getattr(_core, f"{name}_state_keys"),
+        )
+
+
+class Optimizer:
+    """Base of fusedopt's optimizers.
+
+    ``params`` is a list of NumPy arrays, or a list of param-group dicts each
+    with ``"params"`` and any hyperparameters that differ from the defaults.
+    ``param_groups`` may be edited between steps (a schedule changes
+    ``"lr"``); ``state`` is a list aligned with the params of all groups in
+    order, each entry a dict of the rule's state arrays and ``"step"``, the
+    number of updates made to that param so far.
+
+    ``step(grads)`` updates every param in place in one call into C++ and one
+    parallel region; ``grads`` is aligned with the params, and a ``None``
+    entry leaves its param and state alone.
+    """
+
+    rule: Rule  # set by each subclass
+
+    def __init__(self, params: Iterable, defaults: Mapping[str, Any]):
+        self.defaults = dict(defaults)
+        self.param_groups: list[dict[str, Any]] = []
+        self.state: list[dict[str, Any]] = []
+        groups = _as_list(params, "params")
+        if not groups:
+            raise ValueError("params is empty: the optimizer has nothing to update")
+        if not isinstance(groups[0], Mapping):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+
+    # ------------------------------------------------------------------ step
+    def step(self, grads: Sequence[np.ndarray | None]) -> None:
+        """Update every param in place from ``grads`` (aligned with the params)."""
+        self.rule.step(self.param_groups, grads, self.state)
+
+    # ---------------------------------------------------------- param groups
+    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
+        """Add a group of params, with hyperparameters defaulting to ``defaults``."""
+        if not isinstance(param_group, Mapping):
+            raise TypeError(f"a param group must be a dict, got {type(param_group).__name__}")
+        if "params" not in param_group:
+            raise ValueError("a param group must have 'params'")
+        params = param_group["params"]
+        params = [params] if isinstance(params, np.ndarray) else _as_list(params, "a group's 'params'")
+        group = {"params": params, **self.defaults}
+        group.update((k, v) for k, v in param_group.items() if k != "params")
+        group = self._normalized(group)
+
+        known = [p for g in self.param_groups for p in g["params"]]
+        _core.check_params(known + params, 0)  # also rejects a param given twice
+        self.rule.check_group(group, len(self.param_groups))
+        keys = self.rule.state_keys(group)
+        self.param_groups.append(group)
+        self.state.extend(
+            {"step": 0, **{key: np.zeros_like(p) for key in keys}} for p in params
+        )
+
+    def _normalized(self, group: dict[str, Any]) -> dict[str, Any]:
+        """Hook for subclasses to bring hyperparameters into one form (e.g. betas as a tuple)."""
+        return group
+
+    # ------------------------------------------------------------ state_dict
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot in torch.optim's layout: ``{"state": {index: {...}},
+        "param_groups": [{..., "params": [indices]}]}``, holding only NumPy
+        arrays (copies) and plain Python values."""
+        groups, index = [], 0
+        for group in self.param_groups:
+            count = len(group["params"])
+            saved = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
+            saved["params"] = list(range(index, index + count))
+            groups.append(saved)
+            index += count
+        state = {
+            i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in entry.items()}
+            for i, entry in enumerate(self.state)
+        }
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore hyperparameters and state from ``state_dict()`` output.
+
+        Everything is checked before anything changes: the same number of
+        groups and params, every state array present with its param's shape
+        and dtype (never cast), every hyperparameter valid. The arrays are
+        copied, never aliased.
+        """
+        if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= state_dict.keys():
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
+        saved_groups = _as_list(state_dict["param_groups"], "state_dict['param_groups']")
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"state_dict has {len(saved_groups)} param groups, the optimizer has "
+                f"{len(self.param_groups)}"
+            )
+        saved_state = state_dict["state"]
+        if not isinstance(saved_state, Mapping):
+            raise TypeError("state_dict['state'] must be a dict")
+
+        new_groups, new_state = [], []
+        for g, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            ids = _as_list(saved.get("params"), f"state_dict['param_groups'][{g}]['params']")
+            if len(ids) != len(group["params"]):
+                raise ValueError(
+                    f"state_dict['param_groups'][{g}] has {len(ids)} params, the optimizer's "
+                    f"group {g} has {len(group['params'])}"
+                )
+            merged = self._normalized(
+                {"params": group["params"], **{k: v for k, v in saved.items() if k != "params"}}
+            )
+            self.rule.check_group(merged, g)
+            keys = self.rule.state_keys(merged)
+            for param, saved_id in zip(group["params"], ids):
+                index = len(new_state)
+                if saved_id not in saved_state:
+                    raise ValueError(f"state_dict['state'] has no entry {saved_id} for params[{index}]")
+                new_state.append(_checked_state(saved_state[saved_id], param, keys, index))
+            new_groups.append(merged)
+
+        for group, merged in zip(self.param_groups, new_groups):
+            group.clear()
+            group.update(merged)
+        self.state[:] = new_state
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for g, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {g}")
+            lines.extend(f"    {k}: {v}" for k, v in sorted(group.items()) if k != "params")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+def _as_list(value: Any, name: str) -> list:
+    if isinstance(value, (str, bytes, Mapping, set, frozenset)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a list (ordered), got {type(value).__name__}")
+    return list(value)
+
+
+def _checked_state(saved: Any, param: np.ndarray, keys: list[str], index: int) -> dict[str, Any]:
+    """A private copy of one param's saved state, or an error naming what is wrong."""
+    where = f"state_dict['state'] entry for params[{index}]"
+    if not isinstance(saved, Mapping):
+        raise TypeError(f"{where} must be a dict")
+    step = saved.get("step")
+    if isinstance(step, np.integer):
+        step = int(step)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"{where} needs 'step', a non-negative int; got {step!r}")
+    entry: dict[str, Any] = {"step": step}
+    for key in keys:
+        if key not in saved:
+            raise ValueError(f"{where} has no {key!r} (a state_dict of another rule or settings?)")
+        array = saved[key]
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"{where}[{key!r}] must be a numpy.ndarray, got {type(array).__name__}")
+        if array.dtype != param.dtype:
+            raise TypeError(
+                f"{where}[{key!r}] has dtype {array.dtype}, the param has {param.dtype} "
+                "(fusedopt never converts dtypes)"
+            )
+        if array.shape != param.shape:
+            raise ValueError(f"{where}[{key!r}] has shape {array.shape}, the param has {param.shape}")
+        entry[key] = np.array(array, order="C", copy=True)
+    return entry
