@@ -62,6 +62,8 @@ PYBIND11_MODULE(_core, m) {
         "The thread count fixed by set_thread_override or FUSEDOPT_NUM_THREADS, 0 if none.");
   m.def("set_thread_override", &fusedopt::set_thread_override, "count"_a,
         "Fix the thread count (0 unfixes it); returns the previous override.");
+  m.def("last_team_size", &fusedopt::last_team_size,
+        "How many threads ran the most recent step (1 on the serial path).");
   m.def("serial_cutoff_bytes", &fusedopt::serial_cutoff_bytes);
   m.def("set_serial_cutoff_bytes", &fusedopt::set_serial_cutoff_bytes, "bytes"_a,
         "Steps moving fewer bytes run on one thread; returns the previous cutoff.");

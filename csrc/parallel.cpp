@@ -20,6 +20,7 @@ namespace {
 std::atomic<int> g_thread_override{0};
 std::atomic<std::int64_t> g_serial_cutoff_bytes{1 << 20};  // set from measurement
 std::atomic<bool> g_forked_child{false};
+std::atomic<int> g_last_team_size{0};
 
 // Thread pieces start on multiples of this many elements, so that two
 // threads rarely write to the same cache line.
@@ -67,6 +68,8 @@ std::int64_t set_serial_cutoff_bytes(std::int64_t bytes) {
 
 bool in_forked_child() { return g_forked_child.load(); }
 
+int last_team_size() { return g_last_team_size.load(); }
+
 void init_threads() {
   if (const char* text = std::getenv("FUSEDOPT_NUM_THREADS"); text != nullptr && *text != '\0') {
     char* end = nullptr;
@@ -106,7 +109,10 @@ void run_tasks(const std::vector<Task>& tasks) {
     bytes += task.size * task.bytes_per_element;
   }
   const int threads = bytes < serial_cutoff_bytes() ? 1 : num_threads();
-  if (threads <= 1) return run_serially(tasks);
+  if (threads <= 1) {
+    g_last_team_size = 1;
+    return run_serially(tasks);
+  }
 
 #ifdef _OPENMP
   // start[k] is where task k begins in the concatenation of all tasks.
@@ -116,6 +122,7 @@ void run_tasks(const std::vector<Task>& tasks) {
 #pragma omp parallel num_threads(threads)
   {
     const int count = omp_get_num_threads(), id = omp_get_thread_num();
+    if (id == 0) g_last_team_size = count;
     const std::int64_t lo = piece_start(total, count, id), hi = piece_start(total, count, id + 1);
     // The first task that ends after lo, then every task that starts before hi.
     auto k = static_cast<std::size_t>(std::upper_bound(start.begin(), start.end(), lo) - start.begin() - 1);

@@ -42,5 +42,6 @@ std::int64_t set_serial_cutoff_bytes(std::int64_t bytes);  // returns the previo
 // The OpenMP runtime library and version, for show_config().
 std::string openmp_description();
 bool in_forked_child();
+int last_team_size();  // threads that ran the most recent step (introspection for tests)
 
 }  // namespace fusedopt
