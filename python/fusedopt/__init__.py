@@ -11,13 +11,13 @@ from . import _core
 from ._config import cpu_features, get_num_threads, set_num_threads, show_config, threads
 from .optimizer import Optimizer
 from .optimizers import SGD, Adadelta, Adam, AdamW, Momentum
-from . import functional, reference  # noqa: E402  (they import the classes above)
+from . import functional, lr_scheduler, reference, schedules  # noqa: E402  (they import the classes above)
 
 __version__ = _core.build_info()["version"]
 
 __all__ = [
     "Optimizer", "Momentum", "SGD", "Adadelta", "Adam", "AdamW",
-    "functional", "reference",
+    "functional", "reference", "lr_scheduler", "schedules",
     "cpu_features", "show_config", "get_num_threads", "set_num_threads", "threads",
     "__version__",
 ]
