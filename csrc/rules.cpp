@@ -1,6 +1,7 @@
 #include "rules.hpp"
 
 #include <cmath>
+#include <unordered_map>
 
 namespace fusedopt {
 
@@ -10,6 +11,20 @@ std::string type_name(py::handle value) {
 
 // Python's spelling of a float (0.001, not 0.001000), for error messages.
 static std::string repr(double x) { return py::repr(py::float_(x)).cast<std::string>(); }
+
+PyObject* interned(const char* name) {
+  // Keyed by the literal's address: every caller passes a string literal.
+  static std::unordered_map<const char*, PyObject*> strings;
+  PyObject*& key = strings[name];
+  if (key == nullptr) key = PyUnicode_InternFromString(name);
+  return key;
+}
+
+PyObject* dict_item(py::handle dict, const char* key) {
+  PyObject* value = PyDict_GetItemWithError(dict.ptr(), interned(key));
+  if (value == nullptr && PyErr_Occurred()) throw py::error_already_set();
+  return value;
+}
 
 // ------------------------------------------------------------- GroupReader
 
@@ -29,24 +44,30 @@ void GroupReader::fail(const std::string& message) const {
 }
 
 py::handle GroupReader::get(const char* name) const {
-  PyObject* value = PyDict_GetItemString(group_.ptr(), name);  // borrowed
+  PyObject* value = dict_item(group_, name);
   if (value == nullptr)
     throw py::value_error("param group " + std::to_string(index_) + " has no '" + name + "'");
   return value;
 }
 
-double GroupReader::to_number(py::handle value, const std::string& label) const {
+std::string GroupReader::label(const char* name, int element) const {
+  if (element < 0) return where(name);
+  return std::string(name) + "[" + std::to_string(element) + "] (param group " +
+         std::to_string(index_) + ")";
+}
+
+double GroupReader::to_number(py::handle value, const char* name, int element) const {
   // bool is an int in Python, but a flag passed as a number is a mistake.
   const double x = PyBool_Check(value.ptr()) ? -1.0 : PyFloat_AsDouble(value.ptr());
   if (PyBool_Check(value.ptr()) || (x == -1.0 && PyErr_Occurred())) {
     PyErr_Clear();
-    throw py::type_error(label + " must be a real number, got " + type_name(value));
+    throw py::type_error(label(name, element) + " must be a real number, got " + type_name(value));
   }
-  if (!std::isfinite(x)) throw py::value_error(label + " must be finite, got " + repr(x));
+  if (!std::isfinite(x)) throw py::value_error(label(name, element) + " must be finite, got " + repr(x));
   return x;
 }
 
-double GroupReader::number(const char* name) const { return to_number(get(name), where(name)); }
+double GroupReader::number(const char* name) const { return to_number(get(name), name, -1); }
 
 double GroupReader::at_least(const char* name, double low) const {
   const double x = number(name);
@@ -78,11 +99,9 @@ std::pair<double, double> GroupReader::pair_in_range(const char* name, double lo
   }
   double elements[2];
   for (int k = 0; k < 2; ++k) {
-    const std::string label = std::string(name) + "[" + std::to_string(k) + "] (param group " +
-                              std::to_string(index_) + ")";
-    elements[k] = to_number(py::reinterpret_steal<py::object>(PySequence_GetItem(value.ptr(), k)), label);
+    elements[k] = to_number(py::reinterpret_steal<py::object>(PySequence_GetItem(value.ptr(), k)), name, k);
     if (elements[k] < low || elements[k] >= high)
-      throw py::value_error(label + " must be in " + interval(low, high, true) + ", got " +
+      throw py::value_error(label(name, k) + " must be in " + interval(low, high, true) + ", got " +
                             repr(elements[k]));
   }
   return {elements[0], elements[1]};

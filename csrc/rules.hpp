@@ -17,6 +17,11 @@ namespace py = pybind11;
 // The name of a Python object's type, for error messages.
 std::string type_name(py::handle value);
 
+// dict[key] as a borrowed reference, or nullptr when absent. The hot path
+// reads a dozen keys per step, so the key strings are made once and interned.
+PyObject* interned(const char* key);
+PyObject* dict_item(py::handle dict, const char* key);
+
 // Reads one param group's hyperparameters; every error names the group and
 // the hyperparameter, and is a TypeError (wrong kind of value) or a
 // ValueError (missing, not finite, or out of range).
@@ -37,7 +42,8 @@ class GroupReader {
  private:
   py::handle get(const char* name) const;
   std::string where(const char* name) const;
-  double to_number(py::handle value, const std::string& label) const;
+  std::string label(const char* name, int element) const;  // "betas[1] (param group 0)"
+  double to_number(py::handle value, const char* name, int element) const;
   py::handle group_;
   std::int64_t index_;
 };

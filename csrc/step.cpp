@@ -119,7 +119,7 @@ class OverlapCheck {
 };
 
 std::int64_t read_step(py::handle entry, std::int64_t index) {
-  PyObject* value = PyDict_GetItemString(entry.ptr(), "step");
+  PyObject* value = dict_item(entry, "step");
   const std::string label = "state[" + std::to_string(index) + "]['step']";
   if (value == nullptr) throw py::value_error(label + " is missing");
   if (PyBool_Check(value) || !PyLong_Check(value))
@@ -143,7 +143,7 @@ void step(py::handle param_groups, py::handle grads, py::handle state) {
   py::ssize_t param_count = 0;
   for (py::handle group : param_groups) {
     if (!PyDict_Check(group.ptr())) throw py::type_error("param_groups must hold dicts");
-    PyObject* params = PyDict_GetItemString(group.ptr(), "params");
+    PyObject* params = dict_item(group, "params");
     if (params == nullptr) throw py::value_error("a param group has no 'params'");
     param_count += length(params, "a param group's 'params'");
   }
@@ -170,7 +170,7 @@ void step(py::handle param_groups, py::handle grads, py::handle state) {
                                                          : PyTuple_GET_ITEM(param_groups.ptr(), g);
     const auto hyper = Rule::read(GroupReader(group, g));
     const StateKeys keys = Rule::state_keys(hyper);
-    for (py::handle param_object : py::reinterpret_borrow<py::object>(PyDict_GetItemString(group.ptr(), "params"))) {
+    for (py::handle param_object : py::reinterpret_borrow<py::object>(dict_item(group, "params"))) {
       const std::int64_t i = index++;
       py::object grad_object = py::reinterpret_borrow<py::sequence>(grads)[i];
       if (grad_object.is_none()) continue;  // like torch: a param without a gradient is left alone
@@ -194,7 +194,7 @@ void step(py::handle param_groups, py::handle grads, py::handle state) {
       bool buffer_is_new = false;
       for (int k = 0; k < keys.count; ++k) {
         const ArrayLabel label{"state", i, keys.names[k]};
-        PyObject* existing = PyDict_GetItemString(entry.ptr(), keys.names[k]);
+        PyObject* existing = dict_item(entry, keys.names[k]);
         py::array buffer;
         if (existing == nullptr || existing == Py_None) {
           // Turned on after construction (momentum from 0, amsgrad, scale):
@@ -229,8 +229,8 @@ void step(py::handle param_groups, py::handle grads, py::handle state) {
   }
 
   // Phase 3: record what the step created and counted.
-  for (const Created& c : created) PyDict_SetItemString(c.entry.ptr(), c.key, c.array.ptr());
-  for (const auto& [entry, t] : new_steps) PyDict_SetItemString(entry.ptr(), "step", py::int_(t).ptr());
+  for (const Created& c : created) PyDict_SetItem(c.entry.ptr(), interned(c.key), c.array.ptr());
+  for (const auto& [entry, t] : new_steps) PyDict_SetItem(entry.ptr(), interned("step"), py::int_(t).ptr());
 }
 
 template void step<MomentumRule>(py::handle, py::handle, py::handle);
