@@ -3,21 +3,24 @@
     >>> opt = fusedopt.Adam([w1, w2], lr=1e-3)
     >>> opt.step([g1, g2])          # w1, w2 and the state updated in place
 
+    >>> opt.save("run.npz")         # a checkpoint: see ``fusedopt.checkpoint``
+
 See ``fusedopt.functional`` for stateless kernels and ``fusedopt.reference``
 for the NumPy oracle.
 """
 
 from . import _core
 from ._config import cpu_features, get_num_threads, set_num_threads, show_config, threads
+from .checkpoint import load, save
 from .optimizer import Optimizer
 from .optimizers import SGD, Adadelta, Adam, AdamW, Momentum
-from . import functional, lr_scheduler, reference, schedules  # noqa: E402  (they import the classes above)
+from . import checkpoint, functional, lr_scheduler, reference, schedules  # noqa: E402  (they import the classes above)
 
 __version__ = _core.build_info()["version"]
 
 __all__ = [
     "Optimizer", "Momentum", "SGD", "Adadelta", "Adam", "AdamW",
-    "functional", "reference", "lr_scheduler", "schedules",
+    "functional", "reference", "checkpoint", "save", "load", "lr_scheduler", "schedules",
     "cpu_features", "show_config", "get_num_threads", "set_num_threads", "threads",
     "__version__",
 ]

@@ -4,12 +4,14 @@ them, and a step that is one call into the compiled core."""
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from . import _core
+from . import checkpoint as _checkpoint
 
 __all__ = ["Optimizer"]
 
@@ -155,6 +157,18 @@ class Optimizer:
             group.clear()
             group.update(merged)
         self.state[:] = new_state
+
+    # ----------------------------------------------------------- checkpoints
+    def save(self, path: str | os.PathLike, *, schedulers: Sequence[Any] = (), extra: Any = None) -> None:
+        """Write this optimizer's state (and its schedulers', and ``extra``) to the
+        ``.npz`` file ``path``, atomically: see :func:`fusedopt.checkpoint.save`."""
+        _checkpoint.save(path, self, schedulers=schedulers, extra=extra)
+
+    def load(self, path: str | os.PathLike, *, schedulers: Sequence[Any] = ()) -> Any:
+        """Restore this optimizer (and its schedulers) from the checkpoint at
+        ``path``, all or nothing, and return the saved ``extra``: see
+        :func:`fusedopt.checkpoint.load`."""
+        return _checkpoint.load(path, self, schedulers=schedulers)
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
