@@ -63,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     top = parser()
     args = top.parse_args(argv)
     if args.command == "bench":
+        import shlex
+
         from .bench import cli
-        return cli.main(args)
+        words = sys.argv[1:] if argv is None else argv
+        return cli.main(args, command="python -m fusedopt " + " ".join(shlex.quote(w) for w in words))
     if args.command == "demo":
         demo()
         return 0

@@ -96,6 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the arrays' values (default 0)")
     parser.add_argument("--json", metavar="PATH", help="write every measurement as JSON")
     parser.add_argument("--plot", metavar="PATH", help="draw GB/s against size as a PNG (needs matplotlib)")
+    parser.add_argument("--markdown", metavar="PATH", help="write the summary as a Markdown table (for a README)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -145,13 +146,16 @@ class ProgressBar:
     def __init__(self, enabled: bool):
         self.enabled = enabled and sys.stderr.isatty()
         self.drawn = False
+        self.start = time.perf_counter()
 
     def __call__(self, progress: runner.Progress) -> None:
         if not self.enabled:
             return
         width = shutil.get_terminal_size((100, 20)).columns - 1
         filled = int(24 * progress.done / max(progress.total, 1))
-        line = f"[{'#' * filled}{'.' * (24 - filled)}] {progress.done}/{progress.total} {progress.label}"
+        elapsed = time.perf_counter() - self.start
+        line = (f"[{'#' * filled}{'.' * (24 - filled)}] {progress.done}/{progress.total} "
+                f"{elapsed:4.0f} s  {progress.label}")
         sys.stderr.write("\r" + line[:width].ljust(width))
         sys.stderr.flush()
         self.drawn = True
@@ -171,7 +175,7 @@ def main(args: argparse.Namespace, command: str | None = None) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise SystemExit("bench: --plot needs matplotlib (pip install 'fusedopt[bench]')") from None
-    command = command or "python -m fusedopt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command or "python -m fusedopt bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     machine = report.machine_info()
     features = machine["fusedopt"]
     print(f"fusedopt {features['version']} on {features['cpu']}: targets {', '.join(settings.targets)}, "
@@ -208,4 +212,10 @@ def main(args: argparse.Namespace, command: str | None = None) -> int:
     if args.plot:
         report.plot(args.plot, rows)
         print(f"wrote {args.plot}")
+    if args.markdown:
+        with open(args.markdown, "w") as out:
+            out.write(f"`{command}` on {features['cpu']} ({machine.get('cpus_usable', machine['cpu_count'])} CPUs), "
+                      f"fusedopt {features['version']}, numpy {machine['numpy']}, torch {machine['torch']}\n\n")
+            out.write(report.format_summary(rows, settings, markdown=True) + "\n")
+        print(f"wrote {args.markdown}")
     return 0

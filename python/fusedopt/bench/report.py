@@ -89,14 +89,18 @@ def _format_ratio(ratio: float | None) -> str:
     return f"{ratio:.0f}×" if ratio >= 99.5 else f"{ratio:.3g}×"
 
 
-def _table(header: list[str], lines: list[list[str]], right: set[int]) -> list[str]:
+def _table(header: list[str], lines: list[list[str]], right: set[int], markdown: bool = False) -> list[str]:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
 
     def render(cells):
-        return "  ".join(cell.rjust(w) if i in right else cell.ljust(w)
-                         for i, (cell, w) in enumerate(zip(cells, widths))).rstrip()
+        padded = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(cells, widths))]
+        return "| " + " | ".join(padded) + " |" if markdown else "  ".join(padded).rstrip()
 
-    return [render(header), render(["-" * w for w in widths])] + [render(line) for line in lines]
+    if markdown:
+        rule = ["-" * (w - 1) + ":" if i in right else "-" * w for i, w in enumerate(widths)]
+    else:
+        rule = ["-" * w for w in widths]
+    return [render(header), render(rule)] + [render(line) for line in lines]
 
 
 def section_title(row: dict[str, Any], rule) -> str:
@@ -130,9 +134,10 @@ def format_section(rows: list[dict[str, Any]], rule) -> str:
     return "\n".join(out)
 
 
-def format_summary(rows: list[dict[str, Any]], settings: Settings) -> str:
+def format_summary(rows: list[dict[str, Any]], settings: Settings, markdown: bool = False) -> str:
     """One line per (rule, dtype, workload): fusedopt's headline and its
-    speedup over each peer (peer time / fusedopt time)."""
+    speedup over each peer (peer time / fusedopt time); a Markdown table
+    with ``markdown``."""
     target, threads = settings.headline
     families = [f for f in PEER_FAMILIES if f in settings.families]
     header = ["rule", "dtype", "workload", f"fusedopt {target} {threads}t", "GB/s", "% roof",
@@ -154,10 +159,14 @@ def format_summary(rows: list[dict[str, Any]], settings: Settings) -> str:
         ])
     title = (f"fusedopt ({target}, {threads} thread{'s' if threads > 1 else ''}) against each peer: "
              "peer time / fusedopt time, above 1 means fusedopt is faster")
-    return "\n".join([title, ""] + _table(header, lines, right=set(range(3, len(header)))))
+    return "\n".join([title, ""] + _table(header, lines, right=set(range(3, len(header))), markdown=markdown))
 
 
 # -------------------------------------------------------------------- JSON
+
+# Variables that change what is measured, recorded when set.
+ENVIRONMENT = ["FUSEDOPT_ISA", "FUSEDOPT_NUM_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+               "OMP_PROC_BIND", "OMP_PLACES", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"]
 
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
@@ -171,6 +180,7 @@ def machine_info() -> dict[str, Any]:
         info["cpus_usable"] = len(os.sched_getaffinity(0))
     if hasattr(os, "getloadavg"):
         info["load_average"] = list(os.getloadavg())
+    info["environment"] = {name: os.environ[name] for name in ENVIRONMENT if name in os.environ}
     for name in ("torch", "Cython"):
         try:
             info[name.lower()] = __import__(name).__version__

@@ -42,11 +42,12 @@ class Timing:
 
 
 def measure(step: Callable[[], object], *, seconds: float = 0.2, min_samples: int = 5,
-            max_samples: int = 100_000, warmup_steps: int = 2) -> Timing:
+            max_samples: int = 100_000, warmup_steps: int = 1) -> Timing:
     """Time ``step()``.
 
-    The warm-up steps touch every page and let lazy implementations (torch)
-    create their state. Then samples are taken until ``seconds`` have passed
+    The first warm-up step touches every page of the state and lets lazy
+    implementations (torch) create theirs; every later step is a steady
+    one. Then samples are taken until ``seconds`` have passed
     and there are at least ``min_samples``. The garbage collector is off
     while timing, as in ``timeit``.
     """
