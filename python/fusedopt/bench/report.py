@@ -228,19 +228,22 @@ def plot(path: str, rows: list[dict[str, Any]]) -> None:
             panels[(row["rule"], row["dtype"])].append(row)
     if not panels:
         raise ValueError("nothing to plot: no single-tensor workload with elements was measured")
-    rules = list(dict.fromkeys(rule for rule, _ in panels))
+    # Panels row by row: a row per rule with a column per dtype, or with one
+    # dtype, three rules to a row.
     dtypes = list(dict.fromkeys(dtype for _, dtype in panels))
+    columns = len(dtypes) if len(dtypes) > 1 else min(3, len(panels))
+    grid_rows = -(-len(panels) // columns)
     legend_width = 2.2  # inches on the right
-    width = 5.6 * len(dtypes) + legend_width
-    figure, axes = plt.subplots(len(rules), len(dtypes), figsize=(width, 3.4 * len(rules) + 0.4),
-                                squeeze=False, sharex=True)
+    width = 5.0 * columns + legend_width
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(width, 3.3 * grid_rows + 0.3), squeeze=False)
     labels = list(dict.fromkeys(row["implementation"] for group in panels.values() for row in group))
     roof_rows = [row for group in panels.values() for row in group if row["family"] == "roof"]
     widest_roof = max(roof_rows, key=lambda row: row["threads"])["implementation"] if roof_rows else None
     colours = {label: f"C{i % 10}" for i, label in enumerate(l for l in labels if not l.startswith("roof"))}
-    for (i, rule), (j, dtype) in ((a, b) for a in enumerate(rules) for b in enumerate(dtypes)):
-        axis = axes[i][j]
-        group = panels.get((rule, dtype), [])
+    for axis in axes.flat[len(panels):]:
+        axis.set_visible(False)
+    for index, ((rule, dtype), group) in enumerate(panels.items()):
+        axis = axes.flat[index]
         for label in labels:
             points = sorted((r["elements"], r["gb_per_s"]) for r in group if r["implementation"] == label)
             if not points:
@@ -252,13 +255,11 @@ def plot(path: str, rows: list[dict[str, Any]]) -> None:
                 axis.plot(x, y, "o-", color=colours[label], markersize=3, linewidth=1.2, label=label)
         axis.set_xscale("log")
         axis.set_yscale("log")
-        bytes_per_element = group[0]["bytes_per_element"] if group else "?"
-        axis.set_title(f"{rule} {dtype} ({bytes_per_element} B/element)", fontsize=10)
+        axis.set_title(f"{rule} {dtype} ({group[0]['bytes_per_element']} B/element)", fontsize=10)
         axis.grid(True, which="both", alpha=0.3)
-        if j == 0:
+        if index % columns == 0:
             axis.set_ylabel("GB/s of minimal traffic")
-        if i == len(rules) - 1:
-            axis.set_xlabel("elements")
+        axis.set_xlabel("elements")
     handles, names = axes[0][0].get_legend_handles_labels()
     for axis in axes.flat:  # panels may differ in which implementations ran
         for handle, name in zip(*axis.get_legend_handles_labels()):
