@@ -1,7 +1,15 @@
-"""``python -m fusedopt``: a short demonstration on a small problem."""
+"""``python -m fusedopt``: the command line.
+
+    python -m fusedopt bench [--quick] [...]   how fast is fusedopt here, against NumPy, PyTorch,
+                                              a plain compiled loop and the memory roof
+    python -m fusedopt demo                    fit a small problem with each optimizer
+    python -m fusedopt                         the configuration and this help
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
 import time
 
 import numpy as np
@@ -39,5 +47,35 @@ def demo() -> None:
         print(f"  {type(opt).__name__:9s} loss {loss_and_grad(w)[0]:.3e}   ({elapsed * 1e3:.1f} ms)")
 
 
+def parser() -> argparse.ArgumentParser:
+    from .bench import cli  # the bench's imports stay out of `import fusedopt`
+
+    top = argparse.ArgumentParser(prog="python -m fusedopt", description="fusedopt's command line.")
+    commands = top.add_subparsers(dest="command", metavar="COMMAND")
+    bench = commands.add_parser(
+        "bench", help="benchmark fusedopt against NumPy, PyTorch, a plain compiled loop and the memory roof")
+    cli.add_arguments(bench)
+    commands.add_parser("demo", help="fit a small least-squares problem with each optimizer")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    top = parser()
+    args = top.parse_args(argv)
+    if args.command == "bench":
+        import shlex
+
+        from .bench import cli
+        words = sys.argv[1:] if argv is None else argv
+        return cli.main(args, command="python -m fusedopt " + " ".join(shlex.quote(w) for w in words))
+    if args.command == "demo":
+        demo()
+        return 0
+    fusedopt.show_config()
+    print()
+    top.print_help()
+    return 0
+
+
 if __name__ == "__main__":
-    demo()
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The rules the benchmark measures: one line each.
+
+A rule is a fusedopt optimizer class with constructor arguments, and the
+``torch.optim`` class and arguments that make the same update (None where
+torch has no such optimizer). The memory streams, and so the roof and the
+minimal traffic, follow from the state the rule keeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import numpy as np
+
+import fusedopt
+
+__all__ = ["BenchRule", "RULES", "rule_named"]
+
+
+@dataclass(frozen=True)
+class BenchRule:
+    key: str                                   # the name on the command line
+    optimizer: str                             # a class of fusedopt (and of fusedopt.reference)
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    torch: tuple[str, Mapping[str, Any]] | None = None   # torch.optim class name, kwargs
+
+    @cached_property
+    def state_keys(self) -> list[str]:
+        """The state arrays the rule reads and writes for each param."""
+        probe = getattr(fusedopt, self.optimizer)([np.zeros(1)], **self.kwargs)
+        return probe.rule.state_keys(probe.param_groups[0])
+
+    @property
+    def streams(self) -> int:
+        """Arrays per param: the param, its grad and the state arrays."""
+        return 2 + len(self.state_keys)
+
+    def bytes_per_element(self, dtype: np.dtype) -> int:
+        """Minimal traffic: every array read once, every array but the grad written once."""
+        return np.dtype(dtype).itemsize * (2 * self.streams - 1)
+
+    def describe(self) -> str:
+        arguments = ", ".join(f"{k}={v}" for k, v in self.kwargs.items())
+        return f"{self.optimizer}({arguments})"
+
+    def streams_text(self) -> str:
+        written = ["w", *self.state_keys]
+        return f"reads {', '.join(['w', 'g', *self.state_keys])}; writes {', '.join(written)}"
+
+
+def _frozen(**kwargs: Any) -> Mapping[str, Any]:
+    return MappingProxyType(kwargs)
+
+
+# Momentum (the course's heavy ball) is torch's SGD with momentum and
+# dampening 0 up to the scale of the buffer: the same streams and work.
+RULES: list[BenchRule] = [
+    BenchRule("momentum", "Momentum", _frozen(lr=1e-3, momentum=0.9), ("SGD", _frozen(lr=1e-3, momentum=0.9))),
+    BenchRule("sgd", "SGD", _frozen(lr=1e-3), ("SGD", _frozen(lr=1e-3))),
+    BenchRule("sgd_momentum", "SGD", _frozen(lr=1e-3, momentum=0.9), ("SGD", _frozen(lr=1e-3, momentum=0.9))),
+    BenchRule("adadelta", "Adadelta", _frozen(), ("Adadelta", _frozen())),
+    BenchRule("adam", "Adam", _frozen(), ("Adam", _frozen())),
+    BenchRule("adamw", "AdamW", _frozen(), ("AdamW", _frozen())),
+]
+
+
+def rule_named(key: str) -> BenchRule:
+    for rule in RULES:
+        if rule.key == key:
+            return rule
+    raise ValueError(f"unknown rule {key!r}; the rules are {', '.join(r.key for r in RULES)}")

@@ -1,0 +1,160 @@
+"""The benchmark: the command runs and reports every implementation with
+sane numbers (no timing is asserted), its baselines compute the same rule as
+the reference, and its tables of rules and workloads say what they claim."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fusedopt
+from cases import CASE_IDS, CASES, assert_same_state
+from fusedopt.bench import baselines, cython_loop, rules, workloads
+
+FEATURES = fusedopt.cpu_features()
+THREADS = sorted({1, fusedopt.get_num_threads()})
+
+try:
+    import torch  # noqa: F401
+    HAVE_TORCH = True
+except ImportError:
+    HAVE_TORCH = False
+
+
+@pytest.fixture(scope="session")
+def loop_cache(tmp_path_factory):
+    """One build of the Cython loop per test session, outside the user's cache."""
+    directory = tmp_path_factory.mktemp("fusedopt-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FUSEDOPT_CACHE_DIR", str(directory))
+        patch.setattr(cython_loop, "_loaded", None)
+        yield directory
+
+
+def run_bench(tmp_path, *options):
+    env = dict(os.environ)
+    result = subprocess.run([sys.executable, "-m", "fusedopt", "bench", "--no-progress", *options],
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_bench_command_reports_every_implementation(tmp_path, loop_cache):
+    out = run_bench(tmp_path, "--rules", "adam", "--sizes", "0,1e3", "--models", "none", "--dtypes", "float32",
+                    "--seconds", "0.01", "--min-samples", "3",
+                    "--json", str(tmp_path / "bench.json"), "--plot", str(tmp_path / "bench.png"))
+    document = json.loads((tmp_path / "bench.json").read_text())
+
+    target = FEATURES["isa"]
+    expected = ([f"roof {n}t" for n in THREADS] + [f"fusedopt {target} {n}t" for n in THREADS]
+                + ["numpy", "numpy tuned", "cython loop"]
+                + [f"torch {kind} {max(THREADS)}t" for kind in ("for", "foreach", "fused")])
+    assert document["machine"]["fusedopt"]["isa"] == target
+    assert document["settings"]["headline"] == {"target": target, "threads": max(THREADS)}
+    rows = document["results"]
+    for workload, elements in (("0", 0), ("1e3", 1000)):
+        found = {row["implementation"]: row for row in rows if row["workload"] == workload}
+        assert list(found) == expected
+        headline = found[f"fusedopt {target} {max(THREADS)}t"]
+        assert headline["headline"] and headline["fusedopt_speedup"] == 1.0
+        for label, row in found.items():
+            assert (row["rule"], row["dtype"], row["elements"], row["tensors"]) == ("adam", "float32", elements, 1)
+            assert row["bytes_per_element"] == 28 and row["bytes_per_step"] == 28 * elements
+            if label.startswith("torch") and not HAVE_TORCH:
+                assert row["skipped"] == "torch is not installed" and row["seconds"] is None
+                continue
+            assert row["skipped"] is None, row["skipped"]
+            seconds = row["seconds"]
+            assert 0 < seconds["min"] <= seconds["q1"] <= seconds["median"] <= seconds["q3"] <= seconds["max"]
+            assert seconds["samples"] >= 3 and seconds["steps_per_sample"] >= 1
+            if elements:
+                assert row["gb_per_s"] == pytest.approx(row["bytes_per_step"] / seconds["median"] / 1e9)
+            else:
+                assert row["gb_per_s"] is None
+            if label.startswith("roof"):
+                assert row["percent_of_roof"] is None and row["fusedopt_speedup"] is None
+            else:
+                assert row["fusedopt_speedup"] == pytest.approx(seconds["median"] / headline["seconds"]["median"])
+                if elements:
+                    roof = found[f"roof {row['roof_threads']}t"]["seconds"]["median"]
+                    assert row["roof_threads"] == (1 if row["threads"] == 1 else max(THREADS))
+                    assert row["percent_of_roof"] == pytest.approx(100 * roof / seconds["median"])
+
+    assert "adam: Adam(), float32, 28 bytes/element" in out  # the section table
+    assert "against each peer" in out                       # the summary
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_benchmark_suite_records_target_and_threads(tmp_path, loop_cache):
+    """benchmarks/ runs under pytest-benchmark and says what it ran on."""
+    suite = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    report = tmp_path / "suite.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", suite, "-q", "-p", "no:cacheprovider",
+         "--fusedopt-bench=--rules sgd --sizes 1e3 --models none --dtypes float32 --impls roof,numpy",
+         "--benchmark-max-time=0.001", "--benchmark-min-rounds=1", f"--benchmark-json={report}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = json.loads(report.read_text())
+    recorded = document["machine_info"]["fusedopt"]
+    assert recorded["target"] == FEATURES["isa"] and recorded["thread_counts_benchmarked"] == THREADS
+    names = sorted(b["extra_info"]["implementation"] for b in document["benchmarks"])
+    assert names == sorted([f"roof {n}t" for n in THREADS] + [f"fusedopt {FEATURES['isa']} {n}t" for n in THREADS]
+                           + ["numpy"])
+    assert {b["group"] for b in document["benchmarks"]} == {"sgd float32 1e3"}
+
+
+@pytest.mark.parametrize("name, kwargs", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("baseline", ["cython loop", "numpy tuned"])
+def test_baselines_compute_the_reference_rule(loop_cache, dtype, rng, baseline, name, kwargs):
+    """The plain loop and tuned NumPy are the same rule: params and every
+    state array equal the reference's after each step, element by element."""
+    make = cython_loop.cython_class if baseline == "cython loop" else baselines.tuned_numpy_class
+    shapes = [(0,), (1,), (7,), (17,), (1000,), (3, 5, 7)]
+    params = [rng.standard_normal(shape).astype(dtype) for shape in shapes]
+    ours = make(name)([p.copy() for p in params], **kwargs)
+    ref = getattr(fusedopt.reference, name)([p.copy() for p in params], **kwargs)
+    for step in range(1, 6):
+        grads = [rng.standard_normal(shape).astype(dtype) for shape in shapes]
+        ours.step(grads)
+        ref.step(grads)
+        assert_same_state(ours, ref, dtype, step)
+
+
+def test_every_rule_is_benchmarked_with_every_baseline():
+    """Each optimizer of the package has a bench rule, a tuned NumPy update and a Cython loop."""
+    optimizers = [name for name in fusedopt.__all__
+                  if isinstance(getattr(fusedopt, name), type) and issubclass(getattr(fusedopt, name), fusedopt.Optimizer)
+                  and name != "Optimizer"]
+    benchmarked = {rule.optimizer for rule in rules.RULES}
+    assert set(optimizers) <= benchmarked, f"no bench rule for {set(optimizers) - benchmarked}"
+    for name in optimizers:
+        assert baselines.tuned_numpy_class(name) is not None, f"no tuned NumPy update for {name}"
+        assert cython_loop.cython_class(name) is not None, f"no Cython loop for {name}"
+
+
+def test_minimal_traffic_per_rule():
+    """Bytes per element: every stream read once, all but the grad written once."""
+    expected = {"momentum": 20, "sgd": 12, "sgd_momentum": 20, "adadelta": 28, "adam": 28, "adamw": 28}
+    for rule in rules.RULES:
+        if rule.key in expected:
+            assert rule.bytes_per_element(np.float32) == expected[rule.key], rule.key
+            assert rule.bytes_per_element(np.float64) == 2 * expected[rule.key], rule.key
+
+
+def test_workloads():
+    resnet, gpt2, model = workloads.resnet18(), workloads.gpt2_small(), workloads.model200()
+    assert (resnet.tensors, resnet.elements) == (62, 11_689_512)       # torchvision's count
+    assert (gpt2.tensors, gpt2.elements) == (148, 124_439_808)         # GPT-2 small's count
+    sizes = [shape[0] for shape in model.shapes]
+    assert len(sizes) == 200 and 100 <= min(sizes) and max(sizes) <= 1_000_000
+    assert workloads.model200().shapes == model.shapes                 # fixed seed
+    assert [workloads.size_label(n) for n in (0, 1000, 30_000_000, 123)] == ["0", "1e3", "3e7", "123"]
+    params, grads = workloads.make_arrays(resnet, np.float32)
+    assert [p.shape for p in params] == list(resnet.shapes) == [g.shape for g in grads]
+    assert all(p.dtype == np.float32 and p.flags.c_contiguous for p in params)
