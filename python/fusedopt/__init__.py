@@ -9,14 +9,17 @@ for the NumPy oracle.
 
 from . import _core
 from ._config import cpu_features, get_num_threads, set_num_threads, show_config, threads
-from .optimizer import Optimizer
-from .optimizers import SGD, Adadelta, Adam, AdamW, Momentum
+from .optimizer import NonFiniteGradError, Optimizer
+from .optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, Momentum, NAdam, RAdam, RMSprop
 from . import functional, reference  # noqa: E402  (they import the classes above)
+from .functional import clip_grad_norm_, clip_grad_value_, get_total_norm
 
 __version__ = _core.build_info()["version"]
 
 __all__ = [
     "Optimizer", "Momentum", "SGD", "Adadelta", "Adam", "AdamW",
+    "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax", "Lion",
+    "NonFiniteGradError", "clip_grad_norm_", "clip_grad_value_", "get_total_norm",
     "functional", "reference",
     "cpu_features", "show_config", "get_num_threads", "set_num_threads", "threads",
     "__version__",
