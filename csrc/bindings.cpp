@@ -13,14 +13,17 @@ using namespace pybind11::literals;
 
 namespace {
 
-// <name>_step, <name>_check_group and <name>_state_keys for one rule.
+// <name>_step, <name>_check_group, <name>_state_keys and <name>_state_spec for one rule.
 template <class Rule>
 void bind_rule(py::module_& m, const std::string& name, const char* summary) {
   m.def((name + "_step").c_str(), &fusedopt::step<Rule>, "param_groups"_a, "grads"_a, "state"_a,
+        "check_finite"_a = false,
         (std::string(summary) +
          "\n\nOne step over every param of every group, in one call and one parallel region.\n"
          "grads and state are aligned with the params of all groups in order; a None grad\n"
-         "skips its param. Raises TypeError/ValueError before any array is changed.")
+         "skips its param. Raises TypeError/ValueError before any array is changed.\n"
+         "With check_finite, a step whose grads hold a NaN or an infinity changes nothing\n"
+         "and returns the index of the first such grad; otherwise returns None.")
             .c_str());
   m.def(
       (name + "_check_group").c_str(),
@@ -30,9 +33,23 @@ void bind_rule(py::module_& m, const std::string& name, const char* summary) {
       (name + "_state_keys").c_str(),
       [](py::handle group) {
         const auto keys = Rule::state_keys(Rule::read(fusedopt::GroupReader(group, 0)));
-        return std::vector<std::string>(keys.names, keys.names + keys.count);
+        std::vector<std::string> names;
+        for (int k = 0; k < keys.array_count; ++k) names.emplace_back(keys.arrays[k].name);
+        return names;
       },
       "group"_a, "The names of the state arrays the rule keeps for a group's params.");
+  m.def(
+      (name + "_state_spec").c_str(),
+      [](py::handle group) {
+        const auto keys = Rule::state_keys(Rule::read(fusedopt::GroupReader(group, 0)));
+        py::dict arrays, scalars;
+        for (int k = 0; k < keys.array_count; ++k) arrays[keys.arrays[k].name] = keys.arrays[k].initial;
+        for (int k = 0; k < keys.scalar_count; ++k) scalars[keys.scalars[k].name] = keys.scalars[k].initial;
+        return py::make_tuple(arrays, scalars);
+      },
+      "group"_a,
+      "The state the rule keeps per param besides 'step', with initial values:\n"
+      "({array key: initial element value}, {scalar key: initial value}).");
 }
 
 }  // namespace
@@ -51,6 +68,21 @@ PYBIND11_MODULE(_core, m) {
   bind_rule<fusedopt::SgdRule>(m, "sgd", "SGD as torch.optim.SGD.");
   bind_rule<fusedopt::AdadeltaRule>(m, "adadelta", "Adadelta (Zeiler's, or the course's variant).");
   bind_rule<fusedopt::AdamRule>(m, "adam", "Adam / AdamW / AMSGrad as torch.optim.Adam.");
+  bind_rule<fusedopt::RmspropRule>(m, "rmsprop", "RMSprop as torch.optim.RMSprop.");
+  bind_rule<fusedopt::AdagradRule>(m, "adagrad", "Adagrad as torch.optim.Adagrad.");
+  bind_rule<fusedopt::NadamRule>(m, "nadam", "NAdam as torch.optim.NAdam.");
+  bind_rule<fusedopt::RadamRule>(m, "radam", "RAdam as torch.optim.RAdam.");
+  bind_rule<fusedopt::AdamaxRule>(m, "adamax", "Adamax as torch.optim.Adamax.");
+  bind_rule<fusedopt::LionRule>(m, "lion", "Lion (Chen et al. 2023).");
+  m.def("grad_norm", &fusedopt::grad_norm, "grads"_a, "norm_type"_a = 2.0,
+        "The norm_type-norm (> 0 or inf) of all grads as one vector, accumulated in double;\n"
+        "bitwise the same for every thread count. None entries are skipped.");
+  m.def("scale_grads", &fusedopt::scale_grads, "grads"_a, "factor"_a,
+        "g *= factor for every grad, in place, in one parallel region.");
+  m.def("clamp_grads", &fusedopt::clamp_grads, "grads"_a, "limit"_a,
+        "g = clamp(g, -limit, limit) for every grad, in place (NaN stays NaN).");
+  m.def("first_nonfinite", &fusedopt::first_nonfinite, "grads"_a,
+        "The index of the first grad holding a NaN or an infinity, or None.");
   m.def("check_params", &fusedopt::check_params, "params"_a, "first_index"_a = 0,
         "Check that arrays can be params: writeable, aligned, C-contiguous float32/float64,\n"
         "not overlapping one another.");

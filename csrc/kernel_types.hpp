@@ -13,8 +13,11 @@ namespace fusedopt {
 // Index of an array's dtype in a KernelTable row.
 enum Dtype : int { kFloat32 = 0, kFloat64 = 1, kDtypeCount = 2 };
 
-// The update rules, in KernelTable order.
-enum RuleId : int { kMomentum, kSgd, kAdadelta, kAdam, kRoof, kRuleCount };
+// The update rules, in KernelTable order (kRoof is the benchmarks' memory roof).
+enum RuleId : int {
+  kMomentum, kSgd, kAdadelta, kAdam, kRmsprop, kAdagrad, kNadam, kRadam, kAdamax, kLion,
+  kRoof, kRuleCount
+};
 
 // A kernel updates elements [begin, end) of one tensor. streams[0] is the
 // param, streams[1] the grad, streams[2..] the rule's state arrays in the
@@ -23,9 +26,27 @@ constexpr int kMaxStreams = 6;
 using Kernel = void (*)(const void* scalars, void* const* streams, std::int64_t begin,
                         std::int64_t end);
 
+// The passes over gradients around a step.
+//
+// FiniteCheck: true when elements [begin, end) of an array are all finite.
+using FiniteCheck = bool (*)(const void* data, std::int64_t begin, std::int64_t end);
+
+// ReduceKernel: the partial of a norm over elements [begin, end) of one array,
+// in double: sum |x| (L1), sum x^2 (L2), sum |x|^p (Lp, scalars points at a
+// NormScalars) or max |x| (Linf, NaN if any element is NaN). The summation
+// order is fixed by (begin, end) alone, the same on every target, so a
+// blocked reduction over these partials is reproducible.
+enum NormKind : int { kNormL1, kNormL2, kNormLp, kNormLinf, kNormKindCount };
+using ReduceKernel = double (*)(const void* scalars, const void* data, std::int64_t begin,
+                                std::int64_t end);
+
 struct KernelTable {
   const char* target;  // the name FUSEDOPT_ISA uses
   Kernel kernels[kRuleCount][kDtypeCount];
+  FiniteCheck all_finite[kDtypeCount];
+  ReduceKernel norm_partial[kNormKindCount][kDtypeCount];
+  Kernel scale[kDtypeCount];  // streams[0] *= factor            (ScaleScalars)
+  Kernel clamp[kDtypeCount];  // streams[0] = clamp(., -c, c)    (ClampScalars)
 };
 
 // Per-tensor, per-step scalars, computed once per call in double by rules.cpp
@@ -58,6 +79,60 @@ struct AdamScalars {
   double bias_correction2_sqrt;  // sqrt(1 - beta2^t)
   double grad_sign;
   bool amsgrad;
+};
+
+struct RmspropScalars {
+  double lr, alpha, eps, weight_decay, momentum, grad_sign;
+  bool use_momentum;  // momentum > 0: the momentum_buffer stream exists
+  bool centered;      // the grad_avg stream exists
+};
+
+struct AdagradScalars {
+  double step_size;  // lr / (1 + (t - 1) * lr_decay)
+  double eps, weight_decay, grad_sign;
+};
+
+struct NadamScalars {
+  double beta1, beta2, eps;
+  double weight_decay;      // coupled (L2), 0 when off
+  double decay_factor;      // decoupled: 1 - lr * wd, 1 when off
+  double bias_correction2;  // 1 - beta2^t
+  double grad_step;         // lr (1 - mu_t) / (1 - mu_1 ... mu_t)
+  double momentum_step;     // lr mu_{t+1} / (1 - mu_1 ... mu_{t+1})
+  double grad_sign;
+};
+
+struct RadamScalars {
+  double beta1, beta2, eps;
+  double weight_decay, decay_factor;  // as NadamScalars
+  // rectified: lr / (1 - beta1^t) * sqrt(1 - beta2^t) * r_t, else lr / (1 - beta1^t)
+  double step_size;
+  double grad_sign;
+  bool rectified;  // rho_t > 5: the variance is tractable, use the adaptive step
+};
+
+struct AdamaxScalars {
+  double beta1, beta2, eps, weight_decay;
+  double step_size;  // lr / (1 - beta1^t)
+  double grad_sign;
+};
+
+struct LionScalars {
+  double lr, beta1, beta2;
+  double decay_factor;  // 1 - lr * wd
+  double grad_sign;
+};
+
+struct NormScalars {
+  double p;  // the Lp exponent
+};
+
+struct ScaleScalars {
+  double factor;
+};
+
+struct ClampScalars {
+  double limit;  // >= 0: elements are clamped to [-limit, limit]
 };
 
 // The memory roof: the streams of a rule with trivial arithmetic. The first

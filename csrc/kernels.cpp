@@ -32,8 +32,23 @@ using std::int64_t;
 // could be merged by the linker with another target's copy.
 inline float square_root(float x) { return __builtin_sqrtf(x); }
 inline double square_root(double x) { return __builtin_sqrt(x); }
+inline float absolute(float x) { return __builtin_fabsf(x); }
+inline double absolute(double x) { return __builtin_fabs(x); }
+inline double power(double x, double p) { return __builtin_pow(x, p); }
+
+// max(a, b) that returns NaN when either is NaN, as np.maximum and
+// torch.maximum do (a plain a < b ? b : a drops a NaN in b).
 template <class T>
-inline T maximum(T a, T b) { return a < b ? b : a; }
+inline T maximum(T a, T b) { return (a < b || b != b) ? b : a; }
+
+// -1, 0 or 1 (and NaN for NaN, as np.sign); zero of either sign gives +0.
+// Written as selects so that the loop vectorises on every target.
+template <class T>
+inline T sign(T x) {
+  T s = x > T(0) ? T(1) : T(0);
+  s = x < T(0) ? T(-1) : s;
+  return x != x ? x : s;
+}
 
 // ---------------------------------------------------------------- Momentum
 // The course's heavy ball. Streams: w, g, velocity.
@@ -167,6 +182,184 @@ void adam(const void* scalars, void* const* streams, int64_t begin, int64_t end)
     adam_loop<T, false>(s, w, g, m, v, v_max, begin, end);
 }
 
+// ----------------------------------------------------------------- RMSprop
+// torch.optim.RMSprop. Streams: w, g, square_avg, then momentum_buffer (with
+// momentum), then grad_avg (centered).
+template <class T, bool kMomentum, bool kCentered>
+void rmsprop_loop(const RmspropScalars& s, T* __restrict w, const T* __restrict g,
+                  T* __restrict square_avg, T* __restrict b, T* __restrict grad_avg,
+                  int64_t begin, int64_t end) {
+  const T lr = T(s.lr), alpha = T(s.alpha), one_minus_alpha = T(1.0 - s.alpha), eps = T(s.eps);
+  const T weight_decay = T(s.weight_decay), momentum = T(s.momentum), grad_sign = T(s.grad_sign);
+  const bool decay = s.weight_decay != 0.0;
+  for (int64_t i = begin; i < end; ++i) {
+    T grad = grad_sign * g[i];                                   // maximize: g <- -g
+    grad = decay ? grad + weight_decay * w[i] : grad;            // g <- g + wd * w
+    square_avg[i] = alpha * square_avg[i] + one_minus_alpha * (grad * grad);
+                                                                 // v <- a v + (1-a) g^2
+    T mean_square = square_avg[i];
+    if constexpr (kCentered) {
+      grad_avg[i] = alpha * grad_avg[i] + one_minus_alpha * grad;  // gbar <- a gbar + (1-a) g
+      mean_square = mean_square - grad_avg[i] * grad_avg[i];      // v - gbar^2
+    }
+    const T avg = square_root(mean_square) + eps;                // avg <- sqrt(v [- gbar^2]) + eps
+    if constexpr (kMomentum) {
+      b[i] = momentum * b[i] + grad / avg;                       // b <- mu b + g / avg
+      w[i] = w[i] - lr * b[i];                                   // w <- w - lr b
+    } else {
+      w[i] = w[i] - lr * (grad / avg);                           // w <- w - lr g / avg
+    }
+  }
+}
+
+template <class T>
+void rmsprop(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  const auto& s = *static_cast<const RmspropScalars*>(scalars);
+  auto* w = static_cast<T*>(streams[0]);
+  auto* g = static_cast<const T*>(streams[1]);
+  auto* square_avg = static_cast<T*>(streams[2]);
+  int next = 3;  // the optional streams follow in the order the rule names them
+  auto* b = s.use_momentum ? static_cast<T*>(streams[next++]) : nullptr;
+  auto* grad_avg = s.centered ? static_cast<T*>(streams[next++]) : nullptr;
+  if (s.use_momentum && s.centered)
+    rmsprop_loop<T, true, true>(s, w, g, square_avg, b, grad_avg, begin, end);
+  else if (s.use_momentum)
+    rmsprop_loop<T, true, false>(s, w, g, square_avg, b, grad_avg, begin, end);
+  else if (s.centered)
+    rmsprop_loop<T, false, true>(s, w, g, square_avg, b, grad_avg, begin, end);
+  else
+    rmsprop_loop<T, false, false>(s, w, g, square_avg, b, grad_avg, begin, end);
+}
+
+// ----------------------------------------------------------------- Adagrad
+// torch.optim.Adagrad. Streams: w, g, sum.
+template <class T>
+void adagrad(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  const auto& s = *static_cast<const AdagradScalars*>(scalars);
+  T* __restrict w = static_cast<T*>(streams[0]);
+  const T* __restrict g = static_cast<const T*>(streams[1]);
+  T* __restrict sum = static_cast<T*>(streams[2]);
+  const T step_size = T(s.step_size), eps = T(s.eps), weight_decay = T(s.weight_decay);
+  const T grad_sign = T(s.grad_sign);
+  const bool decay = s.weight_decay != 0.0;
+  for (int64_t i = begin; i < end; ++i) {
+    T grad = grad_sign * g[i];                                // maximize: g <- -g
+    grad = decay ? grad + weight_decay * w[i] : grad;         // g <- g + wd * w
+    sum[i] = sum[i] + grad * grad;                            // s <- s + g^2
+    const T std = square_root(sum[i]) + eps;                  // sqrt(s) + eps
+    w[i] = w[i] - step_size * (grad / std);                   // w <- w - lr_t g / (sqrt(s) + eps)
+  }
+}
+
+// ------------------------------------------------------------------- NAdam
+// torch.optim.NAdam (Dozat 2016, with torch's momentum schedule mu_t).
+// Streams: w, g, exp_avg, exp_avg_sq. The running product of the mu_t is a
+// scalar state, advanced by rules.cpp; only its consequences arrive here.
+template <class T>
+void nadam(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  const auto& s = *static_cast<const NadamScalars*>(scalars);
+  T* __restrict w = static_cast<T*>(streams[0]);
+  const T* __restrict g = static_cast<const T*>(streams[1]);
+  T* __restrict m = static_cast<T*>(streams[2]);
+  T* __restrict v = static_cast<T*>(streams[3]);
+  const T beta1 = T(s.beta1), one_minus_beta1 = T(1.0 - s.beta1);
+  const T beta2 = T(s.beta2), one_minus_beta2 = T(1.0 - s.beta2);
+  const T eps = T(s.eps), weight_decay = T(s.weight_decay), decay_factor = T(s.decay_factor);
+  const T bias_correction2 = T(s.bias_correction2), grad_step = T(s.grad_step);
+  const T momentum_step = T(s.momentum_step), grad_sign = T(s.grad_sign);
+  const bool coupled_decay = s.weight_decay != 0.0;
+  for (int64_t i = begin; i < end; ++i) {
+    T grad = grad_sign * g[i];                                  // maximize: g <- -g
+    grad = coupled_decay ? grad + weight_decay * w[i] : grad;   // L2: g <- g + wd * w
+    const T param = decay_factor * w[i];                        // decoupled: w <- (1 - lr wd) w
+    m[i] = beta1 * m[i] + one_minus_beta1 * grad;               // m <- b1 m + (1-b1) g
+    v[i] = beta2 * v[i] + one_minus_beta2 * (grad * grad);      // v <- b2 v + (1-b2) g^2
+    const T denom = square_root(v[i] / bias_correction2) + eps; // sqrt(v / (1-b2^t)) + eps
+    w[i] = param - grad_step * (grad / denom)                   // w <- w - lr (1-mu_t)/(1-P_t) g / denom
+                 - momentum_step * (m[i] / denom);              //        - lr mu_t+1/(1-P_t+1) m / denom
+  }
+}
+
+// ------------------------------------------------------------------- RAdam
+// torch.optim.RAdam (Liu et al. 2019). Streams: w, g, exp_avg, exp_avg_sq.
+// Whether the variance is rectified this step is decided once per tensor.
+template <class T, bool kRectified>
+void radam_loop(const RadamScalars& s, T* __restrict w, const T* __restrict g, T* __restrict m,
+                T* __restrict v, int64_t begin, int64_t end) {
+  const T beta1 = T(s.beta1), one_minus_beta1 = T(1.0 - s.beta1);
+  const T beta2 = T(s.beta2), one_minus_beta2 = T(1.0 - s.beta2);
+  const T eps = T(s.eps), weight_decay = T(s.weight_decay), decay_factor = T(s.decay_factor);
+  const T step_size = T(s.step_size), grad_sign = T(s.grad_sign);
+  const bool coupled_decay = s.weight_decay != 0.0;
+  for (int64_t i = begin; i < end; ++i) {
+    T grad = grad_sign * g[i];                                  // maximize: g <- -g
+    grad = coupled_decay ? grad + weight_decay * w[i] : grad;   // L2: g <- g + wd * w
+    const T param = decay_factor * w[i];                        // decoupled: w <- (1 - lr wd) w
+    m[i] = beta1 * m[i] + one_minus_beta1 * grad;               // m <- b1 m + (1-b1) g
+    v[i] = beta2 * v[i] + one_minus_beta2 * (grad * grad);      // v <- b2 v + (1-b2) g^2
+    if constexpr (kRectified)
+      w[i] = param - step_size * (m[i] / (square_root(v[i]) + eps));
+                          // w <- w - lr/(1-b1^t) sqrt(1-b2^t) r_t m / (sqrt(v) + eps)
+    else
+      w[i] = param - step_size * m[i];                          // w <- w - lr/(1-b1^t) m
+  }
+}
+
+template <class T>
+void radam(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  const auto& s = *static_cast<const RadamScalars*>(scalars);
+  auto* w = static_cast<T*>(streams[0]);
+  auto* g = static_cast<const T*>(streams[1]);
+  auto* m = static_cast<T*>(streams[2]);
+  auto* v = static_cast<T*>(streams[3]);
+  if (s.rectified)
+    radam_loop<T, true>(s, w, g, m, v, begin, end);
+  else
+    radam_loop<T, false>(s, w, g, m, v, begin, end);
+}
+
+// ------------------------------------------------------------------ Adamax
+// torch.optim.Adamax (Kingma & Ba, section 7.1). Streams: w, g, exp_avg, exp_inf.
+template <class T>
+void adamax(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  const auto& s = *static_cast<const AdamaxScalars*>(scalars);
+  T* __restrict w = static_cast<T*>(streams[0]);
+  const T* __restrict g = static_cast<const T*>(streams[1]);
+  T* __restrict m = static_cast<T*>(streams[2]);
+  T* __restrict u = static_cast<T*>(streams[3]);
+  const T beta1 = T(s.beta1), one_minus_beta1 = T(1.0 - s.beta1), beta2 = T(s.beta2);
+  const T eps = T(s.eps), weight_decay = T(s.weight_decay), step_size = T(s.step_size);
+  const T grad_sign = T(s.grad_sign);
+  const bool decay = s.weight_decay != 0.0;
+  for (int64_t i = begin; i < end; ++i) {
+    T grad = grad_sign * g[i];                                  // maximize: g <- -g
+    grad = decay ? grad + weight_decay * w[i] : grad;           // g <- g + wd * w
+    m[i] = beta1 * m[i] + one_minus_beta1 * grad;               // m <- b1 m + (1-b1) g
+    u[i] = maximum(beta2 * u[i], absolute(grad) + eps);         // u <- max(b2 u, |g| + eps)
+    w[i] = w[i] - step_size * (m[i] / u[i]);                    // w <- w - lr/(1-b1^t) m / u
+  }
+}
+
+// -------------------------------------------------------------------- Lion
+// Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms").
+// Streams: w, g, exp_avg.
+template <class T>
+void lion(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  const auto& s = *static_cast<const LionScalars*>(scalars);
+  T* __restrict w = static_cast<T*>(streams[0]);
+  const T* __restrict g = static_cast<const T*>(streams[1]);
+  T* __restrict m = static_cast<T*>(streams[2]);
+  const T lr = T(s.lr), beta1 = T(s.beta1), one_minus_beta1 = T(1.0 - s.beta1);
+  const T beta2 = T(s.beta2), one_minus_beta2 = T(1.0 - s.beta2);
+  const T decay_factor = T(s.decay_factor), grad_sign = T(s.grad_sign);
+  for (int64_t i = begin; i < end; ++i) {
+    const T grad = grad_sign * g[i];                                  // maximize: g <- -g
+    const T update = sign(beta1 * m[i] + one_minus_beta1 * grad);     // c <- sign(b1 m + (1-b1) g)
+    w[i] = w[i] * decay_factor - lr * update;                         // w <- w (1 - lr wd) - lr c
+    m[i] = beta2 * m[i] + one_minus_beta2 * grad;                     // m <- b2 m + (1-b2) g
+  }
+}
+
 // -------------------------------------------------------------------- Roof
 // The memory traffic of a rule with trivial arithmetic: every written stream
 // gets the sum of the read-only streams added. Measures what the hardware
@@ -195,6 +388,95 @@ void roof(const void* scalars, void* const* streams, int64_t begin, int64_t end)
   if (s.read == 5 && s.written == 4) return roof_loop<T, 5, 4>(streams, begin, end);
 }
 
+// -------------------------------------------------------- gradient passes
+// The non-finite guard and gradient clipping. A reduction over floats only
+// vectorises if the compiler may reorder the sum, which -ffp-contract=off
+// builds do not allow; so the loops below keep kLanes partial results in an
+// explicit array, element i of a piece going to lane (i - begin) % kLanes,
+// and combine the lanes in a fixed tree at the end. The compiler maps the
+// lanes onto vector registers of any width, and the result depends only on
+// (begin, end): the same on every target and for every thread count.
+constexpr int kLanes = 8;  // sum_lanes below adds exactly eight
+
+template <class Acc>
+inline Acc sum_lanes(const Acc (&lane)[kLanes]) {
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+// Chunks this long are checked between early exits.
+constexpr int64_t kFiniteChunk = 4096;
+
+// x - x is 0 for a finite x and NaN for NaN and +-Inf; a sum of those is 0
+// exactly when every element is finite, whatever the order.
+template <class T>
+bool all_finite(const void* data, int64_t begin, int64_t end) {
+  const T* __restrict x = static_cast<const T*>(data);
+  for (int64_t chunk = begin; chunk < end; chunk += kFiniteChunk) {
+    const int64_t chunk_end = end - chunk < kFiniteChunk ? end : chunk + kFiniteChunk;
+    T lane[kLanes] = {};
+    int64_t i = chunk;
+    for (; i + kLanes <= chunk_end; i += kLanes)
+      for (int l = 0; l < kLanes; ++l) lane[l] = lane[l] + (x[i + l] - x[i + l]);
+    for (int l = 0; i < chunk_end; ++i, ++l) lane[l] = lane[l] + (x[i] - x[i]);
+    if (sum_lanes(lane) != T(0)) return false;
+  }
+  return true;
+}
+
+// The per-element term of each norm, in double.
+template <NormKind kKind>
+inline double norm_term(double x, double p) {
+  if constexpr (kKind == kNormL1 || kKind == kNormLinf) return absolute(x);
+  if constexpr (kKind == kNormL2) return x * x;
+  if constexpr (kKind == kNormLp) return power(absolute(x), p);
+}
+
+template <NormKind kKind>
+inline double norm_combine(double a, double b) {
+  if constexpr (kKind == kNormLinf) return maximum(a, b);
+  else return a + b;
+}
+
+template <class T, NormKind kKind>
+double norm_partial(const void* scalars, const void* data, int64_t begin, int64_t end) {
+  const T* __restrict x = static_cast<const T*>(data);
+  const double p = kKind == kNormLp ? static_cast<const NormScalars*>(scalars)->p : 0.0;
+  double lane[kLanes] = {};
+  int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes)
+    for (int l = 0; l < kLanes; ++l)
+      lane[l] = norm_combine<kKind>(lane[l], norm_term<kKind>(double(x[i + l]), p));
+  for (int l = 0; i < end; ++i, ++l)
+    lane[l] = norm_combine<kKind>(lane[l], norm_term<kKind>(double(x[i]), p));
+  if constexpr (kKind == kNormLinf) {
+    double largest = lane[0];
+    for (int l = 1; l < kLanes; ++l) largest = maximum(largest, lane[l]);
+    return largest;
+  } else {
+    return sum_lanes(lane);
+  }
+}
+
+// g <- factor * g: the clip coefficient of clip_grad_norm_.
+template <class T>
+void scale(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  T* __restrict g = static_cast<T*>(streams[0]);
+  const T factor = T(static_cast<const ScaleScalars*>(scalars)->factor);
+  for (int64_t i = begin; i < end; ++i) g[i] = g[i] * factor;
+}
+
+// g <- min(max(g, -c), c), NaN left as NaN (torch.clamp does the same).
+template <class T>
+void clamp(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  T* __restrict g = static_cast<T*>(streams[0]);
+  const T limit = T(static_cast<const ClampScalars*>(scalars)->limit);
+  for (int64_t i = begin; i < end; ++i) {
+    T x = g[i];
+    x = x < -limit ? -limit : x;
+    g[i] = x > limit ? limit : x;
+  }
+}
+
 }  // namespace
 
 extern const KernelTable kernel_table = {
@@ -204,8 +486,23 @@ extern const KernelTable kernel_table = {
         /* kSgd      */ {sgd<float>, sgd<double>},
         /* kAdadelta */ {adadelta<float>, adadelta<double>},
         /* kAdam     */ {adam<float>, adam<double>},
+        /* kRmsprop  */ {rmsprop<float>, rmsprop<double>},
+        /* kAdagrad  */ {adagrad<float>, adagrad<double>},
+        /* kNadam    */ {nadam<float>, nadam<double>},
+        /* kRadam    */ {radam<float>, radam<double>},
+        /* kAdamax   */ {adamax<float>, adamax<double>},
+        /* kLion     */ {lion<float>, lion<double>},
         /* kRoof     */ {roof<float>, roof<double>},
     },
+    {all_finite<float>, all_finite<double>},
+    {
+        /* kNormL1   */ {norm_partial<float, kNormL1>, norm_partial<double, kNormL1>},
+        /* kNormL2   */ {norm_partial<float, kNormL2>, norm_partial<double, kNormL2>},
+        /* kNormLp   */ {norm_partial<float, kNormLp>, norm_partial<double, kNormLp>},
+        /* kNormLinf */ {norm_partial<float, kNormLinf>, norm_partial<double, kNormLinf>},
+    },
+    {scale<float>, scale<double>},
+    {clamp<float>, clamp<double>},
 };
 
 }  // namespace FUSEDOPT_TARGET

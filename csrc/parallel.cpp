@@ -136,3 +136,116 @@ void run_tasks(const std::vector<Task>& tasks) {
 }
 
 }  // namespace fusedopt
+
+// --------------------------------------------------------------------------
+// The passes around a step: a checked run and a reproducible reduction.
+
+namespace fusedopt {
+namespace {
+
+// Where each task begins in the concatenation of all of them; the last entry
+// is the total.
+template <class T>
+std::vector<std::int64_t> offsets(const std::vector<T>& tasks) {
+  std::vector<std::int64_t> start(tasks.size() + 1, 0);
+  for (std::size_t k = 0; k < tasks.size(); ++k) start[k + 1] = start[k] + tasks[k].size;
+  return start;
+}
+
+template <class T>
+std::int64_t bytes_moved(const std::vector<T>& tasks) {
+  std::int64_t bytes = 0;
+  for (const T& task : tasks) bytes += task.size * task.bytes_per_element;
+  return bytes;
+}
+
+// Calls piece(k, begin, end) for each task k that overlaps [lo, hi) of the
+// concatenation, with [begin, end) in the task's own element indices.
+template <class Piece>
+void for_each_piece(const std::vector<std::int64_t>& start, std::int64_t lo, std::int64_t hi,
+                    Piece piece) {
+  auto k = static_cast<std::size_t>(std::upper_bound(start.begin(), start.end(), lo) - start.begin() - 1);
+  for (; k + 1 < start.size() && start[k] < hi; ++k) {
+    const std::int64_t begin = std::max(lo, start[k]) - start[k];
+    const std::int64_t end = std::min(hi, start[k + 1]) - start[k];
+    if (begin < end) piece(k, begin, end);
+  }
+}
+
+double combined(Combine combine, double a, double b) {
+  if (combine == Combine::kSum) return a + b;
+  return (a < b || b != b) ? b : a;  // a NaN on either side wins
+}
+
+}  // namespace
+
+std::int64_t run_tasks_if_finite(const std::vector<Task>& tasks,
+                                 const std::vector<FiniteCheck>& checks) {
+  const auto none = static_cast<std::int64_t>(tasks.size());
+  const int threads = bytes_moved(tasks) < serial_cutoff_bytes() ? 1 : num_threads();
+  if (threads <= 1) {
+    for (std::size_t k = 0; k < tasks.size(); ++k)
+      if (tasks[k].size > 0 && !checks[k](tasks[k].streams[1], 0, tasks[k].size))
+        return static_cast<std::int64_t>(k);
+    run_serially(tasks);
+    return -1;
+  }
+
+  std::int64_t first_bad = none;
+#ifdef _OPENMP
+  const std::vector<std::int64_t> start = offsets(tasks);
+  const std::int64_t total = start.back();
+#pragma omp parallel num_threads(threads)
+  {
+    const int count = omp_get_num_threads(), id = omp_get_thread_num();
+    const std::int64_t lo = piece_start(total, count, id), hi = piece_start(total, count, id + 1);
+    std::int64_t mine = none;  // the first task of this thread's piece that is not finite
+    for_each_piece(start, lo, hi, [&](std::size_t k, std::int64_t begin, std::int64_t end) {
+      if (mine == none && !checks[k](tasks[k].streams[1], begin, end))
+        mine = static_cast<std::int64_t>(k);
+    });
+#pragma omp critical(fusedopt_first_bad)
+    first_bad = std::min(first_bad, mine);
+#pragma omp barrier
+    if (first_bad == none)
+      for_each_piece(start, lo, hi, [&](std::size_t k, std::int64_t begin, std::int64_t end) {
+        tasks[k].kernel(tasks[k].scalars, tasks[k].streams, begin, end);
+      });
+  }
+#endif
+  return first_bad == none ? -1 : first_bad;
+}
+
+double reduce_blocks(const std::vector<ReduceTask>& tasks, Combine combine) {
+  const std::vector<std::int64_t> start = offsets(tasks);
+  const std::int64_t total = start.back();
+  const std::int64_t block_count = (total + kReduceBlock - 1) / kReduceBlock;
+  std::vector<double> partial(static_cast<std::size_t>(block_count), 0.0);
+
+  // 0 is the identity of both: sums, and maxima of absolute values.
+  const auto reduce_block = [&](std::int64_t b) {
+    double acc = 0.0;
+    for_each_piece(start, b * kReduceBlock, std::min(total, (b + 1) * kReduceBlock),
+                   [&](std::size_t k, std::int64_t begin, std::int64_t end) {
+                     const ReduceTask& t = tasks[k];
+                     acc = combined(combine, acc, t.kernel(t.scalars, t.data, begin, end));
+                   });
+    partial[static_cast<std::size_t>(b)] = acc;
+  };
+
+  const int threads = bytes_moved(tasks) < serial_cutoff_bytes() ? 1 : num_threads();
+  if (threads <= 1 || block_count <= 1) {
+    for (std::int64_t b = 0; b < block_count; ++b) reduce_block(b);
+  } else {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (std::int64_t b = 0; b < block_count; ++b) reduce_block(b);
+#endif
+  }
+
+  double result = 0.0;
+  for (double p : partial) result = combined(combine, result, p);
+  return result;
+}
+
+}  // namespace fusedopt

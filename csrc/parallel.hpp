@@ -26,6 +26,36 @@ struct Task {
 // is the same for every thread count.
 void run_tasks(const std::vector<Task>& tasks);
 
+// Like run_tasks, but each task's gradient (streams[1]) is first checked
+// with checks[k] (a FiniteCheck for its dtype), in the same parallel region:
+// every thread checks the elements it would update, the threads agree on the
+// first task holding a NaN or an infinity, and they update only if there is
+// none. Returns the index of that task (nothing was written), or -1 when the
+// tasks ran. Costs one extra read of the gradients.
+std::int64_t run_tasks_if_finite(const std::vector<Task>& tasks,
+                                 const std::vector<FiniteCheck>& checks);
+
+// One array's share of a reduction: kernel(scalars, data, begin, end) gives
+// the partial over elements [begin, end) of `data`.
+struct ReduceTask {
+  ReduceKernel kernel;
+  const void* scalars;
+  const void* data;
+  std::int64_t size;            // elements
+  std::int64_t bytes_per_element;
+};
+
+enum class Combine { kSum, kMax };  // kMax: NaN if any partial is NaN
+
+// Reduces all the tasks' elements, laid end to end, to one double. The
+// concatenation is cut into fixed blocks of kReduceBlock elements; each block
+// is reduced on one thread, piece by piece in order, and the block partials
+// are then combined on the calling thread in block order. Since neither the
+// blocks nor the order depend on the thread count, neither does the result,
+// to the last bit.
+constexpr std::int64_t kReduceBlock = 1 << 15;
+double reduce_blocks(const std::vector<ReduceTask>& tasks, Combine combine);
+
 // Thread control. The count in force is the one fixed by set_num_threads or
 // FUSEDOPT_NUM_THREADS, else OpenMP's (OMP_NUM_THREADS, threadpoolctl, or
 // the number of cores).

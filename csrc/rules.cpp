@@ -144,11 +144,12 @@ SgdRule::Hyper SgdRule::read(const GroupReader& group) {
 }
 
 StateKeys SgdRule::state_keys(const Hyper& h) {
-  if (h.momentum != 0.0) return {{"momentum_buffer"}, 1};
-  return {{}, 0};
+  StateKeys keys;
+  if (h.momentum != 0.0) keys.array("momentum_buffer");
+  return keys;
 }
 
-SgdRule::Scalars SgdRule::scalars(const Hyper& h, StepCount step) {
+SgdRule::Scalars SgdRule::scalars(const Hyper& h, StepContext step) {
   // torch.optim.SGD starts the buffer as a copy of the first gradient it sees.
   const bool first = step.t == 1 || step.buffer_is_new;
   return {h.lr,          h.momentum,      h.dampening, h.weight_decay, h.maximize ? -1.0 : 1.0,
@@ -165,12 +166,18 @@ AdadeltaRule::Hyper AdadeltaRule::read(const GroupReader& group) {
 }
 
 StateKeys AdadeltaRule::state_keys(const Hyper& h) {
-  if (h.scale_by_weights) return {{"square_avg", "square_weight_avg"}, 2};
-  return {{"square_avg", "acc_delta"}, 2};
+  return StateKeys().array("square_avg").array(h.scale_by_weights ? "square_weight_avg" : "acc_delta");
 }
 
-AdadeltaRule::Scalars AdadeltaRule::scalars(const Hyper& h, StepCount) {
+AdadeltaRule::Scalars AdadeltaRule::scalars(const Hyper& h, StepContext) {
   return {h.lr, h.rho, h.eps, h.weight_decay, h.maximize ? -1.0 : 1.0, h.scale_by_weights};
+}
+
+// Weight decay shared by the Adam family: coupled (L2) adds wd * w to the
+// gradient, decoupled multiplies w by 1 - lr * wd. Returns {weight_decay,
+// decay_factor} for the kernel, with the unused one neutral.
+static std::pair<double, double> weight_decay_terms(double lr, double weight_decay, bool decoupled) {
+  return decoupled ? std::pair{0.0, 1.0 - lr * weight_decay} : std::pair{weight_decay, 1.0};
 }
 
 AdamRule::Hyper AdamRule::read(const GroupReader& group) {
@@ -186,24 +193,162 @@ AdamRule::Hyper AdamRule::read(const GroupReader& group) {
 }
 
 StateKeys AdamRule::state_keys(const Hyper& h) {
-  if (h.amsgrad) return {{"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}, 3};
-  return {{"exp_avg", "exp_avg_sq"}, 2};
+  StateKeys keys;
+  keys.array("exp_avg").array("exp_avg_sq");
+  if (h.amsgrad) keys.array("max_exp_avg_sq");
+  return keys;
 }
 
-AdamRule::Scalars AdamRule::scalars(const Hyper& h, StepCount step) {
+AdamRule::Scalars AdamRule::scalars(const Hyper& h, StepContext step) {
   const double t = static_cast<double>(step.t);
   const double bias_correction1 = 1.0 - std::pow(h.beta1, t);  // removes m's start-up lag
   const double bias_correction2 = 1.0 - std::pow(h.beta2, t);
-  const bool decoupled = h.decoupled_weight_decay;
+  const auto [weight_decay, decay_factor] = weight_decay_terms(h.lr, h.weight_decay, h.decoupled_weight_decay);
   return {h.beta1,
           h.beta2,
           h.eps,
-          decoupled ? 0.0 : h.weight_decay,
-          decoupled ? 1.0 - h.lr * h.weight_decay : 1.0,
+          weight_decay,
+          decay_factor,
           h.lr / bias_correction1,
           std::sqrt(bias_correction2),
           h.maximize ? -1.0 : 1.0,
           h.amsgrad};
+}
+
+RmspropRule::Hyper RmspropRule::read(const GroupReader& group) {
+  return {group.at_least("lr", 0.0),
+          group.in_range("alpha", 0.0, 1.0, /*high_is_open=*/false),
+          group.at_least("eps", 0.0),
+          group.at_least("weight_decay", 0.0),
+          group.at_least("momentum", 0.0),
+          group.flag("centered"),
+          group.flag("maximize")};
+}
+
+StateKeys RmspropRule::state_keys(const Hyper& h) {
+  StateKeys keys;
+  keys.array("square_avg");
+  if (h.momentum > 0.0) keys.array("momentum_buffer");
+  if (h.centered) keys.array("grad_avg");
+  return keys;
+}
+
+RmspropRule::Scalars RmspropRule::scalars(const Hyper& h, StepContext) {
+  return {h.lr,          h.alpha, h.eps, h.weight_decay, h.momentum, h.maximize ? -1.0 : 1.0,
+          h.momentum > 0.0, h.centered};
+}
+
+AdagradRule::Hyper AdagradRule::read(const GroupReader& group) {
+  return {group.at_least("lr", 0.0),
+          group.at_least("lr_decay", 0.0),
+          group.at_least("weight_decay", 0.0),
+          group.at_least("initial_accumulator_value", 0.0),
+          group.at_least("eps", 0.0),
+          group.flag("maximize")};
+}
+
+StateKeys AdagradRule::state_keys(const Hyper& h) {
+  return StateKeys().array("sum", h.initial_accumulator_value);
+}
+
+AdagradRule::Scalars AdagradRule::scalars(const Hyper& h, StepContext step) {
+  const double t = static_cast<double>(step.t);
+  return {h.lr / (1.0 + (t - 1.0) * h.lr_decay), h.eps, h.weight_decay, h.maximize ? -1.0 : 1.0};
+}
+
+NadamRule::Hyper NadamRule::read(const GroupReader& group) {
+  const auto [beta1, beta2] = group.pair_in_range("betas", 0.0, 1.0);
+  return {group.at_least("lr", 0.0),
+          beta1,
+          beta2,
+          group.at_least("eps", 0.0),
+          group.at_least("weight_decay", 0.0),
+          group.at_least("momentum_decay", 0.0),
+          group.flag("decoupled_weight_decay"),
+          group.flag("maximize")};
+}
+
+StateKeys NadamRule::state_keys(const Hyper&) {
+  return StateKeys().array("exp_avg").array("exp_avg_sq").scalar("mu_product", 1.0);
+}
+
+NadamRule::Scalars NadamRule::scalars(const Hyper& h, StepContext step) {
+  const double t = static_cast<double>(step.t);
+  // The momentum coefficient of step t, warming up towards beta1.
+  const auto mu_at = [&h](double k) { return h.beta1 * (1.0 - 0.5 * std::pow(0.96, k * h.momentum_decay)); };
+  const double mu = mu_at(t), mu_next = mu_at(t + 1.0);
+  double& mu_product = step.scalar_state[0];  // mu_1 ... mu_{t-1} in, mu_1 ... mu_t out
+  mu_product = mu_product * mu;
+  const double mu_product_next = mu_product * mu_next;
+  const auto [weight_decay, decay_factor] = weight_decay_terms(h.lr, h.weight_decay, h.decoupled_weight_decay);
+  return {h.beta1,
+          h.beta2,
+          h.eps,
+          weight_decay,
+          decay_factor,
+          1.0 - std::pow(h.beta2, t),
+          h.lr * (1.0 - mu) / (1.0 - mu_product),
+          h.lr * mu_next / (1.0 - mu_product_next),
+          h.maximize ? -1.0 : 1.0};
+}
+
+RadamRule::Hyper RadamRule::read(const GroupReader& group) {
+  const auto [beta1, beta2] = group.pair_in_range("betas", 0.0, 1.0);
+  return {group.at_least("lr", 0.0),
+          beta1,
+          beta2,
+          group.at_least("eps", 0.0),
+          group.at_least("weight_decay", 0.0),
+          group.flag("decoupled_weight_decay"),
+          group.flag("maximize")};
+}
+
+StateKeys RadamRule::state_keys(const Hyper&) { return StateKeys().array("exp_avg").array("exp_avg_sq"); }
+
+RadamRule::Scalars RadamRule::scalars(const Hyper& h, StepContext step) {
+  const double t = static_cast<double>(step.t);
+  const double beta2_t = std::pow(h.beta2, t);
+  const double bias_correction1 = 1.0 - std::pow(h.beta1, t);
+  const double bias_correction2 = 1.0 - beta2_t;
+  // rho: the length of the simple moving average that v approximates; the
+  // variance of the adaptive step is tractable only when rho_t > 5.
+  const double rho_inf = 2.0 / (1.0 - h.beta2) - 1.0;
+  const double rho_t = rho_inf - 2.0 * t * beta2_t / bias_correction2;
+  const bool rectified = rho_t > 5.0;
+  double step_size = h.lr / bias_correction1;
+  if (rectified) {
+    const double rectification = std::sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
+                                           ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t));
+    step_size = step_size * std::sqrt(bias_correction2) * rectification;
+  }
+  const auto [weight_decay, decay_factor] = weight_decay_terms(h.lr, h.weight_decay, h.decoupled_weight_decay);
+  return {h.beta1,   h.beta2,  h.eps, weight_decay, decay_factor, step_size, h.maximize ? -1.0 : 1.0,
+          rectified};
+}
+
+AdamaxRule::Hyper AdamaxRule::read(const GroupReader& group) {
+  const auto [beta1, beta2] = group.pair_in_range("betas", 0.0, 1.0);
+  return {group.at_least("lr", 0.0), beta1, beta2, group.at_least("eps", 0.0),
+          group.at_least("weight_decay", 0.0), group.flag("maximize")};
+}
+
+StateKeys AdamaxRule::state_keys(const Hyper&) { return StateKeys().array("exp_avg").array("exp_inf"); }
+
+AdamaxRule::Scalars AdamaxRule::scalars(const Hyper& h, StepContext step) {
+  const double bias_correction1 = 1.0 - std::pow(h.beta1, static_cast<double>(step.t));
+  return {h.beta1, h.beta2, h.eps, h.weight_decay, h.lr / bias_correction1, h.maximize ? -1.0 : 1.0};
+}
+
+LionRule::Hyper LionRule::read(const GroupReader& group) {
+  const auto [beta1, beta2] = group.pair_in_range("betas", 0.0, 1.0);
+  return {group.at_least("lr", 0.0), beta1, beta2, group.at_least("weight_decay", 0.0),
+          group.flag("maximize")};
+}
+
+StateKeys LionRule::state_keys(const Hyper&) { return StateKeys().array("exp_avg"); }
+
+LionRule::Scalars LionRule::scalars(const Hyper& h, StepContext) {
+  return {h.lr, h.beta1, h.beta2, 1.0 - h.lr * h.weight_decay, h.maximize ? -1.0 : 1.0};
 }
 
 }  // namespace fusedopt

@@ -48,18 +48,47 @@ class GroupReader {
   std::int64_t index_;
 };
 
-// The state arrays a rule keeps per param, besides "step".
-struct StateKeys {
-  const char* names[kMaxStreams - 2];
-  int count;
+// One piece of per-param state and the value it starts from.
+struct StateKey {
+  const char* name;
+  double initial;
 };
 
+constexpr int kMaxStateArrays = kMaxStreams - 2;  // the streams after w and g
+constexpr int kMaxStateScalars = 2;
+
+// What a rule keeps per param besides "step": arrays shaped like the param
+// (kernel streams 2, 3, ... in this order), and plain numbers, such as
+// NAdam's running product of momentum coefficients, that the step machinery
+// reads before the kernels run and writes back afterwards, as it does "step".
+// Both start at their `initial` value, at construction or when a setting
+// turns them on later.
+struct StateKeys {
+  StateKey arrays[kMaxStateArrays] = {};
+  int array_count = 0;
+  StateKey scalars[kMaxStateScalars] = {};
+  int scalar_count = 0;
+
+  StateKeys& array(const char* name, double initial = 0.0) {
+    arrays[array_count++] = {name, initial};
+    return *this;
+  }
+  StateKeys& scalar(const char* name, double initial) {
+    scalars[scalar_count++] = {name, initial};
+    return *this;
+  }
+};
+
+// What a rule's scalars() knows about one param at this step.
 // `t` counts the updates made so far including this one (t = 1 on the first).
 // `buffer_is_new` is true when a lazily created state array (a momentum buffer
 // turned on after construction) has never been written.
-struct StepCount {
+// `scalar_state` holds the rule's scalar state (StateKeys::scalars order) as
+// it was before this step; scalars() leaves the values after it there.
+struct StepContext {
   std::int64_t t;
   bool buffer_is_new;
+  double* scalar_state;
 };
 
 struct MomentumRule {
@@ -67,8 +96,8 @@ struct MomentumRule {
   struct Hyper { double lr, momentum; };
   using Scalars = MomentumScalars;
   static Hyper read(const GroupReader& group);
-  static StateKeys state_keys(const Hyper&) { return {{"velocity"}, 1}; }
-  static Scalars scalars(const Hyper& h, StepCount) { return {h.lr, h.momentum}; }
+  static StateKeys state_keys(const Hyper&) { return StateKeys().array("velocity"); }
+  static Scalars scalars(const Hyper& h, StepContext) { return {h.lr, h.momentum}; }
 };
 
 struct SgdRule {
@@ -77,7 +106,7 @@ struct SgdRule {
   using Scalars = SgdScalars;
   static Hyper read(const GroupReader& group);
   static StateKeys state_keys(const Hyper& h);
-  static Scalars scalars(const Hyper& h, StepCount step);
+  static Scalars scalars(const Hyper& h, StepContext step);
 };
 
 struct AdadeltaRule {
@@ -86,7 +115,7 @@ struct AdadeltaRule {
   using Scalars = AdadeltaScalars;
   static Hyper read(const GroupReader& group);
   static StateKeys state_keys(const Hyper& h);
-  static Scalars scalars(const Hyper& h, StepCount step);
+  static Scalars scalars(const Hyper& h, StepContext step);
 };
 
 struct AdamRule {
@@ -98,7 +127,64 @@ struct AdamRule {
   using Scalars = AdamScalars;
   static Hyper read(const GroupReader& group);
   static StateKeys state_keys(const Hyper& h);
-  static Scalars scalars(const Hyper& h, StepCount step);
+  static Scalars scalars(const Hyper& h, StepContext step);
+};
+
+struct RmspropRule {
+  static constexpr RuleId id = kRmsprop;
+  struct Hyper { double lr, alpha, eps, weight_decay, momentum; bool centered, maximize; };
+  using Scalars = RmspropScalars;
+  static Hyper read(const GroupReader& group);
+  static StateKeys state_keys(const Hyper& h);
+  static Scalars scalars(const Hyper& h, StepContext step);
+};
+
+struct AdagradRule {
+  static constexpr RuleId id = kAdagrad;
+  struct Hyper { double lr, lr_decay, weight_decay, initial_accumulator_value, eps; bool maximize; };
+  using Scalars = AdagradScalars;
+  static Hyper read(const GroupReader& group);
+  static StateKeys state_keys(const Hyper& h);
+  static Scalars scalars(const Hyper& h, StepContext step);
+};
+
+struct NadamRule {
+  static constexpr RuleId id = kNadam;
+  struct Hyper {
+    double lr, beta1, beta2, eps, weight_decay, momentum_decay;
+    bool decoupled_weight_decay, maximize;
+  };
+  using Scalars = NadamScalars;
+  static Hyper read(const GroupReader& group);
+  static StateKeys state_keys(const Hyper& h);
+  static Scalars scalars(const Hyper& h, StepContext step);
+};
+
+struct RadamRule {
+  static constexpr RuleId id = kRadam;
+  struct Hyper { double lr, beta1, beta2, eps, weight_decay; bool decoupled_weight_decay, maximize; };
+  using Scalars = RadamScalars;
+  static Hyper read(const GroupReader& group);
+  static StateKeys state_keys(const Hyper& h);
+  static Scalars scalars(const Hyper& h, StepContext step);
+};
+
+struct AdamaxRule {
+  static constexpr RuleId id = kAdamax;
+  struct Hyper { double lr, beta1, beta2, eps, weight_decay; bool maximize; };
+  using Scalars = AdamaxScalars;
+  static Hyper read(const GroupReader& group);
+  static StateKeys state_keys(const Hyper& h);
+  static Scalars scalars(const Hyper& h, StepContext step);
+};
+
+struct LionRule {
+  static constexpr RuleId id = kLion;
+  struct Hyper { double lr, beta1, beta2, weight_decay; bool maximize; };
+  using Scalars = LionScalars;
+  static Hyper read(const GroupReader& group);
+  static StateKeys state_keys(const Hyper& h);
+  static Scalars scalars(const Hyper& h, StepContext step);
 };
 
 }  // namespace fusedopt

@@ -1,6 +1,7 @@
 #include "step.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -53,17 +54,22 @@ void check_layout(const py::array& a, const ArrayLabel& label, bool written) {
   if (written && !a.writeable()) throw py::value_error(label.text() + " is read-only");
 }
 
-Dtype check_param(const py::array& param, const ArrayLabel& label) {
+// A float32/float64 array the kernels can stream through (and write, if asked).
+Dtype check_float_array(const py::array& a, const ArrayLabel& label, bool written) {
   Dtype dtype;
-  if (param.dtype().equal(py::dtype::of<float>()))
+  if (a.dtype().equal(py::dtype::of<float>()))
     dtype = kFloat32;
-  else if (param.dtype().equal(py::dtype::of<double>()))
+  else if (a.dtype().equal(py::dtype::of<double>()))
     dtype = kFloat64;
   else
-    throw py::type_error(label.text() + " has dtype " + dtype_name(param) +
+    throw py::type_error(label.text() + " has dtype " + dtype_name(a) +
                          "; fusedopt updates float32 and float64 arrays (native byte order)");
-  check_layout(param, label, /*written=*/true);
+  check_layout(a, label, written);
   return dtype;
+}
+
+Dtype check_param(const py::array& param, const ArrayLabel& label) {
+  return check_float_array(param, label, /*written=*/true);
 }
 
 // A grad or state array must match its param exactly: no casts, no broadcasting.
@@ -132,10 +138,38 @@ std::int64_t read_step(py::handle entry, std::int64_t index) {
   return step;
 }
 
+// A scalar state value such as state[3]['mu_product']: a finite real number,
+// or the key's initial value when it is missing (a rule turned on mid-run).
+double read_scalar_state(py::handle entry, std::int64_t index, const StateKey& key) {
+  PyObject* value = dict_item(entry, key.name);
+  if (value == nullptr || value == Py_None) return key.initial;
+  const std::string label = "state[" + std::to_string(index) + "]['" + key.name + "']";
+  const double x = PyBool_Check(value) ? -1.0 : PyFloat_AsDouble(value);
+  if (PyBool_Check(value) || (x == -1.0 && PyErr_Occurred())) {
+    PyErr_Clear();
+    throw py::type_error(label + " must be a real number, got " + type_name(value));
+  }
+  if (!std::isfinite(x)) throw py::value_error(label + " must be finite");
+  return x;
+}
+
+// A new state array shaped like `param`, every element `initial`.
+py::array filled_like(const py::array& param, Dtype dtype, double initial) {
+  py::array a(param.dtype(), std::vector<py::ssize_t>(param.shape(), param.shape() + param.ndim()));
+  if (initial == 0.0) {
+    std::memset(a.mutable_data(), 0, static_cast<std::size_t>(a.nbytes()));
+  } else if (dtype == kFloat32) {
+    std::fill_n(static_cast<float*>(a.mutable_data()), a.size(), static_cast<float>(initial));
+  } else {
+    std::fill_n(static_cast<double*>(a.mutable_data()), a.size(), initial);
+  }
+  return a;
+}
+
 }  // namespace
 
 template <class Rule>
-void step(py::handle param_groups, py::handle grads, py::handle state) {
+py::object step(py::handle param_groups, py::handle grads, py::handle state, bool check_finite) {
   const KernelTable& table = active_kernels();
   const py::ssize_t group_count = length(param_groups, "param_groups");
 
@@ -156,12 +190,22 @@ void step(py::handle param_groups, py::handle grads, py::handle state) {
 
   // Phase 1: read and check everything; nothing is written.
   struct Created { py::handle entry; const char* key; py::array array; };
+  // One param's record: its state dict, its new step count and scalar state.
+  struct Record {
+    py::handle entry;
+    std::int64_t param_index;
+    std::int64_t t;
+    StateKeys keys;
+    double scalar_state[kMaxStateScalars];
+  };
   std::vector<Created> created;        // state arrays this step brings into being
   std::vector<py::array> arrays;       // held for the duration of the kernels
   std::vector<typename Rule::Scalars> scalars;
   std::vector<Task> tasks;
-  std::vector<std::pair<py::handle, std::int64_t>> new_steps;
+  std::vector<FiniteCheck> checks;     // the grad check of each task
+  std::vector<Record> records;         // aligned with tasks
   scalars.reserve(static_cast<std::size_t>(param_count));  // tasks point into it
+  records.reserve(static_cast<std::size_t>(param_count));  // scalars() writes into it
   OverlapCheck overlaps;
 
   std::int64_t index = 0;
@@ -188,20 +232,20 @@ void step(py::handle param_groups, py::handle grads, py::handle state) {
         throw py::type_error("state[" + std::to_string(i) + "] must be a dict, got " + type_name(entry));
 
       Task task{table.kernels[Rule::id][dtype], nullptr, {}, param.size(),
-                param.itemsize() * (3 + 2 * keys.count)};  // read w, g, states; write w, states
+                param.itemsize() * (3 + 2 * keys.array_count)};  // read w, g, states; write w, states
       task.streams[0] = param.mutable_data();
       task.streams[1] = const_cast<void*>(grad.data());
       bool buffer_is_new = false;
-      for (int k = 0; k < keys.count; ++k) {
-        const ArrayLabel label{"state", i, keys.names[k]};
-        PyObject* existing = dict_item(entry, keys.names[k]);
+      for (int k = 0; k < keys.array_count; ++k) {
+        const StateKey& key = keys.arrays[k];
+        const ArrayLabel label{"state", i, key.name};
+        PyObject* existing = dict_item(entry, key.name);
         py::array buffer;
         if (existing == nullptr || existing == Py_None) {
           // Turned on after construction (momentum from 0, amsgrad, scale):
-          // starts at zero, like a buffer made at construction.
-          buffer = py::array(param.dtype(), std::vector<py::ssize_t>(param.shape(), param.shape() + param.ndim()));
-          std::memset(buffer.mutable_data(), 0, static_cast<std::size_t>(buffer.nbytes()));
-          created.push_back({entry, keys.names[k], buffer});
+          // starts at its initial value, like a buffer made at construction.
+          buffer = filled_like(param, dtype, key.initial);
+          created.push_back({entry, key.name, buffer});
           buffer_is_new = true;
         } else {
           buffer = as_array(existing, label);
@@ -211,11 +255,13 @@ void step(py::handle param_groups, py::handle grads, py::handle state) {
         task.streams[2 + k] = buffer.mutable_data();
         arrays.push_back(std::move(buffer));
       }
-      const std::int64_t t = read_step(entry, i) + 1;
-      scalars.push_back(Rule::scalars(hyper, {t, buffer_is_new}));
+      Record& record = records.emplace_back(Record{entry, i, read_step(entry, i) + 1, keys, {}});
+      for (int k = 0; k < keys.scalar_count; ++k)
+        record.scalar_state[k] = read_scalar_state(entry, i, keys.scalars[k]);
+      scalars.push_back(Rule::scalars(hyper, {record.t, buffer_is_new, record.scalar_state}));
       task.scalars = &scalars.back();
       tasks.push_back(task);
-      new_steps.emplace_back(entry, t);
+      checks.push_back(table.all_finite[dtype]);
       arrays.push_back(std::move(param));
       arrays.push_back(std::move(grad));
     }
@@ -223,20 +269,39 @@ void step(py::handle param_groups, py::handle grads, py::handle state) {
   overlaps.check();
 
   // Phase 2: the update, without the GIL.
+  std::int64_t first_bad = -1;
   {
     py::gil_scoped_release release;
-    run_tasks(tasks);
+    if (check_finite)
+      first_bad = run_tasks_if_finite(tasks, checks);
+    else
+      run_tasks(tasks);
   }
+  if (first_bad >= 0) return py::int_(records[static_cast<std::size_t>(first_bad)].param_index);
 
   // Phase 3: record what the step created and counted.
   for (const Created& c : created) PyDict_SetItem(c.entry.ptr(), interned(c.key), c.array.ptr());
-  for (const auto& [entry, t] : new_steps) PyDict_SetItem(entry.ptr(), interned("step"), py::int_(t).ptr());
+  for (const Record& r : records) {
+    PyDict_SetItem(r.entry.ptr(), interned("step"), py::int_(r.t).ptr());
+    for (int k = 0; k < r.keys.scalar_count; ++k)
+      PyDict_SetItem(r.entry.ptr(), interned(r.keys.scalars[k].name), py::float_(r.scalar_state[k]).ptr());
+  }
+  return py::none();
 }
 
-template void step<MomentumRule>(py::handle, py::handle, py::handle);
-template void step<SgdRule>(py::handle, py::handle, py::handle);
-template void step<AdadeltaRule>(py::handle, py::handle, py::handle);
-template void step<AdamRule>(py::handle, py::handle, py::handle);
+#define FUSEDOPT_INSTANTIATE_STEP(Rule) \
+  template py::object step<Rule>(py::handle, py::handle, py::handle, bool);
+FUSEDOPT_INSTANTIATE_STEP(MomentumRule)
+FUSEDOPT_INSTANTIATE_STEP(SgdRule)
+FUSEDOPT_INSTANTIATE_STEP(AdadeltaRule)
+FUSEDOPT_INSTANTIATE_STEP(AdamRule)
+FUSEDOPT_INSTANTIATE_STEP(RmspropRule)
+FUSEDOPT_INSTANTIATE_STEP(AdagradRule)
+FUSEDOPT_INSTANTIATE_STEP(NadamRule)
+FUSEDOPT_INSTANTIATE_STEP(RadamRule)
+FUSEDOPT_INSTANTIATE_STEP(AdamaxRule)
+FUSEDOPT_INSTANTIATE_STEP(LionRule)
+#undef FUSEDOPT_INSTANTIATE_STEP
 
 void check_params(py::handle params, std::int64_t first_index) {
   const py::ssize_t count = length(params, "params");
@@ -284,6 +349,103 @@ void roof(py::handle tensors) {
   overlaps.check();
   py::gil_scoped_release release;
   run_tasks(tasks);
+}
+
+// ------------------------------------------------------- gradient passes
+
+namespace {
+
+struct Grad {
+  py::array array;
+  Dtype dtype;
+  std::int64_t index;  // in the caller's list
+};
+
+// The arrays of a grads list, None entries skipped, every one checked before
+// any is touched; `written` ones must be writeable and must not overlap.
+std::vector<Grad> read_grads(py::handle grads, bool written) {
+  const py::ssize_t count = length(grads, "grads");
+  std::vector<Grad> out;
+  OverlapCheck overlaps;
+  for (py::ssize_t i = 0; i < count; ++i) {
+    py::object object = py::reinterpret_borrow<py::sequence>(grads)[i];
+    if (object.is_none()) continue;
+    const ArrayLabel label{"grads", i};
+    py::array a = as_array(object, label);
+    const Dtype dtype = check_float_array(a, label, written);
+    overlaps.add(a, label, written);
+    out.push_back({std::move(a), dtype, i});
+  }
+  if (written) overlaps.check();
+  return out;
+}
+
+// Runs one in-place elementwise kernel over every grad in one parallel region.
+void run_over_grads(const std::vector<Grad>& grads, const Kernel (&kernels)[kDtypeCount],
+                    const void* scalars) {
+  std::vector<Task> tasks;
+  for (const Grad& g : grads)
+    tasks.push_back(Task{kernels[g.dtype], scalars, {const_cast<void*>(g.array.data())},
+                         g.array.size(), 2 * g.array.itemsize()});
+  py::gil_scoped_release release;
+  run_tasks(tasks);
+}
+
+}  // namespace
+
+double grad_norm(py::handle grads, double norm_type) {
+  if (!(norm_type > 0.0))
+    throw py::value_error("norm_type must be a number > 0 or inf, got " +
+                          py::repr(py::float_(norm_type)).cast<std::string>());
+  const NormKind kind = norm_type == 1.0 ? kNormL1
+                        : norm_type == 2.0 ? kNormL2
+                        : std::isinf(norm_type) ? kNormLinf
+                        : kNormLp;
+  const NormScalars scalars{norm_type};
+  const std::vector<Grad> checked = read_grads(grads, /*written=*/false);
+  const KernelTable& table = active_kernels();
+  std::vector<ReduceTask> tasks;
+  for (const Grad& g : checked)
+    tasks.push_back({table.norm_partial[kind][g.dtype], &scalars, g.array.data(), g.array.size(),
+                     g.array.itemsize()});
+  double total;
+  {
+    py::gil_scoped_release release;
+    total = reduce_blocks(tasks, kind == kNormLinf ? Combine::kMax : Combine::kSum);
+  }
+  switch (kind) {
+    case kNormL2: return std::sqrt(total);
+    case kNormLp: return std::pow(total, 1.0 / norm_type);
+    default: return total;  // L1 and Linf need no root
+  }
+}
+
+void scale_grads(py::handle grads, double factor) {
+  const std::vector<Grad> checked = read_grads(grads, /*written=*/true);
+  const ScaleScalars scalars{factor};
+  run_over_grads(checked, active_kernels().scale, &scalars);
+}
+
+void clamp_grads(py::handle grads, double limit) {
+  if (!(limit >= 0.0))
+    throw py::value_error("clip_value must be >= 0, got " + py::repr(py::float_(limit)).cast<std::string>());
+  const std::vector<Grad> checked = read_grads(grads, /*written=*/true);
+  const ClampScalars scalars{limit};
+  run_over_grads(checked, active_kernels().clamp, &scalars);
+}
+
+py::object first_nonfinite(py::handle grads) {
+  const std::vector<Grad> checked = read_grads(grads, /*written=*/false);
+  const KernelTable& table = active_kernels();
+  for (const Grad& g : checked) {
+    bool finite;
+    {
+      py::gil_scoped_release release;
+      finite = table.all_finite[g.dtype](g.array.data(), 0, g.array.size());
+    }
+    if (!finite) return py::int_(g.index);
+  }
+  return py::none();
 }
 
 }  // namespace fusedopt

@@ -17,8 +17,13 @@ namespace py = pybind11;
 // state: a list aligned the same way, of dicts holding the rule's state
 //   arrays and "step", the number of updates made so far.
 // Raises TypeError/ValueError naming the argument before any array changes.
+//
+// With check_finite, the grads are checked for NaN and infinities in the same
+// parallel region, before any update: if one holds any, nothing at all is
+// written (params, state arrays, step counts, scalar state) and the index of
+// the first such grad is returned. Returns None when the step was applied.
 template <class Rule>
-void step(py::handle param_groups, py::handle grads, py::handle state);
+py::object step(py::handle param_groups, py::handle grads, py::handle state, bool check_finite);
 
 // Checks that each array of `params` could be a param (a writeable, aligned,
 // C-contiguous float32/float64 ndarray); errors name params[first_index + k].
@@ -28,5 +33,23 @@ void check_params(py::handle params, std::int64_t first_index);
 // shape and dtype; adds b to every a_i in place (k = 1..4), all tensors in one
 // parallel region. Same validation and threading as a step.
 void roof(py::handle tensors);
+
+// Passes over a list of gradients (None entries are skipped; every array a
+// C-contiguous, aligned float32/float64 ndarray; errors name grads[i]).
+
+// The p-norm of all grads taken as one vector (norm_type > 0, or inf),
+// accumulated in double in blocks whose order does not depend on the thread
+// count (parallel.hpp, reduce_blocks).
+double grad_norm(py::handle grads, double norm_type);
+
+// g <- factor * g for every grad, in one parallel region (each grad writeable,
+// none overlapping another).
+void scale_grads(py::handle grads, double factor);
+
+// g <- min(max(g, -limit), limit) for every grad (limit >= 0), likewise.
+void clamp_grads(py::handle grads, double limit);
+
+// The index of the first grad holding a NaN or an infinity, or None.
+py::object first_nonfinite(py::handle grads);
 
 }  // namespace fusedopt

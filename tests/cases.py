@@ -29,6 +29,23 @@ CASES = [
     ("Adam", {"decoupled_weight_decay": True, "weight_decay": 0.1}),
     ("AdamW", {}),
     ("AdamW", {"amsgrad": True, "weight_decay": 0.5, "maximize": True}),
+    ("RMSprop", {}),
+    ("RMSprop", {"momentum": 0.9}),
+    ("RMSprop", {"centered": True}),
+    ("RMSprop", {"momentum": 0.5, "centered": True, "alpha": 0.9, "weight_decay": 0.01, "maximize": True}),
+    ("Adagrad", {}),
+    ("Adagrad", {"lr_decay": 0.1, "initial_accumulator_value": 0.3, "weight_decay": 0.01}),
+    ("Adagrad", {"eps": 1e-3, "maximize": True}),
+    ("NAdam", {}),
+    ("NAdam", {"weight_decay": 0.1, "momentum_decay": 0.1}),
+    ("NAdam", {"decoupled_weight_decay": True, "weight_decay": 0.1, "maximize": True, "betas": (0.5, 0.9)}),
+    ("RAdam", {}),  # beta2 = 0.999: unrectified for t <= 5, rectified after
+    ("RAdam", {"betas": (0.5, 0.9), "weight_decay": 0.1, "maximize": True}),
+    ("RAdam", {"decoupled_weight_decay": True, "weight_decay": 0.1, "eps": 1e-3}),
+    ("Adamax", {}),
+    ("Adamax", {"betas": (0.5, 0.9), "eps": 1e-3, "weight_decay": 0.1, "maximize": True}),
+    ("Lion", {}),
+    ("Lion", {"betas": (0.5, 0.9), "weight_decay": 0.1, "maximize": True}),
 ]
 
 CASE_IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in CASES]

@@ -11,15 +11,18 @@ for the NumPy oracle.
 
 from . import _core
 from ._config import cpu_features, get_num_threads, set_num_threads, show_config, threads
-from .checkpoint import load, save
-from .optimizer import Optimizer
-from .optimizers import SGD, Adadelta, Adam, AdamW, Momentum
+from .optimizer import NonFiniteGradError, Optimizer
+from .optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, Momentum, NAdam, RAdam, RMSprop
 from . import checkpoint, functional, lr_scheduler, reference, schedules  # noqa: E402  (they import the classes above)
+from .checkpoint import load, save
+from .functional import clip_grad_norm_, clip_grad_value_, get_total_norm
 
 __version__ = _core.build_info()["version"]
 
 __all__ = [
     "Optimizer", "Momentum", "SGD", "Adadelta", "Adam", "AdamW",
+    "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax", "Lion",
+    "NonFiniteGradError", "clip_grad_norm_", "clip_grad_value_", "get_total_norm",
     "functional", "reference", "checkpoint", "save", "load", "lr_scheduler", "schedules",
     "cpu_features", "show_config", "get_num_threads", "set_num_threads", "threads",
     "__version__",

@@ -13,7 +13,24 @@ import numpy as np
 from . import _core
 from . import checkpoint as _checkpoint
 
-__all__ = ["Optimizer"]
+__all__ = ["Optimizer", "NonFiniteGradError", "NONFINITE_POLICIES"]
+
+# What a step does when a gradient holds a NaN or an infinity (see Optimizer).
+NONFINITE_POLICIES = ("apply", "skip", "raise")
+
+
+class NonFiniteGradError(FloatingPointError, RuntimeError):
+    """A gradient holds a NaN or an infinity, and nothing was changed.
+
+    ``index`` is the position of the first such array in the list passed in
+    (``grads[index]``), or ``None`` when every array is finite but a result
+    computed from them is not (a norm that overflowed). It is also a
+    ``RuntimeError``, which is what ``torch.nn.utils.clip_grad_norm_`` raises.
+    """
+
+    def __init__(self, message: str, index: int | None = None):
+        super().__init__(message)
+        self.index = index
 
 
 @dataclass(frozen=True)
@@ -21,9 +38,10 @@ class Rule:
     """The compiled core's entry points for one update rule."""
 
     name: str
-    step: Callable[[list, Sequence, list], None]
+    step: Callable[..., int | None]
     check_group: Callable[[dict, int], None]
     state_keys: Callable[[dict], list[str]]
+    state_spec: Callable[[dict], tuple[dict[str, float], dict[str, float]]]
 
     @classmethod
     def named(cls, name: str) -> "Rule":
@@ -32,7 +50,17 @@ class Rule:
             getattr(_core, f"{name}_step"),
             getattr(_core, f"{name}_check_group"),
             getattr(_core, f"{name}_state_keys"),
+            getattr(_core, f"{name}_state_spec"),
         )
+
+    def initial_state(self, group: dict, param: np.ndarray) -> dict[str, Any]:
+        """One param's state before its first step: ``"step"`` 0, every state
+        array and scalar at the rule's initial value."""
+        arrays, scalars = self.state_spec(group)
+        state: dict[str, Any] = {"step": 0}
+        state.update((key, np.full_like(param, value)) for key, value in arrays.items())
+        state.update(scalars)
+        return state
 
 
 class Optimizer:
@@ -48,11 +76,30 @@ class Optimizer:
     ``step(grads)`` updates every param in place in one call into C++ and one
     parallel region; ``grads`` is aligned with the params, and a ``None``
     entry leaves its param and state alone.
+
+    ``nonfinite`` says what a step does when a gradient holds a NaN or an
+    infinity:
+
+    - ``"apply"`` (default, as torch.optim): no check; the step is applied
+      and the NaN or infinity propagates into the params and state.
+    - ``"skip"``: the grads are checked in the same call and parallel region
+      as the update (one extra read of the grads); if any value is not
+      finite, nothing changes (params, state arrays, step counts), ``step``
+      returns ``False`` and ``skipped_steps`` goes up by one.
+    - ``"raise"``: checked likewise; nothing changes and
+      :class:`NonFiniteGradError` names the first offending ``grads[i]``
+      (``skipped_steps`` goes up too).
     """
 
     rule: Rule  # set by each subclass
 
-    def __init__(self, params: Iterable, defaults: Mapping[str, Any]):
+    def __init__(self, params: Iterable, defaults: Mapping[str, Any], *, nonfinite: str = "apply"):
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, got {nonfinite!r}"
+            )
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0  # steps not applied because a gradient was not finite
         self.defaults = dict(defaults)
         self.param_groups: list[dict[str, Any]] = []
         self.state: list[dict[str, Any]] = []
@@ -65,9 +112,19 @@ class Optimizer:
             self.add_param_group(group)
 
     # ------------------------------------------------------------------ step
-    def step(self, grads: Sequence[np.ndarray | None]) -> None:
-        """Update every param in place from ``grads`` (aligned with the params)."""
-        self.rule.step(self.param_groups, grads, self.state)
+    def step(self, grads: Sequence[np.ndarray | None]) -> bool:
+        """Update every param in place from ``grads`` (aligned with the params).
+
+        Returns ``True`` when the step was applied, ``False`` when
+        ``nonfinite="skip"`` skipped it (see the class docstring).
+        """
+        bad = self.rule.step(self.param_groups, grads, self.state, self.nonfinite != "apply")
+        if bad is None:
+            return True
+        self.skipped_steps += 1
+        if self.nonfinite == "raise":
+            raise _nonfinite_grad_error(grads[bad], bad)
+        return False
 
     # ---------------------------------------------------------- param groups
     def add_param_group(self, param_group: Mapping[str, Any]) -> None:
@@ -85,14 +142,13 @@ class Optimizer:
         known = [p for g in self.param_groups for p in g["params"]]
         _core.check_params(known + params, 0)  # also rejects a param given twice
         self.rule.check_group(group, len(self.param_groups))
-        keys = self.rule.state_keys(group)
         self.param_groups.append(group)
-        self.state.extend(
-            {"step": 0, **{key: np.zeros_like(p) for key in keys}} for p in params
-        )
+        self.state.extend(self.rule.initial_state(group, p) for p in params)
 
     def _normalized(self, group: dict[str, Any]) -> dict[str, Any]:
-        """Hook for subclasses to bring hyperparameters into one form (e.g. betas as a tuple)."""
+        """Bring hyperparameters into one form; subclasses may add to it."""
+        if isinstance(group.get("betas"), list):  # a JSON round trip turns tuples into lists
+            group["betas"] = tuple(group["betas"])
         return group
 
     # ------------------------------------------------------------ state_dict
@@ -145,12 +201,12 @@ class Optimizer:
                 {"params": group["params"], **{k: v for k, v in saved.items() if k != "params"}}
             )
             self.rule.check_group(merged, g)
-            keys = self.rule.state_keys(merged)
+            array_keys, scalar_keys = self.rule.state_spec(merged)
             for param, saved_id in zip(group["params"], ids):
                 index = len(new_state)
                 if saved_id not in saved_state:
                     raise ValueError(f"state_dict['state'] has no entry {saved_id} for params[{index}]")
-                new_state.append(_checked_state(saved_state[saved_id], param, keys, index))
+                new_state.append(_checked_state(saved_state[saved_id], param, array_keys, scalar_keys, index))
             new_groups.append(merged)
 
         for group, merged in zip(self.param_groups, new_groups):
@@ -185,7 +241,18 @@ def _as_list(value: Any, name: str) -> list:
     return list(value)
 
 
-def _checked_state(saved: Any, param: np.ndarray, keys: list[str], index: int) -> dict[str, Any]:
+def _nonfinite_grad_error(grad: np.ndarray, index: int) -> NonFiniteGradError:
+    where = np.flatnonzero(~np.isfinite(grad))
+    first = f" (first at flat index {where[0]}: {grad.flat[where[0]]})" if where.size else ""
+    return NonFiniteGradError(
+        f"grads[{index}] holds a NaN or an infinity{first}; the step was skipped and nothing "
+        "changed (nonfinite='raise')",
+        index,
+    )
+
+
+def _checked_state(saved: Any, param: np.ndarray, keys: Iterable[str], scalar_keys: Iterable[str],
+                   index: int) -> dict[str, Any]:
     """A private copy of one param's saved state, or an error naming what is wrong."""
     where = f"state_dict['state'] entry for params[{index}]"
     if not isinstance(saved, Mapping):
@@ -210,4 +277,11 @@ def _checked_state(saved: Any, param: np.ndarray, keys: list[str], index: int) -
         if array.shape != param.shape:
             raise ValueError(f"{where}[{key!r}] has shape {array.shape}, the param has {param.shape}")
         entry[key] = np.array(array, order="C", copy=True)
+    for key in scalar_keys:
+        value = saved.get(key)
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise ValueError(f"{where} needs {key!r}, a finite number; got {value!r}")
+        entry[key] = float(value)
     return entry

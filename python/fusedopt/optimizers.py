@@ -3,15 +3,19 @@ rules as ``../shared/ALGORITHMS.md`` (and docs/algorithms.md) write them.
 
 Each class only names its rule and its defaults; the machinery is in
 :class:`fusedopt.optimizer.Optimizer` and the math in ``csrc/kernels.cpp``.
+Every class also takes ``nonfinite="apply" | "skip" | "raise"``, what a step
+does when a gradient holds a NaN or an infinity (see
+:class:`~fusedopt.optimizer.Optimizer`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Iterable
 
 from .optimizer import Optimizer, Rule
 
-__all__ = ["Momentum", "SGD", "Adadelta", "Adam", "AdamW"]
+__all__ = ["Momentum", "SGD", "Adadelta", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax",
+           "Lion"]
 
 
 class Momentum(Optimizer):
@@ -26,8 +30,8 @@ class Momentum(Optimizer):
 
     rule = Rule.named("momentum")
 
-    def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.9):
-        super().__init__(params, dict(lr=lr, momentum=momentum))
+    def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.9, *, nonfinite: str = "apply"):
+        super().__init__(params, dict(lr=lr, momentum=momentum), nonfinite=nonfinite)
 
 
 class SGD(Optimizer):
@@ -55,11 +59,13 @@ class SGD(Optimizer):
         nesterov: bool = False,
         *,
         maximize: bool = False,
+        nonfinite: str = "apply",
     ):
         super().__init__(
             params,
             dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                  nesterov=nesterov, maximize=maximize),
+            nonfinite=nonfinite,
         )
 
 
@@ -94,10 +100,12 @@ class Adadelta(Optimizer):
         *,
         maximize: bool = False,
         scale: str = "updates",
+        nonfinite: str = "apply",
     ):
         super().__init__(
             params,
             dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize, scale=scale),
+            nonfinite=nonfinite,
         )
 
 
@@ -128,17 +136,14 @@ class Adam(Optimizer):
         *,
         maximize: bool = False,
         decoupled_weight_decay: bool = False,
+        nonfinite: str = "apply",
     ):
         super().__init__(
             params,
             dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                  maximize=maximize, decoupled_weight_decay=decoupled_weight_decay),
+            nonfinite=nonfinite,
         )
-
-    def _normalized(self, group: dict[str, Any]) -> dict[str, Any]:
-        if isinstance(group.get("betas"), list):  # a JSON round trip turns tuples into lists
-            group["betas"] = tuple(group["betas"])
-        return group
 
 
 class AdamW(Adam):
@@ -154,6 +159,218 @@ class AdamW(Adam):
         amsgrad: bool = False,
         *,
         maximize: bool = False,
+        nonfinite: str = "apply",
     ):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
-                         decoupled_weight_decay=True)
+                         decoupled_weight_decay=True, nonfinite=nonfinite)
+
+
+class RMSprop(Optimizer):
+    """RMSprop as ``torch.optim.RMSprop`` (Hinton's lecture 6e; centered: Graves 2013)::
+
+        g    <- g + weight_decay * w             (after g <- -g if maximize)
+        v    <- alpha * v + (1 - alpha) * g^2
+        gbar <- alpha * gbar + (1 - alpha) * g   (centered)
+        avg  <- sqrt(v - gbar^2) + eps           (centered; else sqrt(v) + eps)
+        b    <- momentum * b + g / avg           (momentum > 0)
+        w    <- w - lr * b                       (momentum > 0; else w - lr * g / avg)
+
+    State: ``square_avg``, ``momentum_buffer`` (momentum > 0), ``grad_avg`` (centered).
+    """
+
+    rule = Rule.named("rmsprop")
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+        *,
+        maximize: bool = False,
+        nonfinite: str = "apply",
+    ):
+        super().__init__(
+            params,
+            dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                 centered=centered, maximize=maximize),
+            nonfinite=nonfinite,
+        )
+
+
+class Adagrad(Optimizer):
+    """Adagrad as ``torch.optim.Adagrad`` (Duchi et al. 2011)::
+
+        g    <- g + weight_decay * w             (after g <- -g if maximize)
+        lr_t  = lr / (1 + (t - 1) * lr_decay)
+        s    <- s + g^2
+        w    <- w - lr_t * g / (sqrt(s) + eps)
+
+    State: ``sum``, starting at ``initial_accumulator_value`` (per group:
+    torch uses the constructor's value for every group).
+    """
+
+    rule = Rule.named("adagrad")
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-2,
+        lr_decay: float = 0.0,
+        weight_decay: float = 0.0,
+        initial_accumulator_value: float = 0.0,
+        eps: float = 1e-10,
+        *,
+        maximize: bool = False,
+        nonfinite: str = "apply",
+    ):
+        super().__init__(
+            params,
+            dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                 initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize),
+            nonfinite=nonfinite,
+        )
+
+
+class NAdam(Optimizer):
+    """NAdam as ``torch.optim.NAdam`` (Dozat 2016, Adam with Nesterov momentum)::
+
+        g    <- g + weight_decay * w             (coupled; after g <- -g if maximize)
+        w    <- (1 - lr * weight_decay) * w      (decoupled_weight_decay instead)
+        mu_t  = beta1 * (1 - 0.5 * 0.96^(t * momentum_decay))
+        P_t   = mu_1 * ... * mu_t                (state "mu_product", a float)
+        m    <- beta1 * m + (1 - beta1) * g
+        v    <- beta2 * v + (1 - beta2) * g^2
+        d     = sqrt(v / (1 - beta2^t)) + eps
+        w    <- w - lr * (1 - mu_t) / (1 - P_t) * g / d
+                  - lr * mu_{t+1} / (1 - P_t * mu_{t+1}) * m / d
+
+    State: ``exp_avg``, ``exp_avg_sq`` and ``mu_product`` (a Python float, 1.0 at first).
+    """
+
+    rule = Rule.named("nadam")
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum_decay: float = 4e-3,
+        decoupled_weight_decay: bool = False,
+        *,
+        maximize: bool = False,
+        nonfinite: str = "apply",
+    ):
+        super().__init__(
+            params,
+            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
+                 decoupled_weight_decay=decoupled_weight_decay, maximize=maximize),
+            nonfinite=nonfinite,
+        )
+
+
+class RAdam(Optimizer):
+    """RAdam as ``torch.optim.RAdam`` (Liu et al. 2019, rectified Adam)::
+
+        g      <- g + weight_decay * w           (coupled; after g <- -g if maximize)
+        w      <- (1 - lr * weight_decay) * w    (decoupled_weight_decay instead)
+        m      <- beta1 * m + (1 - beta1) * g
+        v      <- beta2 * v + (1 - beta2) * g^2
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t   = rho_inf - 2 t beta2^t / (1 - beta2^t)
+        if rho_t > 5:   (decided once per step and tensor)
+            r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+            w  <- w - lr / (1 - beta1^t) * sqrt(1 - beta2^t) * r_t * m / (sqrt(v) + eps)
+        else:
+            w  <- w - lr / (1 - beta1^t) * m
+
+    State: ``exp_avg``, ``exp_avg_sq``.
+    """
+
+    rule = Rule.named("radam")
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decoupled_weight_decay: bool = False,
+        *,
+        maximize: bool = False,
+        nonfinite: str = "apply",
+    ):
+        super().__init__(
+            params,
+            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                 decoupled_weight_decay=decoupled_weight_decay, maximize=maximize),
+            nonfinite=nonfinite,
+        )
+
+
+class Adamax(Optimizer):
+    """Adamax as ``torch.optim.Adamax`` (Kingma & Ba 2015, the infinity-norm Adam)::
+
+        g <- g + weight_decay * w                (after g <- -g if maximize)
+        m <- beta1 * m + (1 - beta1) * g
+        u <- max(beta2 * u, |g| + eps)
+        w <- w - lr / (1 - beta1^t) * m / u
+
+    State: ``exp_avg``, ``exp_inf``.
+    """
+
+    rule = Rule.named("adamax")
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        nonfinite: str = "apply",
+    ):
+        super().__init__(
+            params,
+            dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize),
+            nonfinite=nonfinite,
+        )
+
+
+class Lion(Optimizer):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms")::
+
+        c <- sign(beta1 * m + (1 - beta1) * g)   (after g <- -g if maximize; sign(0) = 0)
+        w <- w * (1 - lr * weight_decay) - lr * c
+        m <- beta2 * m + (1 - beta2) * g
+
+    Every coordinate moves by exactly lr (or not at all), so Lion wants a
+    learning rate 3-10x smaller than AdamW's and a weight decay 3-10x larger.
+    State: ``exp_avg``. Not in torch.optim.
+    """
+
+    rule = Rule.named("lion")
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        nonfinite: str = "apply",
+    ):
+        super().__init__(
+            params,
+            dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize),
+            nonfinite=nonfinite,
+        )
