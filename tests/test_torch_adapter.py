@@ -450,6 +450,19 @@ def test_momentum_turned_on_later_starts_from_the_gradient_as_torch():
         assert_same_as_torch(fused_opt, torch_opt, step, f"after step {step}")
 
 
+def test_every_rule_has_a_torch_class_and_test_cases():
+    """A rule added to fusedopt needs its row in fusedopt.torch, and cases here."""
+    rules = [name for name in fusedopt.__all__
+             if isinstance(getattr(fusedopt, name), type) and issubclass(getattr(fusedopt, name), fusedopt.Optimizer)
+             and name != "Optimizer"]
+    assert rules and set(rules) <= set(ft.__all__)
+    for name in rules:
+        row = getattr(ft, name).row
+        assert row.fused is getattr(fusedopt, name)
+        cases = TORCH_CASES if row.torch_name else FUSED_ONLY_CASES
+        assert any(case_name == name for case_name, _ in cases), f"no test case for {name}"
+
+
 def test_constructor_is_torchs():
     """Same arguments, order, kinds and defaults as torch.optim's class, and
     fusedopt's defaults agree with torch's."""
@@ -466,6 +479,11 @@ def test_constructor_is_torchs():
     assert ft.Adam([w], 0.1, (0.8, 0.9)).param_groups[0]["betas"] == (0.8, 0.9)  # positional, as torch
     assert ft.Adam([w], betas=[0.8, 0.9]).param_groups[0]["betas"] == (0.8, 0.9)
     assert ft.SGD([w], foreach=False, fused=None).param_groups[0]["foreach"] is False
+
+    class MyAdam(ft.Adam):  # a subclass keeps its rule
+        pass
+
+    assert MyAdam([w], lr=0.5).row is ft.Adam.row
 
 
 # --------------------------------------------------------------------------- errors

@@ -85,10 +85,11 @@ class Row:
         return self.state_names.get(core_key, core_key)
 
 
-# torch's switches between its own implementations, and whether each may be
-# set to anything other than its default here. Any other argument torch has
-# and fusedopt lacks may only keep its default.
-_TORCH_SWITCHES = {"foreach": True, "fused": True, "capturable": False, "differentiable": False}
+# torch's choices between its own implementations: accepted, kept in the
+# param groups (so state_dicts match torch's) and otherwise ignored. Any other
+# argument torch has and fusedopt lacks (capturable, differentiable) may only
+# keep its default.
+_IGNORED_SWITCHES = {"foreach", "fused"}
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
@@ -103,8 +104,10 @@ class FusedOptimizer(torch.optim.Optimizer):
     _torch_only: ClassVar[dict[str, Any]]  # torch's arguments fusedopt lacks, with their defaults
     _fixed: ClassVar[dict[str, Any]]  # hyperparameters the class fixes (AdamW's decoupled decay)
 
-    def __init_subclass__(cls, row: Row, **kwargs: Any) -> None:
+    def __init_subclass__(cls, row: Row | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if row is None:  # a subclass of a rule's class keeps its row
+            return
         cls.row = row
         fused_signature = inspect.signature(row.fused)
         fused_names = set(fused_signature.parameters)
@@ -135,7 +138,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         switches = {name: arguments.pop(name) for name in self._torch_only}
         for name, value in switches.items():
             default = self._torch_only[name]
-            if not _TORCH_SWITCHES.get(name, False) and value != default:
+            if name not in _IGNORED_SWITCHES and value != default:
                 raise ValueError(
                     f"fusedopt.torch.{type(self).__name__} does not support {name}={value!r} "
                     f"(it updates CPU tensors with one fused kernel); leave it at {default!r}"
@@ -157,12 +160,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         try:
             index = len(self.param_groups) - 1
             group = self.param_groups[index]
-            self.row.rule.check_group(group, index)
             first = sum(len(g["params"]) for g in self.param_groups[:-1])
             for k, param in enumerate(group["params"]):
                 _check_param(param, self._label(first + k, group, k))
             views = [p.detach().numpy() for g in self.param_groups for p in g["params"]]
             _core.check_params(views, 0)  # also rejects params sharing memory
+            self.row.rule.check_group(group, index)
         except Exception:
             self.param_groups.pop()
             raise
