@@ -342,7 +342,9 @@ class _CoreCall:
         # The params changed through NumPy, which autograd does not see: bump
         # their version counters, so a graph that saved them refuses to
         # backward through stale values, as after torch's in-place updates.
-        torch.autograd.graph.increment_version(self.updated)
+        # (One call per tensor: torch before 2.5 takes no list here.)
+        for param in self.updated:
+            torch.autograd.graph.increment_version(param)
 
 
 def _step_dtype() -> torch.dtype:
