@@ -147,13 +147,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    epochs = 2 if args.quick else 10
+    epochs = 1 if args.quick else 10
     data = load_data()
     start = make_model()
     params = sum(p.numel() for p in start.parameters())
-    # A warm-up run, untimed: torch's first steps pay one-time setup costs.
-    warm = copy.deepcopy(start)
-    train(warm, torch.optim.AdamW(warm.parameters()), data, 1)
+    if not args.quick:  # a warm-up run, untimed: torch's first steps pay one-time setup costs
+        warm = copy.deepcopy(start)
+        train(warm, torch.optim.AdamW(warm.parameters()), data, 1)
     runs = {}
     for name, make in OPTIMIZERS.items():
         model = copy.deepcopy(start)
