@@ -1,9 +1,10 @@
 """fusedopt.torch against torch.optim's for-loop implementation (foreach=False).
 
-A small network is trained on the CPU with each rule and option, once by
-torch.optim and once by fusedopt.torch; after every step the params, every
-state tensor and every step count are compared. Then: state_dict interchange
-both ways, torch's schedulers, no copies, and the errors.
+A small network is trained on the CPU with each rule and option by
+torch.optim, and its twin by fusedopt.torch on the same gradients; after
+every step the params, every state tensor and every step count are compared.
+Then: state_dict interchange both ways, torch's schedulers, no copies, and
+the errors.
 
 Rounding: torch's CPU kernels fuse some multiply-adds (FMA) and order a few
 products differently, while fusedopt's core never contracts (it is bitwise
@@ -13,7 +14,8 @@ Adadelta's acc_delta: two square roots, a quotient, a product and a square
 feeding a running average), each rounding within an ulp of the magnitudes
 involved, which are at most the tensor's largest. Hence the tolerance below:
 ULP_PER_STEP ulp of the tensor's largest magnitude per step taken, compared
-element by element. (Measured on this suite: at most 3.8, Adadelta's acc_delta after one step.)
+element by element. (Measured on this suite: at most 3.8, Adadelta's
+acc_delta after its first step.)
 """
 
 from __future__ import annotations
