@@ -128,7 +128,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         probe = row.fused([np.zeros(1, np.float32)])
         cls._fixed = {k: v for k, v in probe.defaults.items() if k not in fused_names}
         if cls.__doc__ is None:
-            cls.__doc__ = row.fused.__doc__
+            counterpart = f"torch.optim.{row.torch_name}'s" if row.torch_name else "fusedopt's"
+            cls.__doc__ = (
+                f"{row.fused.__doc__.rstrip()}\n\n    A torch.optim.Optimizer over CPU tensors, "
+                f"with {counterpart} constructor\n    arguments and state layout (see fusedopt.torch).\n"
+            )
 
     def __init__(self, params: Iterable, *args: Any, **kwargs: Any) -> None:
         bound = self._signature.bind(params, *args, **kwargs)  # TypeError as torch's would
@@ -397,7 +401,7 @@ def _check_like_param(tensor: Any, param: torch.Tensor, label: str) -> None:
     if tensor.device.type != "cpu":
         raise TypeError(f"{label} is on {tensor.device}: fusedopt.torch works on CPU tensors only")
     if tensor.layout != torch.strided:
-        raise TypeError(f"{label} is {tensor.layout}: fusedopt.torch does not support sparse gradients")
+        raise TypeError(f"{label} is {tensor.layout}: fusedopt.torch works on dense tensors only")
     if tensor.dtype != param.dtype:
         raise TypeError(f"{label} has dtype {tensor.dtype}, the param has {param.dtype}")
     if tensor.shape != param.shape:
