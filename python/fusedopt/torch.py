@@ -1,0 +1,454 @@
+"""fusedopt's rules as ``torch.optim`` optimizers, for CPU tensors.
+
+A one-line swap for a torch training loop::
+
+    opt = fusedopt.torch.AdamW(model.parameters(), lr=1e-3)   # was torch.optim.AdamW
+    loss.backward()
+    opt.step()            # every param of every group in one fused call, in place
+    opt.zero_grad()
+
+Each class is a ``torch.optim.Optimizer`` with its torch counterpart's
+constructor arguments and defaults, param groups, state layout and
+``state_dict()``: a checkpoint of ``torch.optim.Adam`` loads into
+``fusedopt.torch.Adam`` and continues, and the other way round. torch's
+learning-rate schedulers, step hooks and ``zero_grad`` work unchanged.
+
+How a step works: the params, their gradients and the state tensors are
+handed to fusedopt's compiled core as NumPy views of the tensors' own memory
+(``Tensor.numpy()`` never copies a CPU tensor), so the core updates them in
+place. The params must be dense, C-contiguous float32 or float64 tensors on
+the CPU; anything else is refused with an error naming the param.
+
+torch's implementation switches are accepted so that code written for
+``torch.optim`` runs unchanged: ``foreach`` and ``fused`` are stored in the
+param groups and otherwise ignored (fusedopt has one implementation, fused);
+``capturable=True`` and ``differentiable=True`` are refused.
+
+The rules differ from ``torch.optim``'s by float rounding only: the core
+never fuses a multiply and an add into one FMA (so it is bitwise identical to
+fusedopt's NumPy reference on every SIMD target), while some of torch's
+vectorised CPU kernels do.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Mapping
+
+import numpy as np
+
+try:
+    import torch
+except ImportError as error:  # torch is an optional dependency
+    raise ImportError(
+        "fusedopt.torch needs PyTorch, which is not installed. Install it with\n"
+        '    pip install "fusedopt[torch]"\n'
+        "or, to get the CPU-only build (no CUDA packages):\n"
+        "    pip install torch --index-url https://download.pytorch.org/whl/cpu"
+    ) from error
+
+import fusedopt
+from fusedopt import _core
+from fusedopt.optimizer import Rule
+
+__all__ = ["FusedOptimizer", "Row", "Momentum", "SGD", "Adadelta", "Adam", "AdamW"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """How one fusedopt rule appears as a ``torch.optim`` optimizer.
+
+    ``fused`` is the fusedopt class: its rule is what a step calls, its
+    constructor validates the hyperparameters and supplies the defaults.
+    ``torch_name`` names the ``torch.optim`` counterpart, whose constructor
+    signature the torch-facing class takes (None when torch has no such
+    rule: the fusedopt class's signature is used). ``state_names`` renames the
+    core's state keys where torch's differ. ``counts_steps`` says whether
+    torch keeps ``state["step"]`` (``torch.optim.SGD`` keeps none).
+    """
+
+    fused: type[fusedopt.Optimizer]
+    torch_name: str | None
+    state_names: Mapping[str, str] = field(default_factory=dict)
+    counts_steps: bool = True
+
+    @property
+    def rule(self) -> Rule:
+        return self.fused.rule
+
+    @property
+    def torch_class(self) -> type[torch.optim.Optimizer] | None:
+        return getattr(torch.optim, self.torch_name) if self.torch_name else None
+
+    def torch_key(self, core_key: str) -> str:
+        return self.state_names.get(core_key, core_key)
+
+
+# torch's choices between its own implementations: accepted, kept in the
+# param groups (so state_dicts match torch's) and otherwise ignored. Any other
+# argument torch has and fusedopt lacks (capturable, differentiable) may only
+# keep its default.
+_IGNORED_SWITCHES = {"foreach", "fused"}
+
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+class FusedOptimizer(torch.optim.Optimizer):
+    """Base of the torch-facing optimizers: a subclass names its :class:`Row`
+    (``class Adam(FusedOptimizer, row=Row(fusedopt.Adam, "Adam"))``) and gets
+    torch's constructor, state layout and a fused ``step``."""
+
+    row: ClassVar[Row]
+    _signature: ClassVar[inspect.Signature]
+    _torch_only: ClassVar[dict[str, Any]]  # torch's arguments fusedopt lacks, with their defaults
+    _fixed: ClassVar[dict[str, Any]]  # hyperparameters the class fixes (AdamW's decoupled decay)
+
+    def __init_subclass__(cls, row: Row | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if row is None:  # a subclass of a rule's class keeps its row
+            return
+        cls.row = row
+        fused_signature = inspect.signature(row.fused)
+        fused_names = set(fused_signature.parameters)
+        if row.torch_class is None:
+            cls._signature, cls._torch_only = fused_signature, {}
+        else:
+            torch_parameters = list(inspect.signature(row.torch_class).parameters.values())
+            extra = [  # fusedopt's own options (Adadelta's scale), keyword-only
+                p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+                for name, p in fused_signature.parameters.items()
+                if name not in {q.name for q in torch_parameters}
+            ]
+            cls._signature = inspect.Signature(torch_parameters + extra)
+            cls._torch_only = {
+                p.name: p.default for p in torch_parameters if p.name not in fused_names
+            }
+        cls.__signature__ = cls._signature
+        probe = row.fused([np.zeros(1, np.float32)])
+        cls._fixed = {k: v for k, v in probe.defaults.items() if k not in fused_names}
+        if cls.__doc__ is None:
+            counterpart = f"torch.optim.{row.torch_name}'s" if row.torch_name else "fusedopt's"
+            cls.__doc__ = (
+                f"{row.fused.__doc__.rstrip()}\n\n    A torch.optim.Optimizer over CPU tensors, "
+                f"with {counterpart} constructor\n    arguments and state layout (see fusedopt.torch).\n"
+            )
+
+    def __init__(self, params: Iterable, *args: Any, **kwargs: Any) -> None:
+        bound = self._signature.bind(params, *args, **kwargs)  # TypeError as torch's would
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        arguments.pop("params")
+        switches = {name: arguments.pop(name) for name in self._torch_only}
+        for name, value in switches.items():
+            default = self._torch_only[name]
+            if name not in _IGNORED_SWITCHES and value != default:
+                raise ValueError(
+                    f"fusedopt.torch.{type(self).__name__} does not support {name}={value!r} "
+                    f"(it updates CPU tensors with one fused kernel); leave it at {default!r}"
+                )
+        # fusedopt's constructor validates the hyperparameters and fills in the
+        # fixed ones; its one param group holds them in their normal form.
+        probe = self.row.fused([np.zeros(1, np.float32)], **arguments)
+        defaults = {k: v for k, v in probe.param_groups[0].items() if k != "params"}
+        defaults.update(switches)
+        super().__init__(params, defaults)
+
+    # ---------------------------------------------------------- param groups
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's ``add_param_group``, then the checks fusedopt needs: every
+        param a dense, C-contiguous float32/float64 CPU tensor, not sharing
+        memory with another, and valid hyperparameters. On an error the
+        group is not added."""
+        super().add_param_group(param_group)
+        try:
+            index = len(self.param_groups) - 1
+            group = self.param_groups[index]
+            first = sum(len(g["params"]) for g in self.param_groups[:-1])
+            for k, param in enumerate(group["params"]):
+                _check_param(param, self._label(first + k, group, k))
+            views = [p.detach().numpy() for g in self.param_groups for p in g["params"]]
+            _core.check_params(views, 0)  # also rejects params sharing memory
+            self.row.rule.check_group(group, index)
+        except Exception:
+            self.param_groups.pop()
+            raise
+
+    # ------------------------------------------------------------------ step
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Update every param that has a gradient, in place, in one call into
+        fusedopt's core; params without a gradient are skipped, their state
+        neither created nor counted. Returns ``closure()`` if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        try:
+            call = self._core_arguments()
+            self.row.rule.step(call.groups, call.grads, call.states)
+        except (TypeError, ValueError, RuntimeError):
+            self._raise_for_unusable_tensor()  # a clearer error naming the param, if one is
+            raise
+        call.record(self.state)
+        return loss
+
+    def _core_arguments(self) -> _CoreCall:
+        """The core's view of this step: groups with NumPy views of the params,
+        grads and state as NumPy views, the step counts as ints. State a param
+        needs and lacks is made here but stored only after the core succeeds.
+
+        This runs on every step, so it does only what it must per param;
+        everything the core checks (dtypes, shapes, layout, overlap) it
+        leaves to the core, and an error is explained afterwards.
+        """
+        call = _CoreCall()
+        grads, states, updated = call.grads, call.states, call.updated
+        counts_steps = self.row.counts_steps
+        all_state = self.state
+        for group in self.param_groups:
+            keys = [(key, self.row.torch_key(key)) for key in self.row.rule.state_keys(group)]
+            views = []
+            for param in group["params"]:
+                grad = param.grad
+                if grad is None:  # skipped, as torch skips it
+                    views.append(None)
+                    grads.append(None)
+                    states.append(None)
+                    continue
+                views.append(param.detach().numpy())
+                grads.append((grad.detach() if grad.requires_grad else grad).numpy())
+                updated.append(param)
+                state = all_state.get(param, _NO_STATE)
+                entry: dict[str, Any] = {}
+                if counts_steps:
+                    step = state.get("step")
+                    if step is None:
+                        step = torch.tensor(0.0, dtype=_step_dtype())
+                        call.new_state.append((param, "step", step))
+                    value = step.item()  # torch counts in a float tensor
+                    if not 0 <= value < 2**62 or int(value) != value:
+                        raise _bad_step(step, f"state['step'] of params[{len(grads) - 1}]")
+                    entry["step"] = int(value)
+                    call.steps.append((step, entry))
+                created = False
+                for core_key, torch_key in keys:
+                    tensor = state.get(torch_key)
+                    if tensor is None:  # a new param, or a setting turned on (amsgrad)
+                        tensor = torch.zeros_like(param, memory_format=torch.preserve_format)
+                        call.new_state.append((param, torch_key, tensor))
+                        created = True
+                    entry[core_key] = tensor.numpy()
+                if not counts_steps:
+                    # The core counts steps to know when a momentum buffer is
+                    # new (it then starts as a copy of the gradient); torch
+                    # instead looks for the buffer. Tell the core the same.
+                    entry["step"] = 0 if created else 1
+                states.append(entry)
+            call.groups.append({**group, "params": views})
+        return call
+
+    # ------------------------------------------------------------ state_dict
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """torch's ``load_state_dict`` (which casts floating state to each
+        param's dtype, as torch does), after checking that every param's saved
+        state has what the rule needs, in its param's shape. On an error
+        nothing changes."""
+        self._check_loadable(state_dict)
+        super().load_state_dict(state_dict)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            # A checkpoint of torch.optim lacks fusedopt's own options (and
+            # one of fusedopt.torch may lack torch's switches): defaults.
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+            group.update(self._fixed)  # as torch's AdamW forces decoupled decay
+            if not self.row.counts_steps:
+                continue
+            for param in group["params"]:  # old checkpoints counted steps in Python numbers
+                entry = self.state.get(param)
+                if entry and "step" in entry and not isinstance(entry["step"], torch.Tensor):
+                    entry["step"] = torch.tensor(float(entry["step"]), dtype=_step_dtype())
+
+    def _check_loadable(self, state_dict: Mapping[str, Any]) -> None:
+        if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= state_dict.keys():
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
+        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"state_dict has {len(saved_groups)} param groups, the optimizer has "
+                f"{len(self.param_groups)}"
+            )
+        index = 0
+        for g, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"state_dict['param_groups'][{g}] has {len(saved['params'])} params, the "
+                    f"optimizer's group {g} has {len(group['params'])}"
+                )
+            merged = {**self.defaults, **saved, **self._fixed, "params": group["params"]}
+            self.row.rule.check_group(merged, g)
+            keys = [self.row.torch_key(k) for k in self.row.rule.state_keys(merged)]
+            if self.row.counts_steps:
+                keys.insert(0, "step")
+            for k, (param, saved_id) in enumerate(zip(group["params"], saved["params"])):
+                entry = saved_state.get(saved_id)
+                if entry:  # a param that has been stepped
+                    where = f"state_dict['state'][{saved_id!r}] ({self._label(index, group, k)})"
+                    _check_saved_state(entry, param, keys, where)
+                index += 1
+
+    # --------------------------------------------------------------- errors
+    def _label(self, index: int, group: Mapping[str, Any], k: int) -> str:
+        """A param as an error names it: ``params[3] 'fc1.weight' (shape (16, 6))``."""
+        param = group["params"][k]
+        names = group.get("param_names")
+        name = f" {names[k]!r}" if names else ""
+        return f"params[{index}]{name} (shape {tuple(param.shape)})"
+
+    def _raise_for_unusable_tensor(self) -> None:
+        """Find what the core (or ``Tensor.numpy()``) refused, and say it in
+        torch's terms; return if nothing torch-specific is wrong."""
+        index = 0
+        for group in self.param_groups:
+            for k, param in enumerate(group["params"]):
+                label = self._label(index, group, k)
+                index += 1
+                if param.grad is None:
+                    continue
+                _check_param(param, label)
+                _check_like_param(param.grad, param, f"the gradient of {label}")
+                for key, value in self.state.get(param, _NO_STATE).items():
+                    if key != "step" and isinstance(value, torch.Tensor):
+                        _check_like_param(value, param, f"state[{key!r}] of {label}")
+
+
+_NO_STATE: Mapping[str, Any] = {}
+
+
+class _CoreCall:
+    """The arguments of one core step, and what to record once it succeeds."""
+
+    def __init__(self) -> None:
+        self.groups: list[dict[str, Any]] = []
+        self.grads: list[np.ndarray | None] = []
+        self.states: list[dict[str, Any] | None] = []
+        self.updated: list[torch.Tensor] = []  # params the step changes
+        self.new_state: list[tuple[torch.Tensor, str, torch.Tensor]] = []
+        self.steps: list[tuple[torch.Tensor, dict[str, Any]]] = []  # torch's counter, the core's
+
+    def record(self, state: Mapping[torch.Tensor, dict[str, Any]]) -> None:
+        for param, key, tensor in self.new_state:
+            state[param][key] = tensor
+        for tensor, entry in self.steps:
+            tensor.fill_(entry["step"])  # the core counted; torch keeps a float tensor
+        # The params changed through NumPy, which autograd does not see: bump
+        # their version counters, so a graph that saved them refuses to
+        # backward through stale values, as after torch's in-place updates.
+        # (One call per tensor: torch before 2.5 takes no list here.)
+        for param in self.updated:
+            torch.autograd.graph.increment_version(param)
+
+
+def _step_dtype() -> torch.dtype:
+    """The dtype torch.optim gives ``state["step"]``: float32, or float64
+    when that is torch's default dtype."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _step_count(step: Any) -> int | None:
+    """A saved or live ``state["step"]`` (a 0-d tensor, or a number) as the
+    core's int, or None if it is not a non-negative whole number."""
+    value = step.item() if isinstance(step, torch.Tensor) and step.numel() == 1 else step
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not float(value).is_integer() or value < 0:
+        return None
+    return int(value)
+
+
+def _bad_step(step: Any, label: str) -> ValueError:
+    return ValueError(f"{label} must be a non-negative whole number, got {step!r}")
+
+
+def _check_param(param: Any, label: str) -> None:
+    """A param fusedopt can update in place through a NumPy view."""
+    if not isinstance(param, torch.Tensor):
+        raise TypeError(f"{label} must be a torch.Tensor, got {type(param).__name__}")
+    if param.device.type != "cpu":
+        raise TypeError(f"{label} is on {param.device}: fusedopt.torch updates CPU tensors only")
+    if param.layout != torch.strided:
+        raise TypeError(f"{label} is {param.layout}: fusedopt.torch updates dense tensors only")
+    if param.dtype not in _FLOAT_DTYPES:
+        kind = "complex " if param.is_complex() else ""
+        raise TypeError(
+            f"{label} has {kind}dtype {param.dtype}: fusedopt.torch updates float32 and "
+            "float64 tensors only"
+        )
+    if not param.is_contiguous():
+        raise ValueError(
+            f"{label} is not contiguous (strides {param.stride()}): fusedopt updates params "
+            "in place and never copies; make it contiguous first: "
+            "param.data = param.data.contiguous()"
+        )
+
+
+def _check_like_param(tensor: Any, param: torch.Tensor, label: str) -> None:
+    """A gradient or state tensor the core can use beside ``param``."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{label} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.device.type != "cpu":
+        raise TypeError(f"{label} is on {tensor.device}: fusedopt.torch works on CPU tensors only")
+    if tensor.layout != torch.strided:
+        raise TypeError(f"{label} is {tensor.layout}: fusedopt.torch works on dense tensors only")
+    if tensor.dtype != param.dtype:
+        raise TypeError(f"{label} has dtype {tensor.dtype}, the param has {param.dtype}")
+    if tensor.shape != param.shape:
+        raise ValueError(f"{label} has shape {tuple(tensor.shape)}, the param has {tuple(param.shape)}")
+    if not tensor.is_contiguous():
+        raise ValueError(f"{label} is not contiguous (strides {tensor.stride()})")
+
+
+def _check_saved_state(entry: Any, param: torch.Tensor, keys: list[str], where: str) -> None:
+    """One param's saved state, as load_state_dict will take it."""
+    if not isinstance(entry, Mapping):
+        raise TypeError(f"{where} must be a dict, got {type(entry).__name__}")
+    for key in keys:
+        if key not in entry:
+            raise ValueError(f"{where} has no {key!r} (a state_dict of another rule or settings?)")
+        value = entry[key]
+        if key == "step":
+            if _step_count(value) is None:
+                raise _bad_step(value, f"{where}['step']")
+            continue
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise TypeError(f"{where}[{key!r}] must be a floating-point torch.Tensor, got {value!r:.60}")
+        if value.shape != param.shape:
+            raise ValueError(f"{where}[{key!r}] has shape {tuple(value.shape)}, the param has {tuple(param.shape)}")
+        if value.layout != torch.strided or not value.is_contiguous():
+            raise ValueError(f"{where}[{key!r}] must be a dense, contiguous tensor")
+
+
+# ---------------------------------------------------------------------------
+# The rules: one row each.
+
+
+class Momentum(FusedOptimizer, row=Row(fusedopt.Momentum, None)):
+    pass
+
+
+class SGD(FusedOptimizer, row=Row(fusedopt.SGD, "SGD", counts_steps=False)):
+    pass
+
+
+class Adadelta(FusedOptimizer, row=Row(fusedopt.Adadelta, "Adadelta")):
+    pass
+
+
+class Adam(FusedOptimizer, row=Row(fusedopt.Adam, "Adam")):
+    pass
+
+
+class AdamW(FusedOptimizer, row=Row(fusedopt.AdamW, "AdamW")):
+    pass

@@ -1,0 +1,574 @@
+"""fusedopt.torch against torch.optim's for-loop implementation (foreach=False).
+
+A small network is trained on the CPU with each rule and option by
+torch.optim, and its twin by fusedopt.torch on the same gradients; after
+every step the params, every state tensor and every step count are compared.
+Then: state_dict interchange both ways, torch's schedulers, no copies, and
+the errors.
+
+Rounding: torch's CPU kernels fuse some multiply-adds (FMA) and order a few
+products differently, while fusedopt's core never contracts (it is bitwise
+equal to its NumPy reference). So the two agree to rounding, not to the bit.
+A step rounds each value at most about eight times (the longest chain is
+Adadelta's acc_delta: two square roots, a quotient, a product and a square
+feeding a running average), each rounding within an ulp of the magnitudes
+involved, which are at most the tensor's largest. Hence the tolerance below:
+ULP_PER_STEP ulp of the tensor's largest magnitude per step taken, compared
+element by element. (Measured on this suite: at most 3.8, Adadelta's
+acc_delta after its first step.)
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import fusedopt
+import fusedopt.torch as ft
+from cases import RTOL
+from fusedopt import reference
+from fusedopt.optimizer import Rule
+
+# (class name, kwargs): every rule torch.optim has, with every option that
+# changes its arithmetic or its state.
+TORCH_CASES = [
+    ("SGD", {"lr": 0.1}),
+    ("SGD", {"lr": 0.1, "momentum": 0.9}),
+    ("SGD", {"lr": 0.1, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01}),
+    ("SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+    ("SGD", {"lr": 0.05, "momentum": 0.5, "maximize": True}),
+    ("SGD", {"lr": 0.05, "weight_decay": 0.1, "maximize": True}),
+    ("Adadelta", {}),
+    ("Adadelta", {"lr": 0.5, "rho": 0.5, "eps": 1e-4, "weight_decay": 0.1, "maximize": True}),
+    ("Adam", {"lr": 1e-2}),
+    ("Adam", {"lr": 1e-2, "amsgrad": True}),
+    ("Adam", {"lr": 1e-2, "weight_decay": 0.1}),
+    ("Adam", {"lr": 1e-2, "betas": (0.5, 0.9), "eps": 1e-3, "maximize": True, "amsgrad": True,
+              "weight_decay": 0.05}),
+    ("Adam", {"lr": 1e-2, "decoupled_weight_decay": True, "weight_decay": 0.1}),
+    ("AdamW", {"lr": 1e-2}),
+    ("AdamW", {"lr": 1e-2, "amsgrad": True, "weight_decay": 0.5, "maximize": True}),
+]
+
+# Forms torch lacks: checked against fusedopt's NumPy reference instead.
+FUSED_ONLY_CASES = [
+    ("Momentum", {"lr": 0.05}),
+    ("Momentum", {"lr": 0.02, "momentum": 0.5}),
+    ("Adadelta", {"scale": "weights", "lr": 0.1}),
+    ("Adadelta", {"scale": "weights", "rho": 0.95, "weight_decay": 0.01, "maximize": True}),
+]
+
+
+def case_id(name, kwargs):
+    return name + "".join(f"-{k}={v}" for k, v in kwargs.items())
+
+
+DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+STEPS = 24
+ULP_PER_STEP = 8
+
+
+# --------------------------------------------------------------------------- the network
+
+
+class Net(torch.nn.Module):
+    """A small MLP, plus a param that never gets a gradient (not in the
+    graph) and one that gets one on odd steps only."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        torch.manual_seed(20261125)
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 16), torch.nn.Tanh(),
+            torch.nn.Linear(16, 3),
+        ).to(dtype)
+        self.unused = torch.nn.Parameter(torch.randn(4, dtype=dtype))
+        self.sometimes = torch.nn.Parameter(torch.randn(3, dtype=dtype))
+
+    def forward(self, x, step):
+        out = self.body(x)
+        return out + self.sometimes if step % 2 else out
+
+
+def param_groups(net, lr):
+    """Two groups: the first layer at the case's lr, the rest (and the
+    extra params) at half of it."""
+    first = list(net.body[0].parameters())
+    rest = [p for p in net.parameters() if all(p is not q for q in first)]
+    return [{"params": first}, {"params": rest, "lr": 0.5 * lr}]
+
+
+def default_lr(name, kwargs):
+    return kwargs.get("lr", inspect.signature(getattr(ft, name)).parameters["lr"].default)
+
+
+def batches(dtype, count, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.randn(64, 5, generator=generator, dtype=dtype),
+             torch.randn(64, 3, generator=generator, dtype=dtype)) for _ in range(count)]
+
+
+def train_step(net, opt, batch, step):
+    x, y = batch
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(net(x, step), y).backward()
+    opt.step()
+
+
+def train_both(torch_net, torch_opt, fused_net, fused_opt, batch, step):
+    """One training step of each, both given the gradients of torch's twin,
+    so the comparison sees the optimizers alone: gradients computed on nets
+    that differ by rounding would let the loss surface amplify the
+    difference (gradient ascent, maximize=True, does so quickly)."""
+    x, y = batch
+    torch_opt.zero_grad()
+    fused_opt.zero_grad()
+    torch.nn.functional.mse_loss(torch_net(x, step), y).backward()
+    for p, q in zip(torch_net.parameters(), fused_net.parameters()):
+        q.grad = None if p.grad is None else p.grad.clone()
+    torch_opt.step()
+    fused_opt.step()
+
+
+def all_params(opt):
+    return [p for group in opt.param_groups for p in group["params"]]
+
+
+# --------------------------------------------------------------------------- comparisons
+
+
+def assert_close_to_rounding(got, want, steps, label):
+    """Element by element, within ULP_PER_STEP ulp of the tensor's largest
+    magnitude per step (see the module docstring)."""
+    assert got.dtype == want.dtype and got.shape == want.shape, label
+    scale = want.abs().max().item() if want.numel() else 0.0
+    tolerance = ULP_PER_STEP * steps * torch.finfo(want.dtype).eps * scale
+    torch.testing.assert_close(got, want, rtol=0, atol=tolerance, msg=lambda m: f"{label}: {m}")
+
+
+def assert_same_as_torch(fused, reference_opt, steps, when):
+    """Params, the state's layout (which params have state, which keys, step
+    dtypes) exactly, and every state tensor to rounding."""
+    assert len(all_params(fused)) == len(all_params(reference_opt))
+    for i, (p, q) in enumerate(zip(all_params(fused), all_params(reference_opt))):
+        assert_close_to_rounding(p.detach(), q.detach(), steps, f"params[{i}] {when}")
+        mine, theirs = fused.state.get(p, {}), reference_opt.state.get(q, {})
+        assert mine.keys() == theirs.keys(), f"state keys of params[{i}] {when}"
+        for key, value in theirs.items():
+            label = f"state[{i}][{key!r}] {when}"
+            if key == "step":
+                assert mine[key].dtype == value.dtype and mine[key].shape == value.shape, label
+                assert mine[key].item() == value.item(), label
+            else:
+                assert_close_to_rounding(mine[key], value, steps, label)
+
+
+def make_pair(name, kwargs, dtype):
+    nets = Net(dtype), Net(dtype)
+    lr = default_lr(name, kwargs)
+    torch_opt = getattr(torch.optim, name)(param_groups(nets[0], lr), foreach=False, **kwargs)
+    fused_opt = getattr(ft, name)(param_groups(nets[1], lr), **kwargs)
+    return nets, torch_opt, fused_opt
+
+
+# --------------------------------------------------------------------------- training
+
+
+@DTYPES
+@pytest.mark.parametrize("name, kwargs", TORCH_CASES, ids=[case_id(*c) for c in TORCH_CASES])
+def test_trains_like_torch(dtype, name, kwargs):
+    (torch_net, fused_net), torch_opt, fused_opt = make_pair(name, kwargs, dtype)
+    for step, batch in enumerate(batches(dtype, STEPS), start=1):
+        train_both(torch_net, torch_opt, fused_net, fused_opt, batch, step)
+        assert_same_as_torch(fused_opt, torch_opt, step, f"after step {step}")
+    # The skipped params: no state for the one without a gradient, half the
+    # steps for the one with a gradient on odd steps.
+    assert fused_net.unused not in fused_opt.state
+    if "step" in fused_opt.state.get(fused_net.body[0].weight, {}):
+        assert fused_opt.state[fused_net.sometimes]["step"].item() == STEPS // 2
+    # The state_dicts have the same layout: torch's group entries (fusedopt's
+    # own options besides) and state entries.
+    mine, theirs = fused_opt.state_dict(), torch_opt.state_dict()
+    for g, (group, torch_group) in enumerate(zip(mine["param_groups"], theirs["param_groups"])):
+        torch_group["foreach"] = None  # torch's was told foreach=False, to take its for-loop
+        assert group.items() >= torch_group.items(), f"param_groups[{g}]"
+        fusedopt_options = (set(inspect.signature(getattr(ft, name)).parameters)
+                            - set(inspect.signature(getattr(torch.optim, name)).parameters))
+        assert set(group) - set(torch_group) <= fusedopt_options, f"param_groups[{g}]"
+    assert {i: set(s) for i, s in mine["state"].items()} == {i: set(s) for i, s in theirs["state"].items()}
+
+
+@DTYPES
+@pytest.mark.parametrize("name, kwargs", FUSED_ONLY_CASES, ids=[case_id(*c) for c in FUSED_ONLY_CASES])
+def test_forms_torch_lacks_match_the_numpy_reference(dtype, name, kwargs):
+    net = Net(dtype)
+    lr = default_lr(name, kwargs)
+    fused_opt = getattr(ft, name)(param_groups(net, lr), **kwargs)
+    arrays = [[p.detach().numpy().copy() for p in group["params"]] for group in fused_opt.param_groups]
+    ref = getattr(reference, name)([{"params": arrays[0]}, {"params": arrays[1], "lr": 0.5 * lr}], **kwargs)
+    params = all_params(fused_opt)
+    for step, batch in enumerate(batches(dtype, STEPS), start=1):
+        train_step(net, fused_opt, batch, step)
+        ref.step([None if p.grad is None else p.grad.numpy().copy() for p in params])
+        for i, (p, want, state) in enumerate(zip(params, [a for g in arrays for a in g], ref.state)):
+            np.testing.assert_allclose(p.detach().numpy(), want, rtol=RTOL[want.dtype.type], atol=0,
+                                       err_msg=f"params[{i}] after step {step}")
+            mine = fused_opt.state.get(p, {})
+            if state["step"] == 0:
+                assert not mine, f"params[{i}] has state but no step was taken"
+                continue
+            assert mine.keys() == state.keys()
+            assert mine["step"].item() == state["step"]
+            for key in state.keys() - {"step"}:
+                np.testing.assert_allclose(mine[key].numpy(), state[key], rtol=RTOL[want.dtype.type],
+                                           atol=0, err_msg=f"state[{i}][{key!r}] after step {step}")
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, make_scheduler",
+    [
+        ("SGD", {"lr": 0.1, "momentum": 0.9},
+         lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)),
+        ("SGD", {"lr": 0.1, "momentum": 0.9},  # also cycles the momentum
+         lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.3, total_steps=STEPS)),
+        ("Adam", {"lr": 1e-2},  # also cycles betas[0]
+         lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=STEPS)),
+    ],
+    ids=["StepLR-SGD", "OneCycleLR-SGD", "OneCycleLR-Adam"],
+)
+def test_torch_schedulers_drive_it_unchanged(name, kwargs, make_scheduler):
+    (torch_net, fused_net), torch_opt, fused_opt = make_pair(name, kwargs, torch.float64)
+    schedulers = make_scheduler(torch_opt), make_scheduler(fused_opt)
+    for step, batch in enumerate(batches(torch.float64, STEPS), start=1):
+        train_both(torch_net, torch_opt, fused_net, fused_opt, batch, step)
+        for scheduler in schedulers:
+            scheduler.step()
+        assert schedulers[1].get_last_lr() == schedulers[0].get_last_lr()
+        for mine, theirs in zip(fused_opt.param_groups, torch_opt.param_groups):
+            assert {k: v for k, v in mine.items() if k not in ("params", "foreach")} == \
+                   {k: v for k, v in theirs.items() if k not in ("params", "foreach")}
+        assert_same_as_torch(fused_opt, torch_opt, step, f"after step {step}")
+    assert fused_opt.param_groups[0]["lr"] != kwargs["lr"]  # the schedule did change it
+
+
+# --------------------------------------------------------------------------- state_dict
+
+
+def checkpoint(opt):
+    """A state_dict through torch.save and torch.load(weights_only=True), as a
+    checkpoint file makes it."""
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("direction", ["torch-to-fusedopt", "fusedopt-to-torch"])
+@pytest.mark.parametrize("name, kwargs", TORCH_CASES, ids=[case_id(*c) for c in TORCH_CASES])
+def test_checkpoints_are_interchangeable(direction, name, kwargs):
+    """Train 10 steps with one library, load its checkpoint into the other on
+    a copy of the net, and continue both for 10 steps: the same run."""
+    dtype = torch.float32
+    net = Net(dtype)
+    lr = default_lr(name, kwargs)
+    first, second = (torch.optim, ft) if direction == "torch-to-fusedopt" else (ft, torch.optim)
+
+    def make(module, net):
+        extra = {"foreach": False} if module is torch.optim else {}
+        return getattr(module, name)(param_groups(net, lr), **kwargs, **extra)
+
+    opt = make(first, net)
+    data = batches(dtype, 20)
+    for step, batch in enumerate(data[:10], start=1):
+        train_step(net, opt, batch, step)
+    other_net = copy.deepcopy(net)
+    other = make(second, other_net)
+    other.load_state_dict(checkpoint(opt))
+    assert_same_as_torch(other, opt, 0, "right after loading")
+    if second is ft:
+        torch_net, torch_opt, fused_net, fused = net, opt, other_net, other
+    else:
+        torch_net, torch_opt, fused_net, fused = other_net, other, net, opt
+    for step, batch in enumerate(data[10:], start=11):
+        train_both(torch_net, torch_opt, fused_net, fused, batch, step)
+        assert_same_as_torch(fused, torch_opt, step - 10, f"{step - 10} steps after loading")
+
+
+def test_loading_a_checkpoint_checks_everything_first():
+    net = Net(torch.float32)
+    opt = ft.Adam(net.parameters(), lr=1e-2)
+    for step, batch in enumerate(batches(torch.float32, 2), start=1):
+        train_step(net, opt, batch, step)
+    saved = opt.state_dict()
+    before = copy.deepcopy(saved)
+
+    wrong_shape = copy.deepcopy(saved)
+    wrong_shape["state"][3]["exp_avg"] = torch.zeros(7)
+    with pytest.raises(ValueError, match=r"state_dict\['state'\]\[3\] \(params\[3\] \(shape \(16,\)\)\)"
+                                         r"\['exp_avg'\] has shape \(7,\), the param has \(16,\)"):
+        opt.load_state_dict(wrong_shape)
+    missing = copy.deepcopy(saved)
+    del missing["state"][2]["exp_avg_sq"]
+    with pytest.raises(ValueError, match=r"\[2\].*has no 'exp_avg_sq'"):
+        opt.load_state_dict(missing)
+    bad_step = copy.deepcopy(saved)
+    bad_step["state"][2]["step"] = torch.tensor(1.5)
+    with pytest.raises(ValueError, match=r"\['step'\] must be a non-negative whole number"):
+        opt.load_state_dict(bad_step)
+    bad_lr = copy.deepcopy(saved)
+    bad_lr["param_groups"][0]["lr"] = -1.0
+    with pytest.raises(ValueError, match=r"lr \(param group 0\) must be >= 0"):
+        opt.load_state_dict(bad_lr)
+
+    after = opt.state_dict()  # nothing changed
+    assert after["param_groups"] == before["param_groups"]
+    for i, entry in before["state"].items():
+        for key, value in entry.items():
+            assert torch.equal(after["state"][i][key], value)
+
+
+def test_adamw_stays_decoupled_when_loading_an_adam_checkpoint():
+    """As torch's AdamW: a checkpoint cannot turn its decoupled decay off."""
+    net = Net(torch.float32)
+    adam = torch.optim.Adam(net.parameters(), weight_decay=0.1)
+    adamw = ft.AdamW(net.parameters())
+    adamw.load_state_dict(adam.state_dict())
+    assert adamw.param_groups[0]["decoupled_weight_decay"] is True
+    assert adamw.param_groups[0]["weight_decay"] == 0.1
+
+
+def test_step_is_counted_in_torchs_dtype():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        p, q = (torch.nn.Parameter(torch.ones(3)) for _ in range(2))
+        mine, theirs = ft.Adam([p]), torch.optim.Adam([q], foreach=False)
+        for param, opt in ((p, mine), (q, theirs)):
+            param.grad = torch.ones(3)
+            opt.step()
+        assert mine.state[p]["step"].dtype == theirs.state[q]["step"].dtype == torch.float64
+    finally:
+        torch.set_default_dtype(previous)
+
+
+# --------------------------------------------------------------------------- the call
+
+
+def test_one_fused_call_on_views_of_the_tensors_memory(monkeypatch):
+    """The core gets NumPy views that start at each tensor's own memory (no
+    copies), every param of every group in one call."""
+    net = Net(torch.float32)
+    opt = ft.Adam(param_groups(net, 1e-2), amsgrad=True)
+    real = fusedopt.Adam.rule
+    calls = []
+
+    def spy(groups, grads, states):
+        calls.append(1)
+        params = all_params(opt)
+        views = [v for group in groups for v in group["params"]]
+        assert len(views) == len(grads) == len(states) == len(params)
+        for p, view, grad, state in zip(params, views, grads, states):
+            if p.grad is None:
+                assert view is None and grad is None and state is None
+                continue
+            pairs = [(view, p), (grad, p.grad)]
+            pairs += [(state[k], opt.state[p][k]) for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+                      if k in opt.state.get(p, {})]
+            for array, tensor in pairs:
+                assert array.__array_interface__["data"][0] == tensor.data_ptr()
+                assert array.nbytes == tensor.numel() * tensor.element_size()
+                assert np.shares_memory(array, tensor.detach().numpy())
+        return real.step(groups, grads, states)
+
+    monkeypatch.setattr(fusedopt.Adam, "rule", Rule(real.name, spy, real.check_group, real.state_keys))
+    for step, batch in enumerate(batches(torch.float32, 3), start=1):
+        pointers = [p.data_ptr() for p in all_params(opt)]
+        train_step(net, opt, batch, step)
+        assert [p.data_ptr() for p in all_params(opt)] == pointers
+    assert len(calls) == 3
+
+
+def test_an_updated_param_invalidates_graphs_that_saved_it():
+    """The update goes through NumPy, so the version counters are bumped by
+    hand: autograd then refuses stale values, as after torch's in-place ops."""
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = ft.SGD([w], lr=0.1)
+    loss = (w * w).sum()
+    loss.backward(retain_graph=True)
+    version = w._version
+    opt.step()
+    assert w._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_closure_zero_grad_and_hooks():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = ft.SGD([w], lr=0.5)
+    seen = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: seen.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: seen.append("post"))
+
+    def closure():
+        opt.zero_grad()
+        loss = (w * w).sum()
+        loss.backward()
+        return loss
+
+    assert opt.step(closure).item() == 5.0
+    torch.testing.assert_close(w.detach(), torch.tensor([0.0, 0.0]))  # w - 0.5 * 2w
+    assert seen == ["pre", "post"]
+    opt.zero_grad(set_to_none=False)
+    assert torch.equal(w.grad, torch.zeros(2))
+    opt.zero_grad()
+    assert w.grad is None
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True:UserWarning")
+def test_a_gradient_that_requires_grad_is_used_without_copying():
+    """backward(create_graph=True) leaves gradients that require grad."""
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    opt = ft.SGD([w], lr=0.25)
+    (w * w).sum().backward(create_graph=True)
+    assert w.grad.requires_grad
+    opt.step()
+    torch.testing.assert_close(w.detach(), torch.tensor([0.5, 1.0], dtype=torch.float64))
+
+
+def test_momentum_turned_on_later_starts_from_the_gradient_as_torch():
+    (torch_net, fused_net), torch_opt, fused_opt = make_pair("SGD", {"lr": 0.1}, torch.float32)
+    for step, batch in enumerate(batches(torch.float32, 6), start=1):
+        if step == 3:
+            for opt in (torch_opt, fused_opt):
+                opt.param_groups[1]["momentum"] = 0.9
+        train_both(torch_net, torch_opt, fused_net, fused_opt, batch, step)
+        assert_same_as_torch(fused_opt, torch_opt, step, f"after step {step}")
+
+
+def test_every_rule_has_a_torch_class_and_test_cases():
+    """A rule added to fusedopt needs its row in fusedopt.torch, and cases here."""
+    rules = [name for name in fusedopt.__all__
+             if isinstance(getattr(fusedopt, name), type) and issubclass(getattr(fusedopt, name), fusedopt.Optimizer)
+             and name != "Optimizer"]
+    assert rules and set(rules) <= set(ft.__all__)
+    for name in rules:
+        row = getattr(ft, name).row
+        assert row.fused is getattr(fusedopt, name)
+        cases = TORCH_CASES if row.torch_name else FUSED_ONLY_CASES
+        assert any(case_name == name for case_name, _ in cases), f"no test case for {name}"
+
+
+def test_constructor_is_torchs():
+    """Same arguments, order, kinds and defaults as torch.optim's class, and
+    fusedopt's defaults agree with torch's."""
+    for name in ("SGD", "Adadelta", "Adam", "AdamW"):
+        theirs = inspect.signature(getattr(torch.optim, name)).parameters
+        mine = inspect.signature(getattr(ft, name)).parameters
+        assert list(mine)[: len(theirs)] == list(theirs), name
+        for arg, parameter in theirs.items():
+            assert mine[arg].kind == parameter.kind and mine[arg].default == parameter.default, (name, arg)
+        fused_defaults = inspect.signature(getattr(fusedopt, name)).parameters
+        for arg in fused_defaults.keys() & theirs.keys() - {"params"}:
+            assert fused_defaults[arg].default == theirs[arg].default, (name, arg)
+    w = torch.nn.Parameter(torch.zeros(2))
+    assert ft.Adam([w], 0.1, (0.8, 0.9)).param_groups[0]["betas"] == (0.8, 0.9)  # positional, as torch
+    assert ft.Adam([w], betas=[0.8, 0.9]).param_groups[0]["betas"] == (0.8, 0.9)
+    assert ft.SGD([w], foreach=False, fused=None).param_groups[0]["foreach"] is False
+
+    class MyAdam(ft.Adam):  # a subclass keeps its rule
+        pass
+
+    assert MyAdam([w], lr=0.5).row is ft.Adam.row
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_unusable_params_are_refused_by_name():
+    good = torch.nn.Parameter(torch.zeros(2))
+    for param, error, message in [
+        (torch.zeros(3, device="meta"), TypeError, r"params\[1\] \(shape \(3,\)\) is on meta"),
+        (torch.zeros(3, dtype=torch.complex64), TypeError, r"params\[1\].*complex dtype torch.complex64"),
+        (torch.zeros(3, dtype=torch.float16), TypeError, r"params\[1\].*dtype torch.float16.*float32 and float64"),
+        (torch.zeros(3, dtype=torch.bfloat16), TypeError, r"dtype torch.bfloat16"),
+        (torch.zeros(4, 3).t(), ValueError, r"params\[1\] \(shape \(3, 4\)\) is not contiguous.*contiguous\(\)"),
+        (torch.sparse_coo_tensor([[0]], [1.0], (3,), check_invariants=True), TypeError, r"params\[1\].*torch.sparse_coo"),
+    ]:
+        with pytest.raises(error, match=message):
+            ft.Adam([good, param])
+    with pytest.raises(ValueError, match=r"params\[1\] shares memory with params\[0\]"):
+        storage = torch.zeros(10)
+        ft.SGD([storage[:6], storage[4:]])
+
+
+def test_errors_name_the_param_by_its_name():
+    net = torch.nn.Linear(3, 2).to(torch.float16)
+    with pytest.raises(TypeError, match=r"params\[0\] 'weight' \(shape \(2, 3\)\) has dtype torch.float16"):
+        ft.AdamW(net.named_parameters())
+
+
+def test_a_param_broken_after_construction_fails_the_step_and_changes_nothing():
+    net = Net(torch.float32)
+    opt = ft.Adam(net.named_parameters(), lr=1e-2)
+    batch = batches(torch.float32, 1)[0]
+    train_step(net, opt, batch, 1)
+    before = copy.deepcopy(opt.state_dict()), [p.detach().clone() for p in net.parameters()]
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(net(batch[0], 1), batch[1]).backward()
+    layer = net.body[2]
+    layer.weight.data = layer.weight.data.t().contiguous().t()  # same shape, transposed layout
+    with pytest.raises(ValueError, match=r"params\[4\] 'body.2.weight' \(shape \(16, 16\)\) is not contiguous"):
+        opt.step()
+    after = opt.state_dict()
+    for i, entry in before[0]["state"].items():
+        for key, value in entry.items():
+            assert torch.equal(after["state"][i][key], value), (i, key)
+    for p, was in zip(net.parameters(), before[1]):
+        assert torch.equal(p.detach(), was)
+
+
+def test_sparse_and_mistyped_gradients_are_refused_by_name():
+    embedding = torch.nn.Embedding(5, 2, sparse=True)
+    opt = ft.SGD(embedding.parameters(), lr=0.1)
+    embedding(torch.tensor([1, 3])).sum().backward()
+    with pytest.raises(TypeError, match=r"the gradient of params\[0\] \(shape \(5, 2\)\) is torch.sparse_coo: fusedopt.torch works on dense tensors only"):
+        opt.step()
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = ft.Adam([w])
+    w.grad = torch.zeros(8)[::2]
+    with pytest.raises(ValueError, match=r"the gradient of params\[0\] \(shape \(4,\)\) is not contiguous"):
+        opt.step()
+    assert not opt.state  # no state was made by the failed step
+
+
+def test_bad_arguments():
+    w = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match=r"does not support capturable=True"):
+        ft.Adam([w], capturable=True)
+    with pytest.raises(ValueError, match=r"does not support differentiable=True"):
+        ft.SGD([w], differentiable=True)
+    with pytest.raises(TypeError, match="momentun"):
+        ft.SGD([w], momentun=0.9)
+    with pytest.raises(ValueError, match=r"betas\[1\].*must be in \[0.0, 1.0\)"):
+        ft.Adam([w], betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="nesterov needs momentum"):
+        ft.SGD([w], nesterov=True)
+    opt = ft.SGD([w], lr=0.1)
+    with pytest.raises(ValueError, match=r"lr \(param group 1\) must be >= 0"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "lr": -1.0})
+    assert len(opt.param_groups) == 1  # not added
+
+
+def test_importing_without_torch_says_how_to_install_it():
+    code = "import sys; sys.modules['torch'] = None\nimport fusedopt.torch"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "ImportError: fusedopt.torch needs PyTorch" in result.stderr
+    assert 'pip install "fusedopt[torch]"' in result.stderr
