@@ -33,10 +33,6 @@ std::int64_t piece_start(std::int64_t total, int count, int i) {
   return std::min(total, exact - exact % kPieceAlignment);
 }
 
-void run_serially(const std::vector<Task>& tasks) {
-  for (const Task& task : tasks)
-    if (task.size > 0) task.kernel(task.scalars, task.streams, 0, task.size);
-}
 
 }  // namespace
 
@@ -102,45 +98,6 @@ std::string openmp_description() {
 #endif
 }
 
-void run_tasks(const std::vector<Task>& tasks) {
-  std::int64_t total = 0, bytes = 0;
-  for (const Task& task : tasks) {
-    total += task.size;
-    bytes += task.size * task.bytes_per_element;
-  }
-  const int threads = bytes < serial_cutoff_bytes() ? 1 : num_threads();
-  if (threads <= 1) {
-    g_last_team_size = 1;
-    return run_serially(tasks);
-  }
-
-#ifdef _OPENMP
-  // start[k] is where task k begins in the concatenation of all tasks.
-  std::vector<std::int64_t> start(tasks.size() + 1, 0);
-  for (std::size_t k = 0; k < tasks.size(); ++k) start[k + 1] = start[k] + tasks[k].size;
-
-#pragma omp parallel num_threads(threads)
-  {
-    const int count = omp_get_num_threads(), id = omp_get_thread_num();
-    if (id == 0) g_last_team_size = count;
-    const std::int64_t lo = piece_start(total, count, id), hi = piece_start(total, count, id + 1);
-    // The first task that ends after lo, then every task that starts before hi.
-    auto k = static_cast<std::size_t>(std::upper_bound(start.begin(), start.end(), lo) - start.begin() - 1);
-    for (; k < tasks.size() && start[k] < hi; ++k) {
-      const std::int64_t begin = std::max(lo, start[k]) - start[k];
-      const std::int64_t end = std::min(hi, start[k + 1]) - start[k];
-      if (begin < end) tasks[k].kernel(tasks[k].scalars, tasks[k].streams, begin, end);
-    }
-  }
-#endif
-}
-
-}  // namespace fusedopt
-
-// --------------------------------------------------------------------------
-// The passes around a step: a checked run and a reproducible reduction.
-
-namespace fusedopt {
 namespace {
 
 // Where each task begins in the concatenation of all of them; the last entry
@@ -179,41 +136,50 @@ double combined(Combine combine, double a, double b) {
 
 }  // namespace
 
-std::int64_t run_tasks_if_finite(const std::vector<Task>& tasks,
-                                 const std::vector<FiniteCheck>& checks) {
-  const auto none = static_cast<std::int64_t>(tasks.size());
-  const int threads = bytes_moved(tasks) < serial_cutoff_bytes() ? 1 : num_threads();
-  if (threads <= 1) {
-    for (std::size_t k = 0; k < tasks.size(); ++k)
-      if (tasks[k].size > 0 && !checks[k](tasks[k].streams[1], 0, tasks[k].size))
-        return static_cast<std::int64_t>(k);
-    run_serially(tasks);
-    return -1;
-  }
-
-  std::int64_t first_bad = none;
-#ifdef _OPENMP
+std::int64_t run_tasks(const std::vector<Task>& tasks, const FiniteCheck* checks) {
   const std::vector<std::int64_t> start = offsets(tasks);
   const std::int64_t total = start.back();
-#pragma omp parallel num_threads(threads)
-  {
-    const int count = omp_get_num_threads(), id = omp_get_thread_num();
-    const std::int64_t lo = piece_start(total, count, id), hi = piece_start(total, count, id + 1);
-    std::int64_t mine = none;  // the first task of this thread's piece that is not finite
+  const int threads = bytes_moved(tasks) < serial_cutoff_bytes() ? 1 : num_threads();
+  const std::size_t none = tasks.size();
+
+  const auto first_nonfinite = [&](std::int64_t lo, std::int64_t hi) {
+    std::size_t first = none;
     for_each_piece(start, lo, hi, [&](std::size_t k, std::int64_t begin, std::int64_t end) {
-      if (mine == none && !checks[k](tasks[k].streams[1], begin, end))
-        mine = static_cast<std::int64_t>(k);
+      if (first == none && !checks[k](tasks[k].streams[1], begin, end)) first = k;
     });
+    return first;
+  };
+  const auto update = [&](std::int64_t lo, std::int64_t hi) {
+    for_each_piece(start, lo, hi, [&](std::size_t k, std::int64_t begin, std::int64_t end) {
+      tasks[k].kernel(tasks[k].scalars, tasks[k].streams, begin, end);
+    });
+  };
+
+  std::size_t first_bad = none;
+  if (threads <= 1) {
+    g_last_team_size = 1;
+    if (checks) first_bad = first_nonfinite(0, total);
+    if (first_bad == none) update(0, total);
+  } else {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+    {
+      const int count = omp_get_num_threads(), id = omp_get_thread_num();
+      if (id == 0) g_last_team_size = count;
+      const std::int64_t lo = piece_start(total, count, id), hi = piece_start(total, count, id + 1);
+      if (checks) {
+        // Each thread checks the elements it would update; all agree on the
+        // first bad task before anyone writes.
+        const std::size_t mine = first_nonfinite(lo, hi);
 #pragma omp critical(fusedopt_first_bad)
-    first_bad = std::min(first_bad, mine);
+        first_bad = std::min(first_bad, mine);
 #pragma omp barrier
-    if (first_bad == none)
-      for_each_piece(start, lo, hi, [&](std::size_t k, std::int64_t begin, std::int64_t end) {
-        tasks[k].kernel(tasks[k].scalars, tasks[k].streams, begin, end);
-      });
-  }
+      }
+      if (first_bad == none) update(lo, hi);
+    }
 #endif
-  return first_bad == none ? -1 : first_bad;
+  }
+  return first_bad == none ? -1 : static_cast<std::int64_t>(first_bad);
 }
 
 double reduce_blocks(const std::vector<ReduceTask>& tasks, Combine combine) {

@@ -24,16 +24,14 @@ struct Task {
 // threads share the work evenly however the sizes are spread; each element
 // is updated by exactly one thread with the same arithmetic, so the result
 // is the same for every thread count.
-void run_tasks(const std::vector<Task>& tasks);
-
-// Like run_tasks, but each task's gradient (streams[1]) is first checked
-// with checks[k] (a FiniteCheck for its dtype), in the same parallel region:
-// every thread checks the elements it would update, the threads agree on the
-// first task holding a NaN or an infinity, and they update only if there is
-// none. Returns the index of that task (nothing was written), or -1 when the
-// tasks ran. Costs one extra read of the gradients.
-std::int64_t run_tasks_if_finite(const std::vector<Task>& tasks,
-                                 const std::vector<FiniteCheck>& checks);
+//
+// With `checks` (one FiniteCheck per task), each task's gradient (streams[1])
+// is checked first, in the same parallel region: every thread checks the
+// elements it would update, the threads agree on the first task holding a
+// NaN or an infinity, and they update only if there is none. That costs one
+// extra read of the gradients. Returns the index of that task (nothing was
+// written), or -1 when the tasks ran.
+std::int64_t run_tasks(const std::vector<Task>& tasks, const FiniteCheck* checks = nullptr);
 
 // One array's share of a reduction: kernel(scalars, data, begin, end) gives
 // the partial over elements [begin, end) of `data`.

@@ -240,15 +240,15 @@ py::object step(py::handle param_groups, py::handle grads, py::handle state, boo
         const StateKey& key = keys.arrays[k];
         const ArrayLabel label{"state", i, key.name};
         PyObject* existing = dict_item(entry, key.name);
-        py::array buffer;
-        if (existing == nullptr || existing == Py_None) {
-          // Turned on after construction (momentum from 0, amsgrad, scale):
-          // starts at its initial value, like a buffer made at construction.
-          buffer = filled_like(param, dtype, key.initial);
+        // Missing when a setting turned it on after construction (momentum
+        // from 0, amsgrad, scale): it starts at its initial value, like a
+        // buffer made at construction.
+        const bool missing = existing == nullptr || existing == Py_None;
+        py::array buffer = missing ? filled_like(param, dtype, key.initial) : as_array(existing, label);
+        if (missing) {
           created.push_back({entry, key.name, buffer});
           buffer_is_new = true;
         } else {
-          buffer = as_array(existing, label);
           check_like_param(buffer, param, label, param_label, /*written=*/true);
           overlaps.add(buffer, label, true);
         }
@@ -272,10 +272,7 @@ py::object step(py::handle param_groups, py::handle grads, py::handle state, boo
   std::int64_t first_bad = -1;
   {
     py::gil_scoped_release release;
-    if (check_finite)
-      first_bad = run_tasks_if_finite(tasks, checks);
-    else
-      run_tasks(tasks);
+    first_bad = run_tasks(tasks, check_finite ? checks.data() : nullptr);
   }
   if (first_bad >= 0) return py::int_(records[static_cast<std::size_t>(first_bad)].param_index);
 
