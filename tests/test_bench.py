@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fusedopt
-from cases import CASE_IDS, CASES, assert_same_state
+from cases import CASE_IDS, CASES, all_arrays, assert_same_state
 from fusedopt.bench import baselines, cython_loop, rules, workloads
 
 FEATURES = fusedopt.cpu_features()
@@ -126,6 +126,28 @@ def test_baselines_compute_the_reference_rule(loop_cache, dtype, rng, baseline, 
         assert_same_state(ours, ref, dtype, step)
 
 
+@pytest.mark.parametrize("name, kwargs", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("baseline", ["cython loop", "numpy tuned"])
+def test_baselines_agree_on_special_values(loop_cache, baseline, name, kwargs):
+    """Zeros of both signs, infinities and NaN go through the baselines as
+    through the reference: sign(-0.0) is +0, a max with NaN is NaN, ..."""
+    make = cython_loop.cython_class if baseline == "cython loop" else baselines.tuned_numpy_class
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0, 0.5])
+    params = [np.array([0.0, -0.0, 1.0, -1.0, 0.0, -0.0, 2.0, -2.0])]
+    ours = make(name)([p.copy() for p in params], **kwargs)
+    ref = getattr(fusedopt.reference, name)([p.copy() for p in params], **kwargs)
+    with np.errstate(all="ignore"):
+        for step, grad in enumerate([np.zeros(8), -np.zeros(8), np.roll(special, 1), special], start=1):
+            ours.step([grad])
+            ref.step([grad])
+            assert_same_state(ours, ref, np.float64, step)
+            for label, value in all_arrays(ref).items():  # == does not tell -0.0 from +0.0
+                if isinstance(value, np.ndarray):
+                    zeros = value == 0  # (a NaN's sign means nothing: not compared)
+                    got = all_arrays(ours)[label][zeros]
+                    assert np.array_equal(np.signbit(got), np.signbit(value[zeros])), label
+
+
 def test_every_rule_is_benchmarked_with_every_baseline():
     """Each optimizer of the package has a bench rule, a tuned NumPy update and a Cython loop."""
     optimizers = [name for name in fusedopt.__all__
@@ -140,11 +162,60 @@ def test_every_rule_is_benchmarked_with_every_baseline():
 
 def test_minimal_traffic_per_rule():
     """Bytes per element: every stream read once, all but the grad written once."""
-    expected = {"momentum": 20, "sgd": 12, "sgd_momentum": 20, "adadelta": 28, "adam": 28, "adamw": 28}
+    expected = {"momentum": 20, "sgd": 12, "sgd_momentum": 20, "adadelta": 28, "adam": 28, "adamw": 28,
+                "rmsprop": 20, "rmsprop_centered_momentum": 36, "adagrad": 20, "nadam": 28, "radam": 28,
+                "adamax": 28, "lion": 20}
+    assert [rule.key for rule in rules.RULES] == list(expected)
     for rule in rules.RULES:
-        if rule.key in expected:
-            assert rule.bytes_per_element(np.float32) == expected[rule.key], rule.key
-            assert rule.bytes_per_element(np.float64) == 2 * expected[rule.key], rule.key
+        assert rule.bytes_per_element(np.float32) == expected[rule.key], rule.key
+        assert rule.bytes_per_element(np.float64) == 2 * expected[rule.key], rule.key
+    assert rules.rule_named("rmsprop_centered_momentum").state_keys == ["square_avg", "momentum_buffer", "grad_avg"]
+    assert rules.rule_named("nadam").state_keys == ["exp_avg", "exp_avg_sq"]  # mu_product is a scalar
+
+
+def test_roof_covers_every_rule():
+    """The roof kernel has each rule's streams: no rule is left without its roof."""
+    from fusedopt.bench import implementations
+    roof = implementations.make("roof", 1, FEATURES["isa"])
+    for rule in rules.RULES:
+        assert roof.unavailable(rule) is None, rule.key
+        params, grads = [np.ones(5, np.float32)], [np.full(5, 2.0, np.float32)]
+        with roof.prepared(rule, params, grads) as step:
+            step()
+        assert np.array_equal(params[0], np.full(5, 3.0, np.float32)), rule.key  # w += g
+
+
+def test_rules_chosen_by_the_command_line():
+    """All rules by default, a few with --quick, and --rules wins over both."""
+    import argparse
+    from fusedopt.bench import cli
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+
+    def chosen(*options):
+        return [rule.key for rule in cli.settings_from(parser.parse_args(options)).rules]
+
+    assert chosen() == [rule.key for rule in rules.RULES]
+    assert chosen("--quick") == rules.QUICK_RULES == ["sgd_momentum", "adadelta", "adam", "rmsprop_centered_momentum"]
+    assert chosen("--quick", "--rules", "lion,adam") == ["lion", "adam"]
+    assert chosen("--rules", "all") == [rule.key for rule in rules.RULES]
+
+
+@pytest.mark.parametrize("baseline", ["cython loop", "numpy tuned"])
+def test_baselines_honour_nonfinite(loop_cache, baseline):
+    """A grad with a NaN: "skip" changes nothing and returns False, "raise" names the grad."""
+    make = cython_loop.cython_class if baseline == "cython loop" else baselines.tuned_numpy_class
+    params = [np.ones(4), np.ones(3)]
+    grads = [np.ones(4), np.array([1.0, np.nan, 1.0])]
+    skipping = make("Adam")([p.copy() for p in params], nonfinite="skip")
+    assert skipping.step(grads) is False and skipping.skipped_steps == 1
+    assert all(np.array_equal(p, q) for p, q in zip(skipping.param_groups[0]["params"], params))
+    assert [s["step"] for s in skipping.state] == [0, 0]
+    raising = make("Adam")([p.copy() for p in params], nonfinite="raise")
+    with pytest.raises(fusedopt.NonFiniteGradError) as caught:
+        raising.step(grads)
+    assert caught.value.index == 1
+    assert make("Adam")([p.copy() for p in params]).step([np.ones(4), np.ones(3)]) is True
 
 
 def test_workloads():

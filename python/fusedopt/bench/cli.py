@@ -15,14 +15,15 @@ import fusedopt
 
 from . import report, runner, workloads
 from .implementations import FAMILIES, FAMILY_KEYS
-from .rules import RULES, rule_named
+from .rules import QUICK_RULES, RULES, rule_named
 
 __all__ = ["add_arguments", "main"]
 
 T = TypeVar("T")
 
-QUICK = dict(sizes=workloads.QUICK_SIZES, models=["model200"], dtypes=["float32"], seconds=0.04, min_samples=3)
-FULL = dict(sizes=workloads.DEFAULT_SIZES, models=list(workloads.MODELS), dtypes=["float32", "float64"],
+QUICK = dict(rules=[rule_named(key) for key in QUICK_RULES], sizes=workloads.QUICK_SIZES, models=["model200"],
+             dtypes=["float32"], seconds=0.04, min_samples=3)
+FULL = dict(rules=RULES, sizes=workloads.DEFAULT_SIZES, models=list(workloads.MODELS), dtypes=["float32", "float64"],
             seconds=0.2, min_samples=5)
 
 
@@ -71,11 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "how close is it to the memory roof? Times one optimizer step of each implementation on each "
         "rule, dtype and workload; prints a table per rule and dtype and a summary.")
     parser.add_argument("--quick", action="store_true",
-                        help="a short run (under a minute): float32, sizes " +
-                             ",".join(map(workloads.size_label, workloads.QUICK_SIZES)) +
+                        help="a short run (under a minute): rules " + ",".join(QUICK_RULES) +
+                             ", float32, sizes " + ",".join(map(workloads.size_label, workloads.QUICK_SIZES)) +
                              " and model200, shorter measurements")
-    parser.add_argument("--rules", type=_listed(rule_named, RULES), default=RULES, metavar="LIST",
-                        help=f"rules to measure (default all: {','.join(r.key for r in RULES)})")
+    parser.add_argument("--rules", type=_listed(rule_named, RULES), metavar="LIST",
+                        help=f"rules to measure, or all (default all: {','.join(r.key for r in RULES)}; "
+                             f"with --quick {','.join(QUICK_RULES)})")
     parser.add_argument("--sizes", type=_listed(workloads.parse_size), metavar="LIST",
                         help="single-tensor sizes in elements, e.g. 0,1e3,1e5 (0 times the call overhead "
                              "alone; default 0 and 1e3..1e8, sizes that do not fit in memory are skipped)")
@@ -104,10 +106,11 @@ def settings_from(args: argparse.Namespace) -> runner.Settings:
     defaults = QUICK if args.quick else FULL
     sizes = defaults["sizes"] if args.sizes is None else args.sizes
     models = defaults["models"] if args.models is None else args.models
+    chosen_rules = defaults["rules"] if args.rules is None else args.rules
     chosen_workloads = [workloads.single_tensor(n) for n in sizes] + [workloads.MODELS[m]() for m in models]
     if not chosen_workloads:
         raise SystemExit("bench: no workload left (--sizes none and --models none)")
-    if not args.rules:
+    if not chosen_rules:
         raise SystemExit("bench: no rule chosen")
 
     features = fusedopt.cpu_features()
@@ -128,7 +131,7 @@ def settings_from(args: argparse.Namespace) -> runner.Settings:
     if "fusedopt" not in families:
         families.insert(1 if "roof" in families else 0, "fusedopt")  # every comparison is with fusedopt
     return runner.Settings(
-        rules=list(args.rules),
+        rules=list(chosen_rules),
         dtypes=[np.dtype(d) for d in (args.dtypes or defaults["dtypes"])],
         workloads=chosen_workloads,
         threads=threads,

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
-from .baselines import Update, optimizer_class
+from .baselines import Update, nadam_step_sizes, optimizer_class, radam_step_size
 
 __all__ = ["BuildError", "load", "cython_class", "CYTHON_UPDATES", "COMPILE_ARGS", "cache_dir"]
 
@@ -144,16 +144,63 @@ def _adadelta(self, w, g, state, scratch, *, lr, rho, eps, weight_decay, maximiz
                     weight_decay, maximize, by_weights)
 
 
+def _weight_decay_terms(lr, weight_decay, decoupled_weight_decay):
+    """(coupled decay, decoupled factor 1 - lr wd): one of them a no-op."""
+    if decoupled_weight_decay:
+        return 0.0, 1 - lr * weight_decay
+    return weight_decay, 1.0
+
+
 def _adam(self, w, g, state, scratch, *, lr, betas, eps, weight_decay, amsgrad, maximize,
           decoupled_weight_decay, **_):
     beta1, beta2 = float(betas[0]), float(betas[1])
     t = state["step"]
     v = state["exp_avg_sq"]
     v_max = state["max_exp_avg_sq"] if amsgrad else v
-    coupled = 0.0 if decoupled_weight_decay else weight_decay
-    decay_factor = 1 - lr * weight_decay if decoupled_weight_decay else 1.0
+    coupled, decay_factor = _weight_decay_terms(lr, weight_decay, decoupled_weight_decay)
     load().adam(_flat(w), _flat(g), _flat(state["exp_avg"]), _flat(v), _flat(v_max), beta1, beta2, eps,
                 coupled, decay_factor, lr / (1 - beta1**t), math.sqrt(1 - beta2**t), maximize, amsgrad)
+
+
+def _rmsprop(self, w, g, state, scratch, *, lr, alpha, eps, weight_decay, momentum, centered, maximize, **_):
+    square_avg = state["square_avg"]
+    b = state["momentum_buffer"] if momentum > 0 else square_avg
+    grad_avg = state["grad_avg"] if centered else square_avg
+    load().rmsprop(_flat(w), _flat(g), _flat(square_avg), _flat(b), _flat(grad_avg), lr, alpha, eps, weight_decay,
+                   momentum, maximize, momentum > 0, centered)
+
+
+def _adagrad(self, w, g, state, scratch, *, lr, lr_decay, weight_decay, eps, maximize, **_):
+    step_size = lr / (1 + (state["step"] - 1) * lr_decay)
+    load().adagrad(_flat(w), _flat(g), _flat(state["sum"]), step_size, eps, weight_decay, maximize)
+
+
+def _nadam(self, w, g, state, scratch, *, lr, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay,
+           maximize, **_):
+    beta1, beta2 = float(betas[0]), float(betas[1])
+    grad_step, momentum_step = nadam_step_sizes(state, lr=lr, beta1=beta1, momentum_decay=momentum_decay)
+    coupled, decay_factor = _weight_decay_terms(lr, weight_decay, decoupled_weight_decay)
+    load().nadam(_flat(w), _flat(g), _flat(state["exp_avg"]), _flat(state["exp_avg_sq"]), beta1, beta2, eps,
+                 coupled, decay_factor, 1 - beta2 ** state["step"], grad_step, momentum_step, maximize)
+
+
+def _radam(self, w, g, state, scratch, *, lr, betas, eps, weight_decay, decoupled_weight_decay, maximize, **_):
+    beta1, beta2 = float(betas[0]), float(betas[1])
+    rectified, step_size = radam_step_size(state["step"], lr=lr, beta1=beta1, beta2=beta2)
+    coupled, decay_factor = _weight_decay_terms(lr, weight_decay, decoupled_weight_decay)
+    load().radam(_flat(w), _flat(g), _flat(state["exp_avg"]), _flat(state["exp_avg_sq"]), beta1, beta2, eps,
+                 coupled, decay_factor, step_size, maximize, rectified)
+
+
+def _adamax(self, w, g, state, scratch, *, lr, betas, eps, weight_decay, maximize, **_):
+    beta1, beta2 = float(betas[0]), float(betas[1])
+    load().adamax(_flat(w), _flat(g), _flat(state["exp_avg"]), _flat(state["exp_inf"]), beta1, beta2, eps,
+                  weight_decay, lr / (1 - beta1 ** state["step"]), maximize)
+
+
+def _lion(self, w, g, state, scratch, *, lr, betas, weight_decay, maximize, **_):
+    beta1, beta2 = float(betas[0]), float(betas[1])
+    load().lion(_flat(w), _flat(g), _flat(state["exp_avg"]), lr, beta1, beta2, 1 - lr * weight_decay, maximize)
 
 
 CYTHON_UPDATES: dict[str, Update] = {
@@ -162,6 +209,12 @@ CYTHON_UPDATES: dict[str, Update] = {
     "Adadelta": _adadelta,
     "Adam": _adam,
     "AdamW": _adam,
+    "RMSprop": _rmsprop,
+    "Adagrad": _adagrad,
+    "NAdam": _nadam,
+    "RAdam": _radam,
+    "Adamax": _adamax,
+    "Lion": _lion,
 }
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 import fusedopt
 
-__all__ = ["BenchRule", "RULES", "rule_named"]
+__all__ = ["BenchRule", "RULES", "QUICK_RULES", "rule_named"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,9 @@ def _frozen(**kwargs: Any) -> Mapping[str, Any]:
 
 # Momentum (the course's heavy ball) is torch's SGD with momentum and
 # dampening 0 up to the scale of the buffer: the same streams and work.
+# A rule gets a second row only where an option changes its streams or its
+# code path: SGD with momentum (3 streams, not 2), RMSprop centered with
+# momentum (5 streams, the most any rule has, and two more terms).
 RULES: list[BenchRule] = [
     BenchRule("momentum", "Momentum", _frozen(lr=1e-3, momentum=0.9), ("SGD", _frozen(lr=1e-3, momentum=0.9))),
     BenchRule("sgd", "SGD", _frozen(lr=1e-3), ("SGD", _frozen(lr=1e-3))),
@@ -64,7 +67,20 @@ RULES: list[BenchRule] = [
     BenchRule("adadelta", "Adadelta", _frozen(), ("Adadelta", _frozen())),
     BenchRule("adam", "Adam", _frozen(), ("Adam", _frozen())),
     BenchRule("adamw", "AdamW", _frozen(), ("AdamW", _frozen())),
+    BenchRule("rmsprop", "RMSprop", _frozen(), ("RMSprop", _frozen())),
+    BenchRule("rmsprop_centered_momentum", "RMSprop", _frozen(momentum=0.9, centered=True),
+              ("RMSprop", _frozen(momentum=0.9, centered=True))),
+    BenchRule("adagrad", "Adagrad", _frozen(), ("Adagrad", _frozen())),
+    BenchRule("nadam", "NAdam", _frozen(), ("NAdam", _frozen())),
+    BenchRule("radam", "RAdam", _frozen(), ("RAdam", _frozen())),
+    BenchRule("adamax", "Adamax", _frozen(), ("Adamax", _frozen())),
+    BenchRule("lion", "Lion", _frozen()),   # not in torch.optim
 ]
+
+# What --quick measures: a rule of each stream count from 3 to 5, SGD with
+# momentum, Adam (the most used) and Adadelta (4 streams, no fused torch
+# version) and RMSprop centered with momentum (5 streams).
+QUICK_RULES: list[str] = ["sgd_momentum", "adadelta", "adam", "rmsprop_centered_momentum"]
 
 
 def rule_named(key: str) -> BenchRule:
