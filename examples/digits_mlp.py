@@ -47,6 +47,12 @@ RULES = {
     "AdaDelta (weights)": ("Adadelta", {"lr": 0.01, "scale": "weights"}),
     "Adam": ("Adam", {"lr": 2e-3}),
     "AdamW": ("AdamW", {"lr": 2e-3, "weight_decay": 1e-2}),
+    "RMSprop": ("RMSprop", {"lr": 1e-3}),
+    "Adagrad": ("Adagrad", {"lr": 0.05}),
+    "NAdam": ("NAdam", {"lr": 2e-3}),
+    "RAdam": ("RAdam", {"lr": 1e-2}),  # its rectification damps the first few hundred steps
+    "Adamax": ("Adamax", {"lr": 4e-3}),
+    "Lion": ("Lion", {"lr": 6e-4, "weight_decay": 0.1}),  # every move is +-lr: a smaller lr, more decay
 }
 SCHEDULE_COLORS = {"constant": "0.45", "step decay": "tab:blue", "cyclic": "tab:orange"}
 

@@ -9,20 +9,31 @@ the errors.
 Rounding: torch's CPU kernels fuse some multiply-adds (FMA) and order a few
 products differently, while fusedopt's core never contracts (it is bitwise
 equal to its NumPy reference). So the two agree to rounding, not to the bit.
-A step rounds each value at most about eight times (the longest chain is
-Adadelta's acc_delta: two square roots, a quotient, a product and a square
-feeding a running average), each rounding within an ulp of the magnitudes
+A step rounds each value at most about eight times (the longest chains are
+Adadelta's acc_delta, two square roots, a quotient, a product and a square
+feeding a running average, and centered RMSprop's momentum buffer, a
+difference, a square root and a quotient feeding one), each rounding within an ulp of the magnitudes
 involved, which are at most the tensor's largest. Hence the tolerance below:
 ULP_PER_STEP ulp of the tensor's largest magnitude per step taken, compared
 element by element. (Measured on this suite: at most 3.8, Adadelta's
-acc_delta after its first step.)
+acc_delta after its first step; of the rules added since, at most 2.7,
+RMSprop's momentum buffer, then 1.7, NAdam's exp_avg_sq.) The float64 runs
+set torch's default dtype to float64, as float64 code does: torch keeps
+NAdam's mu_product in the default dtype, and in float32 it would round it
+to float32 precision (see test_trains_like_torch).
+
+Lion, Momentum and Adadelta(scale="weights") have no torch.optim
+counterpart: they are compared with fusedopt's NumPy reference instead,
+which the core matches to RTOL (in practice, bit for bit).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import io
+import math
 import subprocess
 import sys
 
@@ -55,6 +66,23 @@ TORCH_CASES = [
     ("Adam", {"lr": 1e-2, "decoupled_weight_decay": True, "weight_decay": 0.1}),
     ("AdamW", {"lr": 1e-2}),
     ("AdamW", {"lr": 1e-2, "amsgrad": True, "weight_decay": 0.5, "maximize": True}),
+    ("RMSprop", {}),
+    ("RMSprop", {"momentum": 0.9}),
+    ("RMSprop", {"centered": True}),
+    ("RMSprop", {"momentum": 0.5, "centered": True, "alpha": 0.9, "eps": 1e-3, "weight_decay": 0.01,
+                 "maximize": True}),
+    ("Adagrad", {}),
+    ("Adagrad", {"lr_decay": 0.1, "initial_accumulator_value": 0.3, "weight_decay": 0.01}),
+    ("Adagrad", {"eps": 1e-3, "maximize": True}),
+    ("NAdam", {}),
+    ("NAdam", {"lr": 1e-2, "weight_decay": 0.1, "momentum_decay": 0.1}),
+    ("NAdam", {"decoupled_weight_decay": True, "weight_decay": 0.1, "maximize": True, "betas": (0.5, 0.9),
+               "eps": 1e-3}),
+    ("RAdam", {}),  # beta2 = 0.999: unrectified for t <= 5, rectified after
+    ("RAdam", {"lr": 1e-2, "betas": (0.5, 0.9), "weight_decay": 0.1, "maximize": True}),
+    ("RAdam", {"decoupled_weight_decay": True, "weight_decay": 0.1, "eps": 1e-3}),
+    ("Adamax", {}),
+    ("Adamax", {"betas": (0.5, 0.9), "eps": 1e-3, "weight_decay": 0.1, "maximize": True}),
 ]
 
 # Forms torch lacks: checked against fusedopt's NumPy reference instead.
@@ -63,11 +91,23 @@ FUSED_ONLY_CASES = [
     ("Momentum", {"lr": 0.02, "momentum": 0.5}),
     ("Adadelta", {"scale": "weights", "lr": 0.1}),
     ("Adadelta", {"scale": "weights", "rho": 0.95, "weight_decay": 0.01, "maximize": True}),
+    ("Lion", {}),
+    ("Lion", {"lr": 1e-3, "betas": (0.5, 0.9), "weight_decay": 0.1, "maximize": True}),
 ]
 
 
 def case_id(name, kwargs):
     return name + "".join(f"-{k}={v}" for k, v in kwargs.items())
+
+
+@contextlib.contextmanager
+def default_dtype(dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
@@ -184,13 +224,26 @@ def make_pair(name, kwargs, dtype):
 @DTYPES
 @pytest.mark.parametrize("name, kwargs", TORCH_CASES, ids=[case_id(*c) for c in TORCH_CASES])
 def test_trains_like_torch(dtype, name, kwargs):
-    (torch_net, fused_net), torch_opt, fused_opt = make_pair(name, kwargs, dtype)
-    for step, batch in enumerate(batches(dtype, STEPS), start=1):
-        train_both(torch_net, torch_opt, fused_net, fused_opt, batch, step)
-        assert_same_as_torch(fused_opt, torch_opt, step, f"after step {step}")
-    # The skipped params: no state for the one without a gradient, half the
-    # steps for the one with a gradient on odd steps.
-    assert fused_net.unused not in fused_opt.state
+    """Torch's default dtype is the params' (as a float64 model sets it):
+    torch keeps NAdam's mu_product in the default dtype, so with float32 it
+    would round the product, and the step's coefficients with it, to float32
+    precision for float64 params too; fusedopt's core keeps it in double.
+    That is a difference of precision, not of rounding order, which
+    fusedopt.torch's docstring states and test_scalar_state_is_kept_as_torch_keeps_it
+    checks for the float32 default."""
+    with default_dtype(dtype):
+        (torch_net, fused_net), torch_opt, fused_opt = make_pair(name, kwargs, dtype)
+        assert_same_as_torch(fused_opt, torch_opt, 0, "before the first step")  # Adagrad's is made early
+        for step, batch in enumerate(batches(dtype, STEPS), start=1):
+            train_both(torch_net, torch_opt, fused_net, fused_opt, batch, step)
+            assert_same_as_torch(fused_opt, torch_opt, step, f"after step {step}")
+    # The skipped params: no state for the one without a gradient (Adagrad's
+    # constructor makes it, as torch's does), half the steps for the one
+    # with a gradient on odd steps.
+    if fused_opt.row.state_at_construction:
+        assert fused_opt.state[fused_net.unused]["step"].item() == 0
+    else:
+        assert fused_net.unused not in fused_opt.state
     if "step" in fused_opt.state.get(fused_net.body[0].weight, {}):
         assert fused_opt.state[fused_net.sometimes]["step"].item() == STEPS // 2
     # The state_dicts have the same layout: torch's group entries (fusedopt's
@@ -344,18 +397,166 @@ def test_adamw_stays_decoupled_when_loading_an_adam_checkpoint():
     assert adamw.param_groups[0]["weight_decay"] == 0.1
 
 
-def test_step_is_counted_in_torchs_dtype():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        p, q = (torch.nn.Parameter(torch.ones(3)) for _ in range(2))
-        mine, theirs = ft.Adam([p]), torch.optim.Adam([q], foreach=False)
+@pytest.mark.parametrize("default", [torch.float32, torch.float64], ids=["default-float32", "default-float64"])
+@DTYPES
+def test_scalar_state_is_kept_as_torch_keeps_it(default, dtype):
+    """step and NAdam's mu_product are 0-d tensors of torch's default dtype,
+    whatever the params' dtype, as torch makes them. After one step
+    mu_product is mu_1 rounded once to that dtype by both: equal."""
+    with default_dtype(default):
+        p, q = (torch.nn.Parameter(torch.linspace(-1, 1, 5, dtype=dtype)) for _ in range(2))
+        mine, theirs = ft.NAdam([p]), torch.optim.NAdam([q], foreach=False)
         for param, opt in ((p, mine), (q, theirs)):
-            param.grad = torch.ones(3)
+            param.grad = torch.linspace(0.5, -0.3, 5, dtype=dtype)
             opt.step()
-        assert mine.state[p]["step"].dtype == theirs.state[q]["step"].dtype == torch.float64
-    finally:
-        torch.set_default_dtype(previous)
+    for key in ("step", "mu_product"):
+        value, torchs = mine.state[p][key], theirs.state[q][key]
+        assert value.dtype == torchs.dtype == default and value.shape == torchs.shape == (), key
+        assert value.item() == torchs.item(), key
+
+
+def test_adagrad_makes_its_state_in_the_constructor():
+    """As torch's: every param of the constructor's groups has step 0 and sum
+    at initial_accumulator_value before any step (so its state_dict has
+    them); a group added later gets its state at its first step, from the
+    group's own initial_accumulator_value (torch takes the constructor's)."""
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    opt = ft.Adagrad([a], lr=0.5, initial_accumulator_value=0.5)
+    theirs = torch.optim.Adagrad([torch.nn.Parameter(torch.zeros(3))], lr=0.5, initial_accumulator_value=0.5)
+    assert opt.state_dict()["state"].keys() == theirs.state_dict()["state"].keys() == {0}
+    assert opt.state[a]["step"].item() == 0 and opt.state[a]["step"].dtype == torch.float32
+    assert torch.equal(opt.state[a]["sum"], torch.full((3,), 0.5))
+    opt.add_param_group({"params": [b], "initial_accumulator_value": 2.0})
+    assert b not in opt.state
+    b.grad = torch.ones(2)
+    opt.step()
+    assert opt.state[b]["step"].item() == 1
+    torch.testing.assert_close(opt.state[b]["sum"], torch.full((2,), 3.0), rtol=0, atol=0)
+    torch.testing.assert_close(b.detach(), torch.full((2,), -0.5 / math.sqrt(3.0)))
+    assert torch.equal(a.detach(), torch.zeros(3)) and opt.state[a]["step"].item() == 0  # no gradient
+
+
+def test_a_checkpoint_with_numbers_for_scalar_state_loads_as_torch_loads_it():
+    """Older checkpoints kept step and mu_product as Python numbers: torch
+    turns them into 0-d tensors when loading, and so does fusedopt.torch;
+    both then continue alike."""
+    dtype = torch.float32
+    net = Net(dtype)
+    opt = torch.optim.NAdam(param_groups(net, 2e-3), foreach=False)
+    data = batches(dtype, 6)
+    for step, batch in enumerate(data[:3], start=1):
+        train_step(net, opt, batch, step)
+    saved = opt.state_dict()
+    for entry in saved["state"].values():
+        entry["step"], entry["mu_product"] = entry["step"].item(), entry["mu_product"].item()
+    torch_net, fused_net = copy.deepcopy(net), copy.deepcopy(net)
+    torch_opt = torch.optim.NAdam(param_groups(torch_net, 2e-3), foreach=False)
+    fused_opt = ft.NAdam(param_groups(fused_net, 2e-3))
+    torch_opt.load_state_dict(copy.deepcopy(saved))
+    fused_opt.load_state_dict(copy.deepcopy(saved))
+    assert_same_as_torch(fused_opt, torch_opt, 0, "right after loading")
+    for step, batch in enumerate(data[3:], start=4):
+        train_both(torch_net, torch_opt, fused_net, fused_opt, batch, step)
+        assert_same_as_torch(fused_opt, torch_opt, step - 3, f"{step - 3} steps after loading")
+
+
+def test_scalar_state_is_checked_before_anything_changes():
+    net = Net(torch.float32)
+    opt = ft.NAdam(net.parameters(), lr=1e-2)
+    for step, batch in enumerate(batches(torch.float32, 2), start=1):
+        train_step(net, opt, batch, step)
+    saved = opt.state_dict()
+    before = copy.deepcopy(saved), [p.detach().clone() for p in net.parameters()]
+    for value in (torch.zeros(3), float("nan"), torch.tensor(float("inf")), "0.5", torch.tensor(1)):
+        bad = copy.deepcopy(saved)
+        bad["state"][3]["mu_product"] = value
+        with pytest.raises(ValueError, match=r"state_dict\['state'\]\[3\] \(params\[3\] \(shape \(16,\)\)\)"
+                                             r"\['mu_product'\] must be a finite number"):
+            opt.load_state_dict(bad)
+    missing = copy.deepcopy(saved)
+    del missing["state"][3]["mu_product"]
+    with pytest.raises(ValueError, match=r"\[3\].*has no 'mu_product'"):
+        opt.load_state_dict(missing)
+    # Broken in place (the state_dict shares its dicts): the step refuses it and changes nothing else.
+    opt.state[net.body[0].bias]["mu_product"] = torch.zeros(3)
+    with pytest.raises(ValueError, match=r"state\['mu_product'\] of params\[3\] must be a one-element"):
+        opt.step()
+    opt.state[net.body[0].bias]["mu_product"] = before[0]["state"][3]["mu_product"].clone()
+    after = opt.state_dict()
+    for i, entry in before[0]["state"].items():
+        for key, value in entry.items():
+            assert torch.equal(after["state"][i][key], value), (i, key)
+    for p, was in zip(net.parameters(), before[1]):
+        assert torch.equal(p.detach(), was)
+
+
+# --------------------------------------------------------------------------- non-finite gradients
+
+
+@pytest.mark.parametrize("nonfinite", ["skip", "raise"])
+def test_a_nonfinite_gradient_skips_the_step_and_changes_nothing(nonfinite):
+    """nonfinite="skip" or "raise": a step whose gradients hold an infinity
+    or a NaN changes no param (nor its version counter), no state, no step
+    count, and makes no state; the run continues as torch's run that never
+    saw that step."""
+    dtype = torch.float32
+    torch_net, fused_net = Net(dtype), Net(dtype)
+    kwargs = {"lr": 1e-2, "weight_decay": 0.1}
+    torch_opt = torch.optim.NAdam(param_groups(torch_net, 1e-2), foreach=False, **kwargs)
+    fused_opt = ft.NAdam(param_groups(fused_net, 1e-2), nonfinite=nonfinite, **kwargs)
+    poisoned = {1: math.inf, 4: math.nan}  # the step, the value put into body.2.weight's gradient
+    taken = 0
+    for step, batch in enumerate(batches(dtype, 8), start=1):
+        if step not in poisoned:
+            train_both(torch_net, torch_opt, fused_net, fused_opt, batch, step)
+            taken += 1
+            assert_same_as_torch(fused_opt, torch_opt, taken, f"after step {step}")
+            continue
+        fused_opt.zero_grad()
+        torch.nn.functional.mse_loss(fused_net(batch[0], step), batch[1]).backward()
+        fused_net.body[2].weight.grad.view(-1)[37] = poisoned[step]
+        state_before = copy.deepcopy(fused_opt.state_dict())
+        params_before = [(p.detach().clone(), p._version) for p in fused_net.parameters()]
+        if nonfinite == "raise":
+            message = (r"the gradient of params\[4\] \(shape \(16, 16\)\) holds a NaN or an infinity "
+                       r"\(first at flat index 37: (inf|nan)\); the step was skipped")
+            with pytest.raises(fusedopt.NonFiniteGradError, match=message) as error:
+                fused_opt.step()
+            assert error.value.index == 4  # body.2.weight: Net's own params come first
+        else:
+            assert fused_opt.step(lambda: "the loss") == "the loss"  # what the closure returns, as torch
+        state_after = fused_opt.state_dict()
+        assert state_after["state"].keys() == state_before["state"].keys()
+        if step == 1:
+            assert not fused_opt.state  # nothing made
+        for i, entry in state_before["state"].items():
+            assert state_after["state"][i].keys() == entry.keys()
+            for key, value in entry.items():
+                assert torch.equal(state_after["state"][i][key], value), (i, key)
+        for p, (value, version) in zip(fused_net.parameters(), params_before):
+            assert torch.equal(p.detach(), value) and p._version == version
+    assert fused_opt.skipped_steps == len(poisoned)
+
+
+def test_nonfinite_is_fusedopts_keyword_option():
+    w = torch.nn.Parameter(torch.zeros(2))
+    parameter = inspect.signature(ft.AdamW).parameters["nonfinite"]
+    assert parameter.kind == inspect.Parameter.KEYWORD_ONLY and parameter.default == "apply"
+    assert ft.AdamW([w]).nonfinite == "apply"
+    with pytest.raises(ValueError, match=r"nonfinite must be one of 'apply', 'skip', 'raise', got 'ignore'"):
+        ft.Adam([w], nonfinite="ignore")
+    opt = ft.Lion([w], nonfinite="skip")
+    w.grad = torch.tensor([1.0, math.nan])
+    opt.step()
+    assert opt.skipped_steps == 1 and not opt.state
+    copied = copy.deepcopy(opt)  # torch's __getstate__ keeps only state, groups and defaults
+    assert copied.nonfinite == "skip" and copied.skipped_steps == 1
+    opt.load_state_dict(ft.Lion([torch.nn.Parameter(torch.zeros(2))]).state_dict())
+    assert opt.nonfinite == "skip" and opt.skipped_steps == 1
+    # "apply" (the default) lets the NaN through, as torch.optim does.
+    opt = ft.Lion([w], lr=0.1)
+    opt.step()
+    assert math.isnan(w[1].item()) and w[0].item() == np.float32(-0.1) and opt.skipped_steps == 0
 
 
 # --------------------------------------------------------------------------- the call
@@ -369,8 +570,9 @@ def test_one_fused_call_on_views_of_the_tensors_memory(monkeypatch):
     real = fusedopt.Adam.rule
     calls = []
 
-    def spy(groups, grads, states):
+    def spy(groups, grads, states, check_finite=False):
         calls.append(1)
+        assert check_finite is False  # nonfinite="apply": no extra pass over the grads
         params = all_params(opt)
         views = [v for group in groups for v in group["params"]]
         assert len(views) == len(grads) == len(states) == len(params)
@@ -385,9 +587,10 @@ def test_one_fused_call_on_views_of_the_tensors_memory(monkeypatch):
                 assert array.__array_interface__["data"][0] == tensor.data_ptr()
                 assert array.nbytes == tensor.numel() * tensor.element_size()
                 assert np.shares_memory(array, tensor.detach().numpy())
-        return real.step(groups, grads, states)
+        return real.step(groups, grads, states, check_finite)
 
-    monkeypatch.setattr(fusedopt.Adam, "rule", Rule(real.name, spy, real.check_group, real.state_keys))
+    monkeypatch.setattr(fusedopt.Adam, "rule",
+                        Rule(real.name, spy, real.check_group, real.state_keys, real.state_spec))
     for step, batch in enumerate(batches(torch.float32, 3), start=1):
         pointers = [p.data_ptr() for p in all_params(opt)]
         train_step(net, opt, batch, step)
@@ -465,10 +668,18 @@ def test_every_rule_has_a_torch_class_and_test_cases():
         assert any(case_name == name for case_name, _ in cases), f"no test case for {name}"
 
 
+def torch_rules():
+    """The fusedopt.torch classes that have a torch.optim counterpart."""
+    return [name for name in ft.__all__ if isinstance(getattr(ft, name), type)
+            and issubclass(getattr(ft, name), ft.FusedOptimizer) and name != "FusedOptimizer"
+            and getattr(ft, name).row.torch_name]
+
+
 def test_constructor_is_torchs():
     """Same arguments, order, kinds and defaults as torch.optim's class, and
     fusedopt's defaults agree with torch's."""
-    for name in ("SGD", "Adadelta", "Adam", "AdamW"):
+    assert len(torch_rules()) == 9
+    for name in torch_rules():
         theirs = inspect.signature(getattr(torch.optim, name)).parameters
         mine = inspect.signature(getattr(ft, name)).parameters
         assert list(mine)[: len(theirs)] == list(theirs), name

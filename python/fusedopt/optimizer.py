@@ -241,12 +241,14 @@ def _as_list(value: Any, name: str) -> list:
     return list(value)
 
 
-def _nonfinite_grad_error(grad: np.ndarray, index: int) -> NonFiniteGradError:
+def _nonfinite_grad_error(grad: np.ndarray, index: int, label: str | None = None) -> NonFiniteGradError:
+    """The error for ``nonfinite="raise"``: ``label`` names the gradient
+    (``grads[index]`` unless given: fusedopt.torch names the param)."""
     where = np.flatnonzero(~np.isfinite(grad))
     first = f" (first at flat index {where[0]}: {grad.flat[where[0]]})" if where.size else ""
     return NonFiniteGradError(
-        f"grads[{index}] holds a NaN or an infinity{first}; the step was skipped and nothing "
-        "changed (nonfinite='raise')",
+        f"{label or f'grads[{index}]'} holds a NaN or an infinity{first}; the step was skipped and "
+        "nothing changed (nonfinite='raise')",
         index,
     )
 

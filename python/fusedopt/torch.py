@@ -24,10 +24,33 @@ torch's implementation switches are accepted so that code written for
 param groups and otherwise ignored (fusedopt has one implementation, fused);
 ``capturable=True`` and ``differentiable=True`` are refused.
 
+State is kept as torch keeps it: ``state["step"]`` and NAdam's
+``state["mu_product"]`` are 0-d float tensors (of torch's default dtype, as
+torch makes them), the arrays are tensors shaped like their param. Each step
+hands the core their values as numbers and writes the new ones back.
+Adagrad's state is made by the constructor, as torch makes it (a group
+added later gets its state at its first step, as in torch); every other
+rule makes a param's state at its first step. Adagrad's ``sum`` starts at
+the param group's ``initial_accumulator_value``, where torch takes the
+constructor's for every group (the two differ only for a group given its
+own value).
+
+Every class also takes fusedopt's ``nonfinite="apply" | "skip" | "raise"``
+(keyword-only; see :class:`fusedopt.Optimizer`): with ``"skip"`` a step whose
+gradients hold a NaN or an infinity changes nothing (params, state, step
+counts) and adds one to ``opt.skipped_steps``; ``"raise"`` does the same and
+raises :class:`fusedopt.NonFiniteGradError` naming the param. ``step()``
+still returns what the closure returned, as torch's does.
+
 The rules differ from ``torch.optim``'s by float rounding only: the core
 never fuses a multiply and an add into one FMA (so it is bitwise identical to
 fusedopt's NumPy reference on every SIMD target), while some of torch's
-vectorised CPU kernels do.
+vectorised CPU kernels do. One more: torch rounds NAdam's running product
+``mu_product`` to its tensor's dtype before using it, while the core uses the
+product in double and then stores it; with float64 params and torch's default
+dtype float32 the two differ by about 1e-7 relative in that step's
+coefficients (set the default dtype to float64, as for any float64 model, and
+both compute it in float64).
 """
 
 from __future__ import annotations
@@ -50,9 +73,10 @@ except ImportError as error:  # torch is an optional dependency
 
 import fusedopt
 from fusedopt import _core
-from fusedopt.optimizer import Rule
+from fusedopt.optimizer import NonFiniteGradError, Rule, _nonfinite_grad_error
 
-__all__ = ["FusedOptimizer", "Row", "Momentum", "SGD", "Adadelta", "Adam", "AdamW"]
+__all__ = ["FusedOptimizer", "Row", "NonFiniteGradError", "Momentum", "SGD", "Adadelta", "Adam", "AdamW",
+           "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax", "Lion"]
 
 
 @dataclass(frozen=True)
@@ -66,12 +90,15 @@ class Row:
     rule: the fusedopt class's signature is used). ``state_names`` renames the
     core's state keys where torch's differ. ``counts_steps`` says whether
     torch keeps ``state["step"]`` (``torch.optim.SGD`` keeps none).
+    ``state_at_construction`` says whether torch's constructor makes every
+    param's state (``torch.optim.Adagrad``) rather than its first step.
     """
 
     fused: type[fusedopt.Optimizer]
     torch_name: str | None
     state_names: Mapping[str, str] = field(default_factory=dict)
     counts_steps: bool = True
+    state_at_construction: bool = False
 
     @property
     def rule(self) -> Rule:
@@ -100,6 +127,8 @@ class FusedOptimizer(torch.optim.Optimizer):
     torch's constructor, state layout and a fused ``step``."""
 
     row: ClassVar[Row]
+    nonfinite: str  # what a step does with a NaN or infinite gradient (see fusedopt.Optimizer)
+    skipped_steps: int  # steps not applied because of one
     _signature: ClassVar[inspect.Signature]
     _torch_only: ClassVar[dict[str, Any]]  # torch's arguments fusedopt lacks, with their defaults
     _fixed: ClassVar[dict[str, Any]]  # hyperparameters the class fixes (AdamW's decoupled decay)
@@ -147,12 +176,28 @@ class FusedOptimizer(torch.optim.Optimizer):
                     f"fusedopt.torch.{type(self).__name__} does not support {name}={value!r} "
                     f"(it updates CPU tensors with one fused kernel); leave it at {default!r}"
                 )
-        # fusedopt's constructor validates the hyperparameters and fills in the
-        # fixed ones; its one param group holds them in their normal form.
+        # fusedopt's constructor validates the hyperparameters (and nonfinite)
+        # and fills in the fixed ones; its one param group holds them in their
+        # normal form.
         probe = self.row.fused([np.zeros(1, np.float32)], **arguments)
+        self.nonfinite = probe.nonfinite
+        self.skipped_steps = 0
         defaults = {k: v for k, v in probe.param_groups[0].items() if k != "params"}
         defaults.update(switches)
         super().__init__(params, defaults)
+        if self.row.state_at_construction:  # as torch's Adagrad; a group added later gets it at its first step
+            for group in self.param_groups:
+                self._make_state(group)
+
+    def _make_state(self, group: dict[str, Any]) -> None:
+        """Every param's state before its first step: step 0 and the rule's initial values."""
+        arrays, scalars = self.row.rule.state_spec(group)
+        for param in group["params"]:
+            state = self.state[param]
+            if self.row.counts_steps:
+                state["step"] = _new_scalar(0.0)
+            state.update((self.row.torch_key(k), _new_array(param, v)) for k, v in arrays.items())
+            state.update((self.row.torch_key(k), _new_scalar(v)) for k, v in scalars.items())
 
     # ---------------------------------------------------------- param groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -178,24 +223,34 @@ class FusedOptimizer(torch.optim.Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Update every param that has a gradient, in place, in one call into
         fusedopt's core; params without a gradient are skipped, their state
-        neither created nor counted. Returns ``closure()`` if given."""
+        neither created nor counted. Returns ``closure()`` if given.
+
+        With ``nonfinite="skip"``, a step whose gradients hold a NaN or an
+        infinity changes nothing and adds one to ``skipped_steps``;
+        ``"raise"`` then raises :class:`fusedopt.NonFiniteGradError`."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         try:
             call = self._core_arguments()
-            self.row.rule.step(call.groups, call.grads, call.states)
+            bad = self.row.rule.step(call.groups, call.grads, call.states, self.nonfinite != "apply")
         except (TypeError, ValueError, RuntimeError):
             self._raise_for_unusable_tensor()  # a clearer error naming the param, if one is
             raise
+        if bad is not None:  # nothing changed; the state made for the step is dropped
+            self.skipped_steps += 1
+            if self.nonfinite == "raise":
+                raise _nonfinite_grad_error(call.grads[bad], bad, f"the gradient of {self._label_at(bad)}")
+            return loss
         call.record(self.state)
         return loss
 
     def _core_arguments(self) -> _CoreCall:
         """The core's view of this step: groups with NumPy views of the params,
-        grads and state as NumPy views, the step counts as ints. State a param
-        needs and lacks is made here but stored only after the core succeeds.
+        grads and state as NumPy views, the step counts as ints and scalar
+        state as floats. State a param needs and lacks is made here (at the
+        rule's initial values) but stored only after the core succeeds.
 
         This runs on every step, so it does only what it must per param;
         everything the core checks (dtypes, shapes, layout, overlap) it
@@ -206,7 +261,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         counts_steps = self.row.counts_steps
         all_state = self.state
         for group in self.param_groups:
-            keys = [(key, self.row.torch_key(key)) for key in self.row.rule.state_keys(group)]
+            arrays, scalars = self.row.rule.state_spec(group)
+            array_keys = [(key, self.row.torch_key(key), value) for key, value in arrays.items()]
+            scalar_keys = [(key, self.row.torch_key(key), value) for key, value in scalars.items()]
             views = []
             for param in group["params"]:
                 grad = param.grad
@@ -223,21 +280,28 @@ class FusedOptimizer(torch.optim.Optimizer):
                 if counts_steps:
                     step = state.get("step")
                     if step is None:
-                        step = torch.tensor(0.0, dtype=_step_dtype())
+                        step = _new_scalar(0.0)
                         call.new_state.append((param, "step", step))
                     value = step.item()  # torch counts in a float tensor
                     if not 0 <= value < 2**62 or int(value) != value:
                         raise _bad_step(step, f"state['step'] of params[{len(grads) - 1}]")
                     entry["step"] = int(value)
-                    call.steps.append((step, entry))
+                    call.scalars.append((step, entry, "step"))
                 created = False
-                for core_key, torch_key in keys:
+                for core_key, torch_key, initial in array_keys:
                     tensor = state.get(torch_key)
                     if tensor is None:  # a new param, or a setting turned on (amsgrad)
-                        tensor = torch.zeros_like(param, memory_format=torch.preserve_format)
+                        tensor = _new_array(param, initial)
                         call.new_state.append((param, torch_key, tensor))
                         created = True
                     entry[core_key] = tensor.numpy()
+                for core_key, torch_key, initial in scalar_keys:
+                    tensor = state.get(torch_key)
+                    if tensor is None:
+                        tensor = _new_scalar(initial)
+                        call.new_state.append((param, torch_key, tensor))
+                    entry[core_key] = _scalar_state(tensor, f"state[{torch_key!r}] of params[{len(grads) - 1}]")
+                    call.scalars.append((tensor, entry, core_key))
                 if not counts_steps:
                     # The core counts steps to know when a momentum buffer is
                     # new (it then starts as a copy of the gradient); torch
@@ -256,20 +320,32 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._check_loadable(state_dict)
         super().load_state_dict(state_dict)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's keeps defaults, state and param_groups only (a deepcopy or
+        # pickle goes through it); the non-finite policy and count go along.
+        return {**super().__getstate__(), "nonfinite": self.nonfinite, "skipped_steps": self.skipped_steps}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("nonfinite", "apply")  # pickled before fusedopt.torch had it
+        self.__dict__.setdefault("skipped_steps", 0)
         for group in self.param_groups:
             # A checkpoint of torch.optim lacks fusedopt's own options (and
             # one of fusedopt.torch may lack torch's switches): defaults.
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
             group.update(self._fixed)  # as torch's AdamW forces decoupled decay
-            if not self.row.counts_steps:
-                continue
-            for param in group["params"]:  # old checkpoints counted steps in Python numbers
-                entry = self.state.get(param)
-                if entry and "step" in entry and not isinstance(entry["step"], torch.Tensor):
-                    entry["step"] = torch.tensor(float(entry["step"]), dtype=_step_dtype())
+            # Old checkpoints kept the step count and scalar state (NAdam's
+            # mu_product) in Python numbers; torch's optimizers keep 0-d tensors.
+            numbers = [self.row.torch_key(key) for key in self.row.rule.state_spec(group)[1]]
+            if self.row.counts_steps:
+                numbers.append("step")
+            for param in group["params"]:
+                entry = self.state.get(param, _NO_STATE)
+                for key in numbers:
+                    value = entry.get(key)
+                    if value is not None and not isinstance(value, torch.Tensor):
+                        entry[key] = _new_scalar(float(value))
 
     def _check_loadable(self, state_dict: Mapping[str, Any]) -> None:
         if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= state_dict.keys():
@@ -289,14 +365,15 @@ class FusedOptimizer(torch.optim.Optimizer):
                 )
             merged = {**self.defaults, **saved, **self._fixed, "params": group["params"]}
             self.row.rule.check_group(merged, g)
-            keys = [self.row.torch_key(k) for k in self.row.rule.state_keys(merged)]
-            if self.row.counts_steps:
-                keys.insert(0, "step")
+            arrays, scalars = self.row.rule.state_spec(merged)
+            array_keys = [self.row.torch_key(k) for k in arrays]
+            scalar_keys = ["step"] if self.row.counts_steps else []
+            scalar_keys += [self.row.torch_key(k) for k in scalars]
             for k, (param, saved_id) in enumerate(zip(group["params"], saved["params"])):
                 entry = saved_state.get(saved_id)
                 if entry:  # a param that has been stepped
                     where = f"state_dict['state'][{saved_id!r}] ({self._label(index, group, k)})"
-                    _check_saved_state(entry, param, keys, where)
+                    _check_saved_state(entry, param, array_keys, scalar_keys, where)
                 index += 1
 
     # --------------------------------------------------------------- errors
@@ -307,11 +384,24 @@ class FusedOptimizer(torch.optim.Optimizer):
         name = f" {names[k]!r}" if names else ""
         return f"params[{index}]{name} (shape {tuple(param.shape)})"
 
+    def _label_at(self, index: int) -> str:
+        """The label of params[index], counted over all groups."""
+        first = index
+        for group in self.param_groups:
+            if index < len(group["params"]):
+                return self._label(first, group, index)
+            index -= len(group["params"])
+        raise IndexError(first)
+
     def _raise_for_unusable_tensor(self) -> None:
         """Find what the core (or ``Tensor.numpy()``) refused, and say it in
         torch's terms; return if nothing torch-specific is wrong."""
         index = 0
         for group in self.param_groups:
+            try:
+                arrays = [self.row.torch_key(key) for key in self.row.rule.state_spec(group)[0]]
+            except (TypeError, ValueError):
+                return  # the group's hyperparameters are wrong: the core's error says which
             for k, param in enumerate(group["params"]):
                 label = self._label(index, group, k)
                 index += 1
@@ -319,9 +409,10 @@ class FusedOptimizer(torch.optim.Optimizer):
                     continue
                 _check_param(param, label)
                 _check_like_param(param.grad, param, f"the gradient of {label}")
-                for key, value in self.state.get(param, _NO_STATE).items():
-                    if key != "step" and isinstance(value, torch.Tensor):
-                        _check_like_param(value, param, f"state[{key!r}] of {label}")
+                state = self.state.get(param, _NO_STATE)
+                for key in arrays:
+                    if key in state:
+                        _check_like_param(state[key], param, f"state[{key!r}] of {label}")
 
 
 _NO_STATE: Mapping[str, Any] = {}
@@ -336,13 +427,15 @@ class _CoreCall:
         self.states: list[dict[str, Any] | None] = []
         self.updated: list[torch.Tensor] = []  # params the step changes
         self.new_state: list[tuple[torch.Tensor, str, torch.Tensor]] = []
-        self.steps: list[tuple[torch.Tensor, dict[str, Any]]] = []  # torch's counter, the core's
+        # torch's 0-d tensors (step, mu_product), each with the core's state
+        # dict and key, which the step updates.
+        self.scalars: list[tuple[torch.Tensor, dict[str, Any], str]] = []
 
     def record(self, state: Mapping[torch.Tensor, dict[str, Any]]) -> None:
         for param, key, tensor in self.new_state:
             state[param][key] = tensor
-        for tensor, entry in self.steps:
-            tensor.fill_(entry["step"])  # the core counted; torch keeps a float tensor
+        for tensor, entry, key in self.scalars:
+            tensor.fill_(entry[key])  # the core's new value, in torch's 0-d tensor
         # The params changed through NumPy, which autograd does not see: bump
         # their version counters, so a graph that saved them refuses to
         # backward through stale values, as after torch's in-place updates.
@@ -351,10 +444,42 @@ class _CoreCall:
             torch.autograd.graph.increment_version(param)
 
 
-def _step_dtype() -> torch.dtype:
-    """The dtype torch.optim gives ``state["step"]``: float32, or float64
-    when that is torch's default dtype."""
+def _scalar_dtype() -> torch.dtype:
+    """The dtype torch.optim gives ``state["step"]`` and NAdam's
+    ``state["mu_product"]``: float32, or float64 when that is torch's default
+    dtype."""
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _new_scalar(value: float) -> torch.Tensor:
+    """A 0-d state tensor (step, mu_product), as torch.optim makes one."""
+    return torch.tensor(value, dtype=_scalar_dtype())
+
+
+def _new_array(param: torch.Tensor, value: float) -> torch.Tensor:
+    """A state tensor shaped like ``param``, every element ``value``."""
+    return torch.full_like(param, value, memory_format=torch.preserve_format)
+
+
+def _scalar_value(value: Any) -> float | None:
+    """A saved or live scalar state value (a one-element floating tensor, or
+    a number) as a float, or None if it is not a finite real number."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            return None
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        return None
+    return float(value)
+
+
+def _scalar_state(value: Any, label: str) -> float:
+    """A live scalar state tensor's value for the core, or an error naming it."""
+    number = _scalar_value(value) if isinstance(value, torch.Tensor) else None
+    if number is None:
+        raise ValueError(f"{label} must be a one-element floating-point tensor holding a finite "
+                         f"number, got {value!r:.60}")
+    return number
 
 
 def _step_count(step: Any) -> int | None:
@@ -410,18 +535,25 @@ def _check_like_param(tensor: Any, param: torch.Tensor, label: str) -> None:
         raise ValueError(f"{label} is not contiguous (strides {tensor.stride()})")
 
 
-def _check_saved_state(entry: Any, param: torch.Tensor, keys: list[str], where: str) -> None:
-    """One param's saved state, as load_state_dict will take it."""
+def _check_saved_state(entry: Any, param: torch.Tensor, array_keys: list[str], scalar_keys: list[str],
+                       where: str) -> None:
+    """One param's saved state, as load_state_dict will take it: the arrays
+    shaped like the param, the scalars ("step", "mu_product") numbers."""
     if not isinstance(entry, Mapping):
         raise TypeError(f"{where} must be a dict, got {type(entry).__name__}")
-    for key in keys:
+    for key in scalar_keys + array_keys:
         if key not in entry:
             raise ValueError(f"{where} has no {key!r} (a state_dict of another rule or settings?)")
+    for key in scalar_keys:
         value = entry[key]
         if key == "step":
             if _step_count(value) is None:
                 raise _bad_step(value, f"{where}['step']")
-            continue
+        elif _scalar_value(value) is None:
+            raise ValueError(f"{where}[{key!r}] must be a finite number (a one-element tensor or a "
+                             f"Python number), got {value!r:.60}")
+    for key in array_keys:
+        value = entry[key]
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
             raise TypeError(f"{where}[{key!r}] must be a floating-point torch.Tensor, got {value!r:.60}")
         if value.shape != param.shape:
@@ -451,4 +583,28 @@ class Adam(FusedOptimizer, row=Row(fusedopt.Adam, "Adam")):
 
 
 class AdamW(FusedOptimizer, row=Row(fusedopt.AdamW, "AdamW")):
+    pass
+
+
+class RMSprop(FusedOptimizer, row=Row(fusedopt.RMSprop, "RMSprop")):
+    pass
+
+
+class Adagrad(FusedOptimizer, row=Row(fusedopt.Adagrad, "Adagrad", state_at_construction=True)):
+    pass
+
+
+class NAdam(FusedOptimizer, row=Row(fusedopt.NAdam, "NAdam")):
+    pass
+
+
+class RAdam(FusedOptimizer, row=Row(fusedopt.RAdam, "RAdam")):
+    pass
+
+
+class Adamax(FusedOptimizer, row=Row(fusedopt.Adamax, "Adamax")):
+    pass
+
+
+class Lion(FusedOptimizer, row=Row(fusedopt.Lion, None)):
     pass
