@@ -18,7 +18,12 @@ namespace fusedopt {
 namespace {
 
 std::atomic<int> g_thread_override{0};
-std::atomic<std::int64_t> g_serial_cutoff_bytes{1 << 20};  // set from measurement
+// Where a second thread starts to pay, measured with benchmarks/serial_cutoff.py
+// on a 2-core AVX-512 Xeon (2026-11-25): 280-370 KB moved per step for the
+// memory-bound rules (SGD, momentum, Lion), 70-140 KB for those whose
+// divisions and square roots dominate in cache (Adam, Adadelta). One cutoff
+// between the two costs at most a few microseconds on either side.
+std::atomic<std::int64_t> g_serial_cutoff_bytes{256 << 10};
 std::atomic<bool> g_forked_child{false};
 std::atomic<int> g_last_team_size{0};
 
