@@ -67,8 +67,8 @@ except ImportError as error:  # torch is an optional dependency
     raise ImportError(
         "fusedopt.torch needs PyTorch, which is not installed. Install it with\n"
         '    pip install "fusedopt[torch]"\n'
-        "or, to get the CPU-only build (no CUDA packages):\n"
-        "    pip install torch --index-url https://download.pytorch.org/whl/cpu"
+        "(on a machine without a GPU, install torch's CPU-only build first,\n"
+        "from PyTorch's own package index, to avoid several GB of CUDA packages)"
     ) from error
 
 import fusedopt
