@@ -157,20 +157,26 @@ def save(fig, out, name, written):
 # --------------------------------------------------------------------------- the lessons
 
 
-def lesson_gradient_descent(out, steps, summary, written):
+def quadratic_lesson(out, written, summary, key, filename, runs, title, loss_title):
+    """One lesson on the quadratic: the paths of `runs` ({label: (path, color)})
+    over its contours on the left, their losses on the right."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     quadratic_axes(left)
-    runs = {}
-    for lr, color in [(0.02, "tab:blue"), (0.075, "tab:purple")]:
-        path = descend(gradient_descent(lr), quadratic_grad, QUADRATIC_START, steps)
-        runs[f"GD, lr = {lr}"] = (path, color)
-        draw_path(left, path, f"lr = {lr}", color)
-    left.set_title("Gradient descent, f = (x² + 25 y²) / 2")
+    for label, (path, color) in runs.items():
+        draw_path(left, path, label, color)
+    left.set_title(title)
     left.legend(loc="upper right")
-    draw_losses(right, runs, quadratic, "small lr: slow in x; large lr: zig-zag in y")
+    draw_losses(right, runs, quadratic, loss_title)
     right.legend()
-    save(fig, out, "lesson1_gradient_descent.png", written)
-    summary["gradient descent"] = {k: [quadratic(p[0]), quadratic(p[-1])] for k, (p, _) in runs.items()}
+    save(fig, out, filename, written)
+    summary[key] = {k: [quadratic(p[0]), quadratic(p[-1])] for k, (p, _) in runs.items()}
+
+
+def lesson_gradient_descent(out, steps, summary, written):
+    runs = {f"lr = {lr}": (descend(gradient_descent(lr), quadratic_grad, QUADRATIC_START, steps), color)
+            for lr, color in [(0.02, "tab:blue"), (0.075, "tab:purple")]}
+    quadratic_lesson(out, written, summary, "gradient descent", "lesson1_gradient_descent.png", runs,
+                     "Gradient descent, f = (x² + 25 y²) / 2", "small lr: slow in x; large lr: zig-zag in y")
 
 
 def lesson_step_too_large(out, steps, summary, written):
@@ -203,21 +209,13 @@ def lesson_step_too_large(out, steps, summary, written):
 
 
 def lesson_momentum(out, steps, summary, written):
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    quadratic_axes(left)
     runs = {
         "GD": (descend(gradient_descent(0.02), quadratic_grad, QUADRATIC_START, steps), COLORS["GD"]),
         "momentum": (descend(heavy_ball(0.02, 0.7), quadratic_grad, QUADRATIC_START, steps),
                      COLORS["momentum"]),
     }
-    for label, (path, color) in runs.items():
-        draw_path(left, path, label, color)
-    left.set_title("Heavy ball, lr = 0.02, momentum = 0.7")
-    left.legend(loc="upper right")
-    draw_losses(right, runs, quadratic, "momentum builds speed along the valley")
-    right.legend()
-    save(fig, out, "lesson3_momentum.png", written)
-    summary["momentum"] = {k: [quadratic(p[0]), quadratic(p[-1])] for k, (p, _) in runs.items()}
+    quadratic_lesson(out, written, summary, "momentum", "lesson3_momentum.png", runs,
+                     "Heavy ball, lr = 0.02, momentum = 0.7", "momentum builds speed along the valley")
 
 
 def lesson_adadelta(out, steps, summary, written):
@@ -256,19 +254,10 @@ def lesson_adadelta(out, steps, summary, written):
 
 
 def lesson_adam(out, steps, summary, written):
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    quadratic_axes(left)
-    runs = {}
-    for lr, color in [(0.1, "tab:red"), (0.5, "darkred")]:
-        path = descend(adam(lr), quadratic_grad, QUADRATIC_START, steps)
-        runs[f"Adam, lr = {lr}"] = (path, color)
-        draw_path(left, path, f"lr = {lr}", color)
-    left.set_title("Adam: steps of about lr in each coordinate")
-    left.legend(loc="upper right")
-    draw_losses(right, runs, quadratic, "loss")
-    right.legend()
-    save(fig, out, "lesson5_adam.png", written)
-    summary["adam"] = {k: [quadratic(p[0]), quadratic(p[-1])] for k, (p, _) in runs.items()}
+    runs = {f"lr = {lr}": (descend(adam(lr), quadratic_grad, QUADRATIC_START, steps), color)
+            for lr, color in [(0.1, "tab:red"), (0.5, "darkred")]}
+    quadratic_lesson(out, written, summary, "adam", "lesson5_adam.png", runs,
+                     "Adam: steps of about lr in each coordinate", "loss")
 
 
 def lesson_rosenbrock(out, steps, summary, written):
