@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include "dispatch.hpp"
+#include "rule_list.hpp"
 #include "parallel.hpp"
 #include "rules.hpp"
 #include "step.hpp"
@@ -13,43 +14,81 @@ using namespace pybind11::literals;
 
 namespace {
 
-// <name>_step, <name>_check_group, <name>_state_keys and <name>_state_spec for one rule.
+// What Python sees of one update rule: _core.<name>, an instance of
+// _core.Rule, generated for every rule of rule_list.hpp. Its methods are
+// the rule's instantiations of the generic step (step.cpp) and of its traits
+// (rules.hpp), so `rule.step` is defined by fusedopt::step<Rule>.
+struct RuleBinding {
+  const char* name;
+  const char* summary;
+  py::object (*step)(py::handle param_groups, py::handle grads, py::handle state, bool check_finite);
+  fusedopt::StateKeys (*state_keys)(py::handle group);
+  void (*check_group)(py::handle group, std::int64_t index);
+};
+
 template <class Rule>
-void bind_rule(py::module_& m, const std::string& name, const char* summary) {
-  m.def((name + "_step").c_str(), &fusedopt::step<Rule>, "param_groups"_a, "grads"_a, "state"_a,
-        "check_finite"_a = false,
-        (std::string(summary) +
-         "\n\nOne step over every param of every group, in one call and one parallel region.\n"
-         "grads and state are aligned with the params of all groups in order; a None grad\n"
-         "skips its param. Raises TypeError/ValueError before any array is changed.\n"
-         "With check_finite, a step whose grads hold a NaN or an infinity changes nothing\n"
-         "and returns the index of the first such grad; otherwise returns None.")
-            .c_str());
-  m.def(
-      (name + "_check_group").c_str(),
-      [](py::handle group, std::int64_t index) { Rule::read(fusedopt::GroupReader(group, index)); },
-      "group"_a, "index"_a = 0, "Validate one param group's hyperparameters.");
-  m.def(
-      (name + "_state_keys").c_str(),
-      [](py::handle group) {
-        const auto keys = Rule::state_keys(Rule::read(fusedopt::GroupReader(group, 0)));
-        std::vector<std::string> names;
-        for (int k = 0; k < keys.array_count; ++k) names.emplace_back(keys.arrays[k].name);
-        return names;
-      },
-      "group"_a, "The names of the state arrays the rule keeps for a group's params.");
-  m.def(
-      (name + "_state_spec").c_str(),
-      [](py::handle group) {
-        const auto keys = Rule::state_keys(Rule::read(fusedopt::GroupReader(group, 0)));
-        py::dict arrays, scalars;
-        for (int k = 0; k < keys.array_count; ++k) arrays[keys.arrays[k].name] = keys.arrays[k].initial;
-        for (int k = 0; k < keys.scalar_count; ++k) scalars[keys.scalars[k].name] = keys.scalars[k].initial;
-        return py::make_tuple(arrays, scalars);
-      },
-      "group"_a,
-      "The state the rule keeps per param besides 'step', with initial values:\n"
-      "({array key: initial element value}, {scalar key: initial value}).");
+RuleBinding bind(const char* name, const char* summary) {
+  return {name, summary, &fusedopt::step<Rule>,
+          [](py::handle group) { return Rule::state_keys(Rule::read(fusedopt::GroupReader(group, 0))); },
+          [](py::handle group, std::int64_t index) { Rule::read(fusedopt::GroupReader(group, index)); }};
+}
+
+void bind_rule_class(py::module_& m) {
+  py::class_<RuleBinding>(m, "Rule",
+                          "One update rule of the compiled core (_core.adam, _core.sgd, ...; see "
+                          "csrc/rule_list.hpp).")
+      .def_property_readonly("name", [](const RuleBinding& r) { return r.name; })
+      .def_property_readonly("summary", [](const RuleBinding& r) { return r.summary; })
+      .def(
+          "step",
+          [](const RuleBinding& r, py::handle param_groups, py::handle grads, py::handle state,
+             bool check_finite) { return r.step(param_groups, grads, state, check_finite); },
+          "param_groups"_a, "grads"_a, "state"_a, "check_finite"_a = false,
+          "One step over every param of every group, in one call and one parallel region.\n"
+          "grads and state are aligned with the params of all groups in order; a None grad\n"
+          "skips its param. Raises TypeError/ValueError before any array is changed.\n"
+          "With check_finite, a step whose grads hold a NaN or an infinity changes nothing\n"
+          "and returns the index of the first such grad; otherwise returns None.")
+      .def(
+          "check_group", [](const RuleBinding& r, py::handle group, std::int64_t index) { r.check_group(group, index); },
+          "group"_a, "index"_a = 0, "Validate one param group's hyperparameters (errors name group `index`).")
+      .def(
+          "state_keys",
+          [](const RuleBinding& r, py::handle group) {
+            const fusedopt::StateKeys keys = r.state_keys(group);
+            std::vector<std::string> names;
+            for (int k = 0; k < keys.array_count; ++k) names.emplace_back(keys.arrays[k].name);
+            return names;
+          },
+          "group"_a, "The names of the state arrays the rule keeps for a group's params, in stream order.")
+      .def(
+          "state_spec",
+          [](const RuleBinding& r, py::handle group) {
+            const fusedopt::StateKeys keys = r.state_keys(group);
+            py::dict arrays, scalars;
+            for (int k = 0; k < keys.array_count; ++k) arrays[keys.arrays[k].name] = keys.arrays[k].initial;
+            for (int k = 0; k < keys.scalar_count; ++k) scalars[keys.scalars[k].name] = keys.scalars[k].initial;
+            return py::make_tuple(arrays, scalars);
+          },
+          "group"_a,
+          "The state the rule keeps per param besides 'step', with initial values:\n"
+          "({array key: initial element value}, {scalar key: initial value}).")
+      .def(
+          "initial_state",
+          [](const RuleBinding& r, py::handle group, py::handle param) {
+            const fusedopt::StateKeys keys = r.state_keys(group);
+            const py::object full_like = py::module_::import("numpy").attr("full_like");
+            py::dict state;
+            state["step"] = 0;
+            for (int k = 0; k < keys.array_count; ++k)
+              state[keys.arrays[k].name] = full_like(param, keys.arrays[k].initial);
+            for (int k = 0; k < keys.scalar_count; ++k) state[keys.scalars[k].name] = keys.scalars[k].initial;
+            return state;
+          },
+          "group"_a, "param"_a,
+          "One param's state before its first step: {'step': 0, every state array shaped like\n"
+          "param and every scalar at its initial value}.")
+      .def("__repr__", [](const RuleBinding& r) { return std::string("<fusedopt._core.Rule ") + r.name + ">"; });
 }
 
 }  // namespace
@@ -64,16 +103,15 @@ PYBIND11_MODULE(_core, m) {
     throw py::import_error(e.what());
   }
 
-  bind_rule<fusedopt::MomentumRule>(m, "momentum", "Heavy-ball momentum (the course's form).");
-  bind_rule<fusedopt::SgdRule>(m, "sgd", "SGD as torch.optim.SGD.");
-  bind_rule<fusedopt::AdadeltaRule>(m, "adadelta", "Adadelta (Zeiler's, or the course's variant).");
-  bind_rule<fusedopt::AdamRule>(m, "adam", "Adam / AdamW / AMSGrad as torch.optim.Adam.");
-  bind_rule<fusedopt::RmspropRule>(m, "rmsprop", "RMSprop as torch.optim.RMSprop.");
-  bind_rule<fusedopt::AdagradRule>(m, "adagrad", "Adagrad as torch.optim.Adagrad.");
-  bind_rule<fusedopt::NadamRule>(m, "nadam", "NAdam as torch.optim.NAdam.");
-  bind_rule<fusedopt::RadamRule>(m, "radam", "RAdam as torch.optim.RAdam.");
-  bind_rule<fusedopt::AdamaxRule>(m, "adamax", "Adamax as torch.optim.Adamax.");
-  bind_rule<fusedopt::LionRule>(m, "lion", "Lion (Chen et al. 2023).");
+  bind_rule_class(m);
+  py::dict rules;
+#define FUSEDOPT_BIND_RULE(Type, name, summary)                                  \
+  m.attr(#name) = bind<fusedopt::Type##Rule>(#name, summary);                    \
+  rules[#name] = m.attr(#name);
+  FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_BIND_RULE)
+#undef FUSEDOPT_BIND_RULE
+  m.attr("rules") = rules;
+  m.attr("MAX_STEP") = fusedopt::kMaxStep;
   m.def("grad_norm", &fusedopt::grad_norm, "grads"_a, "norm_type"_a = 2.0,
         "The norm_type-norm (> 0 or inf) of all grads as one vector, accumulated in double;\n"
         "bitwise the same for every thread count. None entries are skipped.");

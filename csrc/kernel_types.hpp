@@ -8,20 +8,34 @@
 
 #include <cstdint>
 
+#include "rule_list.hpp"
+
 namespace fusedopt {
 
-// Index of an array's dtype in a KernelTable row.
+// How an array's elements are stored: the index of the passes over arrays
+// (finite check, norms, scale, clamp) in a KernelTable.
 enum Dtype : int { kFloat32 = 0, kFloat64 = 1, kDtypeCount = 2 };
 
-// The update rules, in KernelTable order (kRoof is the benchmarks' memory roof).
+// The arithmetic a rule's loop does: the index of its kernels in a
+// KernelTable row. Today each compute type has one storage dtype of its own;
+// docs/architecture.md says how 16-bit storage joins float32 compute.
+enum Compute : int { kComputeFloat32 = 0, kComputeFloat64 = 1, kComputeCount = 2 };
+constexpr Compute compute_of(Dtype dtype) { return dtype == kFloat64 ? kComputeFloat64 : kComputeFloat32; }
+
+// The update rules, in KernelTable order, from rule_list.hpp (kRoof, last,
+// is the benchmarks' memory roof).
 enum RuleId : int {
-  kMomentum, kSgd, kAdadelta, kAdam, kRmsprop, kAdagrad, kNadam, kRadam, kAdamax, kLion,
+#define FUSEDOPT_RULE_ID(Type, name, summary) k##Type,
+  FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_ID)
+#undef FUSEDOPT_RULE_ID
   kRoof, kRuleCount
 };
 
 // A kernel updates elements [begin, end) of one tensor. streams[0] is the
 // param, streams[1] the grad, streams[2..] the rule's state arrays in the
 // order the rule names them; scalars points at the rule's *Scalars struct.
+// A rule may keep at most kMaxStreams - 2 state arrays (rules.hpp checks
+// each rule's count at compile time).
 constexpr int kMaxStreams = 6;
 using Kernel = void (*)(const void* scalars, void* const* streams, std::int64_t begin,
                         std::int64_t end);
@@ -42,7 +56,7 @@ using ReduceKernel = double (*)(const void* scalars, const void* data, std::int6
 
 struct KernelTable {
   const char* target;  // the name FUSEDOPT_ISA uses
-  Kernel kernels[kRuleCount][kDtypeCount];
+  Kernel kernels[kRuleCount][kComputeCount];
   FiniteCheck all_finite[kDtypeCount];
   ReduceKernel norm_partial[kNormKindCount][kDtypeCount];
   Kernel scale[kDtypeCount];  // streams[0] *= factor            (ScaleScalars)

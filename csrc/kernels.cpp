@@ -6,7 +6,7 @@
 // an anonymous namespace, so no function of one target can ever be linked in
 // place of another's. The only thing exported is the target's KernelTable.
 //
-// The loops are written the way ALGORITHMS.md writes the math and left for
+// The loops are written the way docs/algorithms.md writes the math and left for
 // the compiler to vectorise (no intrinsics). The build turns FMA contraction
 // off, so the vector body and the scalar tail round identically and the
 // result does not depend on how the driver splits an array between threads.
@@ -482,17 +482,10 @@ void clamp(const void* scalars, void* const* streams, int64_t begin, int64_t end
 extern const KernelTable kernel_table = {
     FUSEDOPT_STRINGIFY(FUSEDOPT_TARGET),
     {
-        /* kMomentum */ {momentum<float>, momentum<double>},
-        /* kSgd      */ {sgd<float>, sgd<double>},
-        /* kAdadelta */ {adadelta<float>, adadelta<double>},
-        /* kAdam     */ {adam<float>, adam<double>},
-        /* kRmsprop  */ {rmsprop<float>, rmsprop<double>},
-        /* kAdagrad  */ {adagrad<float>, adagrad<double>},
-        /* kNadam    */ {nadam<float>, nadam<double>},
-        /* kRadam    */ {radam<float>, radam<double>},
-        /* kAdamax   */ {adamax<float>, adamax<double>},
-        /* kLion     */ {lion<float>, lion<double>},
-        /* kRoof     */ {roof<float>, roof<double>},
+#define FUSEDOPT_KERNEL_ROW(Type, name, summary) {name<float>, name<double>},
+        FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_KERNEL_ROW)
+#undef FUSEDOPT_KERNEL_ROW
+        /* kRoof */ {roof<float>, roof<double>},
     },
     {all_finite<float>, all_finite<double>},
     {

@@ -5,48 +5,13 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
-
-#include <pybind11/pybind11.h>
+#include <stdexcept>
 
 #include "kernel_types.hpp"
+#include "py_values.hpp"
 
 namespace fusedopt {
 namespace py = pybind11;
-
-// The name of a Python object's type, for error messages.
-std::string type_name(py::handle value);
-
-// dict[key] as a borrowed reference, or nullptr when absent. The hot path
-// reads a dozen keys per step, so the key strings are made once and interned.
-PyObject* interned(const char* key);
-PyObject* dict_item(py::handle dict, const char* key);
-
-// Reads one param group's hyperparameters; every error names the group and
-// the hyperparameter, and is a TypeError (wrong kind of value) or a
-// ValueError (missing, not finite, or out of range).
-class GroupReader {
- public:
-  GroupReader(py::handle group, std::int64_t group_index);
-
-  double number(const char* name) const;  // any finite real number
-  double at_least(const char* name, double low) const;
-  // low <= x <= high, or low <= x < high when high_is_open.
-  double in_range(const char* name, double low, double high, bool high_is_open) const;
-  // A pair such as betas, each element in [low, high).
-  std::pair<double, double> pair_in_range(const char* name, double low, double high) const;
-  bool flag(const char* name) const;
-  std::string choice(const char* name, std::initializer_list<const char*> options) const;
-  [[noreturn]] void fail(const std::string& message) const;  // ValueError
-
- private:
-  py::handle get(const char* name) const;
-  std::string where(const char* name) const;
-  std::string label(const char* name, int element) const;  // "betas[1] (param group 0)"
-  double to_number(py::handle value, const char* name, int element) const;
-  py::handle group_;
-  std::int64_t index_;
-};
 
 // One piece of per-param state and the value it starts from.
 struct StateKey {
@@ -70,10 +35,12 @@ struct StateKeys {
   int scalar_count = 0;
 
   StateKeys& array(const char* name, double initial = 0.0) {
+    if (array_count == kMaxStateArrays) throw std::logic_error("a rule keeps more state arrays than kMaxStreams allows");
     arrays[array_count++] = {name, initial};
     return *this;
   }
   StateKeys& scalar(const char* name, double initial) {
+    if (scalar_count == kMaxStateScalars) throw std::logic_error("a rule keeps more scalar state than kMaxStateScalars");
     scalars[scalar_count++] = {name, initial};
     return *this;
   }
@@ -93,6 +60,7 @@ struct StepContext {
 
 struct MomentumRule {
   static constexpr RuleId id = kMomentum;
+  static constexpr int max_state_arrays = 1;  // with every option on
   struct Hyper { double lr, momentum; };
   using Scalars = MomentumScalars;
   static Hyper read(const GroupReader& group);
@@ -102,6 +70,7 @@ struct MomentumRule {
 
 struct SgdRule {
   static constexpr RuleId id = kSgd;
+  static constexpr int max_state_arrays = 1;  // with every option on
   struct Hyper { double lr, momentum, dampening, weight_decay; bool nesterov, maximize; };
   using Scalars = SgdScalars;
   static Hyper read(const GroupReader& group);
@@ -111,6 +80,7 @@ struct SgdRule {
 
 struct AdadeltaRule {
   static constexpr RuleId id = kAdadelta;
+  static constexpr int max_state_arrays = 2;  // with every option on
   struct Hyper { double lr, rho, eps, weight_decay; bool maximize, scale_by_weights; };
   using Scalars = AdadeltaScalars;
   static Hyper read(const GroupReader& group);
@@ -120,6 +90,7 @@ struct AdadeltaRule {
 
 struct AdamRule {
   static constexpr RuleId id = kAdam;
+  static constexpr int max_state_arrays = 3;  // with every option on
   struct Hyper {
     double lr, beta1, beta2, eps, weight_decay;
     bool amsgrad, maximize, decoupled_weight_decay;
@@ -132,6 +103,7 @@ struct AdamRule {
 
 struct RmspropRule {
   static constexpr RuleId id = kRmsprop;
+  static constexpr int max_state_arrays = 3;  // with every option on
   struct Hyper { double lr, alpha, eps, weight_decay, momentum; bool centered, maximize; };
   using Scalars = RmspropScalars;
   static Hyper read(const GroupReader& group);
@@ -141,6 +113,7 @@ struct RmspropRule {
 
 struct AdagradRule {
   static constexpr RuleId id = kAdagrad;
+  static constexpr int max_state_arrays = 1;  // with every option on
   struct Hyper { double lr, lr_decay, weight_decay, initial_accumulator_value, eps; bool maximize; };
   using Scalars = AdagradScalars;
   static Hyper read(const GroupReader& group);
@@ -150,6 +123,7 @@ struct AdagradRule {
 
 struct NadamRule {
   static constexpr RuleId id = kNadam;
+  static constexpr int max_state_arrays = 2;  // with every option on
   struct Hyper {
     double lr, beta1, beta2, eps, weight_decay, momentum_decay;
     bool decoupled_weight_decay, maximize;
@@ -162,6 +136,7 @@ struct NadamRule {
 
 struct RadamRule {
   static constexpr RuleId id = kRadam;
+  static constexpr int max_state_arrays = 2;  // with every option on
   struct Hyper { double lr, beta1, beta2, eps, weight_decay; bool decoupled_weight_decay, maximize; };
   using Scalars = RadamScalars;
   static Hyper read(const GroupReader& group);
@@ -171,6 +146,7 @@ struct RadamRule {
 
 struct AdamaxRule {
   static constexpr RuleId id = kAdamax;
+  static constexpr int max_state_arrays = 2;  // with every option on
   struct Hyper { double lr, beta1, beta2, eps, weight_decay; bool maximize; };
   using Scalars = AdamaxScalars;
   static Hyper read(const GroupReader& group);
@@ -180,11 +156,20 @@ struct AdamaxRule {
 
 struct LionRule {
   static constexpr RuleId id = kLion;
+  static constexpr int max_state_arrays = 1;  // with every option on
   struct Hyper { double lr, beta1, beta2, weight_decay; bool maximize; };
   using Scalars = LionScalars;
   static Hyper read(const GroupReader& group);
   static StateKeys state_keys(const Hyper& h);
   static Scalars scalars(const Hyper& h, StepContext step);
 };
+
+// Every rule's streams fit a Task: w, g and at most kMaxStateArrays more.
+#define FUSEDOPT_CHECK_STREAMS(Type, name, summary)                                \
+  static_assert(Type##Rule::max_state_arrays <= kMaxStateArrays,                   \
+                #Type "Rule keeps more state arrays than kMaxStreams allows");    \
+  static_assert(Type##Rule::id == k##Type, #Type "Rule has the id of another rule");
+FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_CHECK_STREAMS)
+#undef FUSEDOPT_CHECK_STREAMS
 
 }  // namespace fusedopt

@@ -34,6 +34,16 @@ py::ssize_t length(py::handle sequence, const char* name) {
   return py::len(sequence);
 }
 
+// A strong snapshot of a list or tuple: Python code that runs during a step
+// (a hyperparameter's __float__, another thread while the GIL is released)
+// may change the caller's lists, never the step's view of them.
+py::tuple snapshot(py::handle sequence, const char* name) {
+  length(sequence, name);
+  auto copy = py::reinterpret_steal<py::tuple>(PySequence_Tuple(sequence.ptr()));
+  if (!copy) throw py::error_already_set();
+  return copy;
+}
+
 py::array as_array(py::handle object, const ArrayLabel& label) {
   if (!py::isinstance<py::array>(object))
     throw py::type_error(label.text() + " must be a numpy.ndarray, got " + type_name(object));
@@ -103,19 +113,22 @@ class OverlapCheck {
   void check() {
     std::sort(ranges_.begin(), ranges_.end(),
               [](const Range& a, const Range& b) { return a.begin < b.begin; });
-    const Range* furthest = nullptr;          // the range reaching furthest so far
-    const Range* furthest_written = nullptr;  // the same among written ranges
-    for (const Range& r : ranges_) {
-      const Range* clash = r.written ? furthest : furthest_written;
-      if (clash && r.begin < clash->end)
-        throw py::value_error(r.label.text() + " shares memory with " + clash->label.text() +
+    std::size_t furthest = kNone;          // the range reaching furthest so far
+    std::size_t furthest_written = kNone;  // the same among written ranges
+    for (std::size_t k = 0; k < ranges_.size(); ++k) {
+      const Range& r = ranges_[k];
+      const std::size_t clash = r.written ? furthest : furthest_written;
+      if (clash != kNone && r.begin < ranges_[clash].end)
+        throw py::value_error(r.label.text() + " shares memory with " + ranges_[clash].label.text() +
                               " (arrays updated in place must not overlap any other array)");
-      if (!furthest || r.end > furthest->end) furthest = &r;
-      if (r.written && (!furthest_written || r.end > furthest_written->end)) furthest_written = &r;
+      if (furthest == kNone || r.end > ranges_[furthest].end) furthest = k;
+      if (r.written && (furthest_written == kNone || r.end > ranges_[furthest_written].end))
+        furthest_written = k;
     }
   }
 
  private:
+  static constexpr std::size_t kNone = static_cast<std::size_t>(-1);
   struct Range {
     std::uintptr_t begin, end;
     bool written;
@@ -124,17 +137,20 @@ class OverlapCheck {
   std::vector<Range> ranges_;
 };
 
+// The step count of a state entry. Bounded so that t = step + 1 and every
+// count the scalars compute with (as doubles) stay exact.
 std::int64_t read_step(py::handle entry, std::int64_t index) {
   PyObject* value = dict_item(entry, "step");
-  const std::string label = "state[" + std::to_string(index) + "]['step']";
-  if (value == nullptr) throw py::value_error(label + " is missing");
+  const auto label = [index] { return "state[" + std::to_string(index) + "]['step']"; };
+  if (value == nullptr) throw py::value_error(label() + " is missing");
   if (PyBool_Check(value) || !PyLong_Check(value))
-    throw py::type_error(label + " must be an int, got " + type_name(value));
-  const long long step = PyLong_AsLongLong(value);
-  if (step < 0 || PyErr_Occurred()) {
-    PyErr_Clear();
-    throw py::value_error(label + " must be a non-negative int");
-  }
+    throw py::type_error(label() + " must be an int, got " + type_name(value));
+  int overflow = 0;
+  const long long step = PyLong_AsLongLongAndOverflow(value, &overflow);
+  if (step == -1 && PyErr_Occurred()) throw py::error_already_set();
+  if (overflow != 0 || step < 0 || step >= kMaxStep)
+    throw py::value_error(label() + " must be an int in [0, 2**53 - 1), got " +
+                          py::repr(value).cast<std::string>());
   return step;
 }
 
@@ -143,14 +159,9 @@ std::int64_t read_step(py::handle entry, std::int64_t index) {
 double read_scalar_state(py::handle entry, std::int64_t index, const StateKey& key) {
   PyObject* value = dict_item(entry, key.name);
   if (value == nullptr || value == Py_None) return key.initial;
-  const std::string label = "state[" + std::to_string(index) + "]['" + key.name + "']";
-  const double x = PyBool_Check(value) ? -1.0 : PyFloat_AsDouble(value);
-  if (PyBool_Check(value) || (x == -1.0 && PyErr_Occurred())) {
-    PyErr_Clear();
-    throw py::type_error(label + " must be a real number, got " + type_name(value));
-  }
-  if (!std::isfinite(x)) throw py::value_error(label + " must be finite");
-  return x;
+  return finite_number(py::reinterpret_borrow<py::object>(value), [&] {
+    return "state[" + std::to_string(index) + "]['" + key.name + "']";
+  });
 }
 
 // A new state array shaped like `param`, every element `initial`.
@@ -166,138 +177,162 @@ py::array filled_like(const py::array& param, Dtype dtype, double initial) {
   return a;
 }
 
-}  // namespace
-
+// One param's share of a step, from collect() to record(). It holds strong
+// references to everything it reads or will write, so nothing another
+// thread or a hyperparameter's own code does while the step runs can free
+// an object under it.
 template <class Rule>
-py::object step(py::handle param_groups, py::handle grads, py::handle state, bool check_finite) {
-  const KernelTable& table = active_kernels();
-  const py::ssize_t group_count = length(param_groups, "param_groups");
+struct ParamStep {
+  std::int64_t index;  // in grads and state
+  py::object entry;    // state[index]
+  py::array param, grad;
+  Dtype dtype;
+  py::array state_arrays[kMaxStateArrays];
+  bool created[kMaxStateArrays] = {};  // made by this step: recorded into entry
+  StateKeys keys;
+  std::int64_t t;  // the step count after this step
+  double scalar_state[kMaxStateScalars] = {};
+  typename Rule::Scalars scalars;
+  Task task;
+};
 
-  // Lengths first: a grads list of the wrong length is the commonest mistake.
+// Phase 1 of a step: read and check everything, writing nothing. The
+// hyperparameters are read first, because reading a number may run its
+// owner's Python code; every array is read after that, from snapshots.
+template <class Rule>
+std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grads_in, py::handle state_in) {
+  const KernelTable& table = active_kernels();
+  const py::tuple param_groups = snapshot(param_groups_in, "param_groups");
+
+  std::vector<py::tuple> group_params;
   py::ssize_t param_count = 0;
   for (py::handle group : param_groups) {
     if (!PyDict_Check(group.ptr())) throw py::type_error("param_groups must hold dicts");
     PyObject* params = dict_item(group, "params");
     if (params == nullptr) throw py::value_error("a param group has no 'params'");
-    param_count += length(params, "a param group's 'params'");
+    group_params.push_back(snapshot(params, "a param group's 'params'"));
+    param_count += static_cast<py::ssize_t>(group_params.back().size());
   }
-  if (length(grads, "grads") != param_count)
-    throw py::value_error("grads has " + std::to_string(py::len(grads)) + " entries but the optimizer has " +
+  // Lengths first: a grads list of the wrong length is the commonest mistake.
+  const py::tuple grads = snapshot(grads_in, "grads"), state = snapshot(state_in, "state");
+  if (static_cast<py::ssize_t>(grads.size()) != param_count)
+    throw py::value_error("grads has " + std::to_string(grads.size()) + " entries but the optimizer has " +
                           std::to_string(param_count) + " params");
-  if (length(state, "state") != param_count)
-    throw py::value_error("state has " + std::to_string(py::len(state)) + " entries but the optimizer has " +
+  if (static_cast<py::ssize_t>(state.size()) != param_count)
+    throw py::value_error("state has " + std::to_string(state.size()) + " entries but the optimizer has " +
                           std::to_string(param_count) + " params");
 
-  // Phase 1: read and check everything; nothing is written.
-  struct Created { py::handle entry; const char* key; py::array array; };
-  // One param's record: its state dict, its new step count and scalar state.
-  struct Record {
-    py::handle entry;
-    std::int64_t param_index;
-    std::int64_t t;
-    StateKeys keys;
-    double scalar_state[kMaxStateScalars];
-  };
-  std::vector<Created> created;        // state arrays this step brings into being
-  std::vector<py::array> arrays;       // held for the duration of the kernels
-  std::vector<typename Rule::Scalars> scalars;
-  std::vector<Task> tasks;
-  std::vector<FiniteCheck> checks;     // the grad check of each task
-  std::vector<Record> records;         // aligned with tasks
-  scalars.reserve(static_cast<std::size_t>(param_count));  // tasks point into it
-  records.reserve(static_cast<std::size_t>(param_count));  // scalars() writes into it
+  std::vector<typename Rule::Hyper> hypers;
+  for (std::size_t g = 0; g < param_groups.size(); ++g)
+    hypers.push_back(Rule::read(GroupReader(param_groups[g], static_cast<std::int64_t>(g))));
+
+  std::vector<ParamStep<Rule>> steps;
   OverlapCheck overlaps;
-
   std::int64_t index = 0;
-  for (py::ssize_t g = 0; g < group_count; ++g) {
-    py::handle group = PyList_Check(param_groups.ptr()) ? PyList_GET_ITEM(param_groups.ptr(), g)
-                                                         : PyTuple_GET_ITEM(param_groups.ptr(), g);
-    const auto hyper = Rule::read(GroupReader(group, g));
-    const StateKeys keys = Rule::state_keys(hyper);
-    for (py::handle param_object : py::reinterpret_borrow<py::object>(dict_item(group, "params"))) {
+  for (std::size_t g = 0; g < param_groups.size(); ++g) {
+    const StateKeys keys = Rule::state_keys(hypers[g]);
+    for (py::handle param_object : group_params[g]) {
       const std::int64_t i = index++;
-      py::object grad_object = py::reinterpret_borrow<py::sequence>(grads)[i];
+      py::handle grad_object = grads[static_cast<std::size_t>(i)];
       if (grad_object.is_none()) continue;  // like torch: a param without a gradient is left alone
 
+      ParamStep<Rule>& p = steps.emplace_back();
+      p.index = i;
+      p.keys = keys;
       const ArrayLabel param_label{"params", i}, grad_label{"grads", i};
-      py::array param = as_array(param_object, param_label);
-      const Dtype dtype = check_param(param, param_label);
-      py::array grad = as_array(grad_object, grad_label);
-      check_like_param(grad, param, grad_label, param_label, /*written=*/false);
-      overlaps.add(param, param_label, true);
-      overlaps.add(grad, grad_label, false);
+      p.param = as_array(param_object, param_label);
+      const Dtype dtype = p.dtype = check_param(p.param, param_label);
+      p.grad = as_array(grad_object, grad_label);
+      check_like_param(p.grad, p.param, grad_label, param_label, /*written=*/false);
+      overlaps.add(p.param, param_label, true);
+      overlaps.add(p.grad, grad_label, false);
 
-      py::object entry = py::reinterpret_borrow<py::sequence>(state)[i];
-      if (!PyDict_Check(entry.ptr()))
-        throw py::type_error("state[" + std::to_string(i) + "] must be a dict, got " + type_name(entry));
+      p.entry = state[static_cast<std::size_t>(i)];
+      if (!PyDict_Check(p.entry.ptr()))
+        throw py::type_error("state[" + std::to_string(i) + "] must be a dict, got " + type_name(p.entry));
 
-      Task task{table.kernels[Rule::id][dtype], nullptr, {}, param.size(),
-                param.itemsize() * (3 + 2 * keys.array_count)};  // read w, g, states; write w, states
-      task.streams[0] = param.mutable_data();
-      task.streams[1] = const_cast<void*>(grad.data());
       bool buffer_is_new = false;
       for (int k = 0; k < keys.array_count; ++k) {
         const StateKey& key = keys.arrays[k];
         const ArrayLabel label{"state", i, key.name};
-        PyObject* existing = dict_item(entry, key.name);
+        PyObject* existing = dict_item(p.entry, key.name);
         // Missing when a setting turned it on after construction (momentum
         // from 0, amsgrad, scale): it starts at its initial value, like a
         // buffer made at construction.
-        const bool missing = existing == nullptr || existing == Py_None;
-        py::array buffer = missing ? filled_like(param, dtype, key.initial) : as_array(existing, label);
-        if (missing) {
-          created.push_back({entry, key.name, buffer});
+        p.created[k] = existing == nullptr || existing == Py_None;
+        if (p.created[k]) {
+          p.state_arrays[k] = filled_like(p.param, dtype, key.initial);
           buffer_is_new = true;
         } else {
-          check_like_param(buffer, param, label, param_label, /*written=*/true);
-          overlaps.add(buffer, label, true);
+          p.state_arrays[k] = as_array(existing, label);
+          check_like_param(p.state_arrays[k], p.param, label, param_label, /*written=*/true);
+          overlaps.add(p.state_arrays[k], label, true);
         }
-        task.streams[2 + k] = buffer.mutable_data();
-        arrays.push_back(std::move(buffer));
       }
-      Record& record = records.emplace_back(Record{entry, i, read_step(entry, i) + 1, keys, {}});
+      p.t = read_step(p.entry, i) + 1;
       for (int k = 0; k < keys.scalar_count; ++k)
-        record.scalar_state[k] = read_scalar_state(entry, i, keys.scalars[k]);
-      scalars.push_back(Rule::scalars(hyper, {record.t, buffer_is_new, record.scalar_state}));
-      task.scalars = &scalars.back();
-      tasks.push_back(task);
-      checks.push_back(table.all_finite[dtype]);
-      arrays.push_back(std::move(param));
-      arrays.push_back(std::move(grad));
+        p.scalar_state[k] = read_scalar_state(p.entry, i, keys.scalars[k]);
+      p.scalars = Rule::scalars(hypers[g], {p.t, buffer_is_new, p.scalar_state});
+
+      // Read w, g and every state array; write w and every state array.
+      p.task = Task{table.kernels[Rule::id][compute_of(dtype)], nullptr, {}, p.param.size(),
+                    p.param.itemsize() * (3 + 2 * keys.array_count)};
+      p.task.streams[0] = p.param.mutable_data();
+      p.task.streams[1] = const_cast<void*>(p.grad.data());
+      for (int k = 0; k < keys.array_count; ++k) p.task.streams[2 + k] = p.state_arrays[k].mutable_data();
     }
   }
   overlaps.check();
+  return steps;
+}
 
-  // Phase 2: the update, without the GIL.
-  std::int64_t first_bad = -1;
-  {
-    py::gil_scoped_release release;
-    first_bad = run_tasks(tasks, check_finite ? checks.data() : nullptr);
+// Phase 2: the update, every tensor in one parallel region, without the GIL.
+// Returns the position in `steps` of the first param whose grad is not
+// finite (nothing was written), or -1 when the update ran.
+template <class Rule>
+std::int64_t run(std::vector<ParamStep<Rule>>& steps, bool check_finite) {
+  const KernelTable& table = active_kernels();
+  std::vector<Task> tasks;           // steps no longer grows: pointing into it is safe
+  std::vector<FiniteCheck> checks;   // the grad check of each task
+  tasks.reserve(steps.size());
+  for (ParamStep<Rule>& p : steps) {
+    p.task.scalars = &p.scalars;
+    tasks.push_back(p.task);
+    checks.push_back(table.all_finite[p.dtype]);
   }
-  if (first_bad >= 0) return py::int_(records[static_cast<std::size_t>(first_bad)].param_index);
+  py::gil_scoped_release release;
+  return run_tasks(tasks, check_finite ? checks.data() : nullptr);
+}
 
-  // Phase 3: record what the step created and counted.
-  for (const Created& c : created) PyDict_SetItem(c.entry.ptr(), interned(c.key), c.array.ptr());
-  for (const Record& r : records) {
-    PyDict_SetItem(r.entry.ptr(), interned("step"), py::int_(r.t).ptr());
-    for (int k = 0; k < r.keys.scalar_count; ++k)
-      PyDict_SetItem(r.entry.ptr(), interned(r.keys.scalars[k].name), py::float_(r.scalar_state[k]).ptr());
+// Phase 3: record into each state dict what the step created and counted.
+template <class Rule>
+void record(const std::vector<ParamStep<Rule>>& steps) {
+  const auto set = [](const py::object& entry, const char* key, py::handle value) {
+    if (PyDict_SetItem(entry.ptr(), interned(key), value.ptr()) != 0) throw py::error_already_set();
+  };
+  for (const ParamStep<Rule>& p : steps) {
+    for (int k = 0; k < p.keys.array_count; ++k)
+      if (p.created[k]) set(p.entry, p.keys.arrays[k].name, p.state_arrays[k]);
+    set(p.entry, "step", py::int_(p.t));
+    for (int k = 0; k < p.keys.scalar_count; ++k)
+      set(p.entry, p.keys.scalars[k].name, py::float_(p.scalar_state[k]));
   }
+}
+
+}  // namespace
+
+template <class Rule>
+py::object step(py::handle param_groups, py::handle grads, py::handle state, bool check_finite) {
+  std::vector<ParamStep<Rule>> steps = collect<Rule>(param_groups, grads, state);
+  const std::int64_t first_bad = run(steps, check_finite);
+  if (first_bad >= 0) return py::int_(steps[static_cast<std::size_t>(first_bad)].index);
+  record(steps);
   return py::none();
 }
 
-#define FUSEDOPT_INSTANTIATE_STEP(Rule) \
-  template py::object step<Rule>(py::handle, py::handle, py::handle, bool);
-FUSEDOPT_INSTANTIATE_STEP(MomentumRule)
-FUSEDOPT_INSTANTIATE_STEP(SgdRule)
-FUSEDOPT_INSTANTIATE_STEP(AdadeltaRule)
-FUSEDOPT_INSTANTIATE_STEP(AdamRule)
-FUSEDOPT_INSTANTIATE_STEP(RmspropRule)
-FUSEDOPT_INSTANTIATE_STEP(AdagradRule)
-FUSEDOPT_INSTANTIATE_STEP(NadamRule)
-FUSEDOPT_INSTANTIATE_STEP(RadamRule)
-FUSEDOPT_INSTANTIATE_STEP(AdamaxRule)
-FUSEDOPT_INSTANTIATE_STEP(LionRule)
+#define FUSEDOPT_INSTANTIATE_STEP(Type, name, summary) \
+  template py::object step<Type##Rule>(py::handle, py::handle, py::handle, bool);
+FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_INSTANTIATE_STEP)
 #undef FUSEDOPT_INSTANTIATE_STEP
 
 void check_params(py::handle params, std::int64_t first_index) {

@@ -10,6 +10,10 @@
 namespace fusedopt {
 namespace py = pybind11;
 
+// State step counts are ints in [0, kMaxStep): t = step + 1 and every count
+// the per-step scalars compute with (in double) stay exact.
+constexpr std::int64_t kMaxStep = (std::int64_t(1) << 53) - 1;
+
 // param_groups: list of dicts, each with "params" (a list of arrays) and the
 //   rule's hyperparameters;
 // grads: a list aligned with the params of all groups in order; None skips

@@ -73,7 +73,7 @@ def pause_at(point, marker):
 def main(path, log_path, pause):
     params, optimizer = make_optimizer()
     if os.path.exists(path):
-        extra = optimizer.load(path)
+        extra = fusedopt.load(path, optimizer)
         for param, saved in zip(params, extra["params"]):
             param[...] = saved
     with open(log_path, "a") as log:
@@ -82,7 +82,7 @@ def main(path, log_path, pause):
                 pause_at(pause, path + ".paused")
             step = optimizer.state[0]["step"]
             optimizer.step(gradients(step))
-            optimizer.save(path, extra={"params": params})
+            fusedopt.save(path, optimizer, extra={"params": params})
             log.write(f"{step + 1}\n")
             log.flush()
             os.fsync(log.fileno())

@@ -36,6 +36,7 @@ import io
 import math
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -45,7 +46,6 @@ import fusedopt
 import fusedopt.torch as ft
 from cases import RTOL
 from fusedopt import reference
-from fusedopt.optimizer import Rule
 
 # (class name, kwargs): every rule torch.optim has, with every option that
 # changes its arithmetic or its state.
@@ -589,8 +589,11 @@ def test_one_fused_call_on_views_of_the_tensors_memory(monkeypatch):
                 assert np.shares_memory(array, tensor.detach().numpy())
         return real.step(groups, grads, states, check_finite)
 
-    monkeypatch.setattr(fusedopt.Adam, "rule",
-                        Rule(real.name, spy, real.check_group, real.state_keys, real.state_spec))
+    # The rule as the adapter uses it, with its step spied on.
+    spied = types.SimpleNamespace(**{name: getattr(real, name) for name in
+                                     ("name", "check_group", "state_keys", "state_spec", "initial_state")},
+                                  step=spy)
+    monkeypatch.setattr(fusedopt.Adam, "rule", spied)
     for step, batch in enumerate(batches(torch.float32, 3), start=1):
         pointers = [p.data_ptr() for p in all_params(opt)]
         train_step(net, opt, batch, step)

@@ -3,25 +3,25 @@
     >>> opt = fusedopt.Adam([w1, w2], lr=1e-3)
     >>> opt.step([g1, g2])          # w1, w2 and the state updated in place
 
-    >>> opt.save("run.npz")         # a checkpoint: see ``fusedopt.checkpoint``
+    >>> fusedopt.save("run.npz", opt)   # a checkpoint: see ``fusedopt.checkpoint``
 
 See ``fusedopt.functional`` for stateless kernels and ``fusedopt.reference``
 for the NumPy oracle.
 """
 
-from . import _core
+from . import _core, optimizers
 from ._config import cpu_features, get_num_threads, set_num_threads, show_config, threads
-from .optimizer import NonFiniteGradError, Optimizer
-from .optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, Momentum, NAdam, RAdam, RMSprop
-from . import checkpoint, functional, lr_scheduler, reference, schedules  # noqa: E402  (they import the classes above)
+from .optimizer import Optimizer
+from .optimizers import *  # noqa: F403  (every rule's class: optimizers.__all__)
+from .rule import NonFiniteGradError
+from . import checkpoint, functional, lr_scheduler, reference, schedules
 from .checkpoint import load, save
 from .functional import clip_grad_norm_, clip_grad_value_, get_total_norm
 
 __version__ = _core.build_info()["version"]
 
 __all__ = [
-    "Optimizer", "Momentum", "SGD", "Adadelta", "Adam", "AdamW",
-    "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax", "Lion",
+    "Optimizer", *optimizers.__all__,
     "NonFiniteGradError", "clip_grad_norm_", "clip_grad_value_", "get_total_norm",
     "functional", "reference", "checkpoint", "save", "load", "lr_scheduler", "schedules",
     "cpu_features", "show_config", "get_num_threads", "set_num_threads", "threads",

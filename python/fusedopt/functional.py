@@ -5,7 +5,8 @@ Each function takes one array or a list of arrays for the params, the grads
 and each state, and updates them all in place in one call into C++. ``step``
 is t, the number of updates *including this one* (1 on the first step), as
 an int for all params or a list with one per param. Hyperparameters and
-their defaults are those of the classes in :mod:`fusedopt.optimizers`.
+their defaults are those of the classes in :mod:`fusedopt.optimizers`
+(which build on the same rules, ``_core.adam`` and so on, not on these).
 
     >>> fusedopt.functional.adam_(w, g, m, v, step=1, lr=1e-3)
 
@@ -23,8 +24,7 @@ import math
 import numpy as np
 
 from . import _core
-from .optimizer import NonFiniteGradError, Rule
-from .optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, Lion, Momentum, NAdam, RAdam, RMSprop
+from .rule import MAX_STEP, NonFiniteGradError, Rule
 
 __all__ = ["momentum_", "sgd_", "adadelta_", "adam_", "adamw_", "rmsprop_", "adagrad_", "nadam_", "radam_",
            "adamax_", "lion_", "clip_grad_norm_", "clip_grad_value_", "get_total_norm"]
@@ -34,7 +34,7 @@ Arrays = Union[np.ndarray, Sequence[np.ndarray]]
 
 def momentum_(params: Arrays, grads: Arrays, velocities: Arrays, *, lr: float, momentum: float = 0.9) -> None:
     """``v <- momentum * v - lr * g;  w <- w + v``, in place."""
-    _step(Momentum.rule, dict(lr=lr, momentum=momentum), params, grads,
+    _step(_core.momentum, dict(lr=lr, momentum=momentum), params, grads,
           {"velocity": velocities}, steps=None)
 
 
@@ -43,7 +43,7 @@ def sgd_(params: Arrays, grads: Arrays, momentum_buffers: Arrays | None = None, 
          nesterov: bool = False, maximize: bool = False) -> None:
     """torch.optim.SGD's update, in place. With momentum, ``step == 1`` starts
     the buffer as a copy of the gradient."""
-    _step(SGD.rule, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+    _step(_core.sgd, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                          nesterov=nesterov, maximize=maximize),
           params, grads, {"momentum_buffer": momentum_buffers}, steps=step)
 
@@ -55,7 +55,7 @@ def adadelta_(params: Arrays, grads: Arrays, square_avgs: Arrays, acc_deltas: Ar
     argument holds the running average of squared weights instead of
     squared updates."""
     scale_key = "square_weight_avg" if scale == "weights" else "acc_delta"
-    _step(Adadelta.rule, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
+    _step(_core.adadelta, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
                               scale=scale),
           params, grads, {"square_avg": square_avgs, scale_key: acc_deltas}, steps=None)
 
@@ -65,7 +65,7 @@ def adam_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_sqs: Arrays,
           betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
           amsgrad: bool = False, maximize: bool = False, decoupled_weight_decay: bool = False) -> None:
     """torch.optim.Adam's update at step t = ``step``, in place."""
-    _step(Adam.rule, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+    _step(_core.adam, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                           maximize=maximize, decoupled_weight_decay=decoupled_weight_decay),
           params, grads, {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs, "max_exp_avg_sq": max_exp_avg_sqs},
           steps=step)
@@ -86,7 +86,7 @@ def rmsprop_(params: Arrays, grads: Arrays, square_avgs: Arrays, momentum_buffer
              maximize: bool = False) -> None:
     """torch.optim.RMSprop's update, in place. ``momentum_buffers`` are needed
     with momentum > 0, ``grad_avgs`` with centered."""
-    _step(RMSprop.rule, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+    _step(_core.rmsprop, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                              centered=centered, maximize=maximize),
           params, grads, {"square_avg": square_avgs, "momentum_buffer": momentum_buffers, "grad_avg": grad_avgs},
           steps=None)
@@ -96,7 +96,7 @@ def adagrad_(params: Arrays, grads: Arrays, state_sums: Arrays, *, step: int | S
              lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10, maximize: bool = False) -> None:
     """torch.optim.Adagrad's update at step t = ``step``, in place (``state_sums``
     start at the initial accumulator value: that is the caller's choice here)."""
-    _step(Adagrad.rule, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, initial_accumulator_value=0.0,
+    _step(_core.adagrad, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, initial_accumulator_value=0.0,
                              eps=eps, maximize=maximize),
           params, grads, {"sum": state_sums}, steps=step)
 
@@ -111,7 +111,7 @@ def nadam_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_sqs: Arrays,
     this step (1.0 before the first); floats cannot be updated in place, so
     the products after this step are returned, one per param.
     """
-    state = _step(NAdam.rule, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+    state = _step(_core.nadam, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                    momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
                                    maximize=maximize),
                   params, grads, {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}, steps=step,
@@ -123,7 +123,7 @@ def radam_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_sqs: Arrays,
            lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
            weight_decay: float = 0.0, decoupled_weight_decay: bool = False, maximize: bool = False) -> None:
     """torch.optim.RAdam's update at step t = ``step``, in place."""
-    _step(RAdam.rule, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+    _step(_core.radam, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize),
           params, grads, {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}, steps=step)
 
@@ -132,14 +132,14 @@ def adamax_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_infs: Arrays, *
             lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
             weight_decay: float = 0.0, maximize: bool = False) -> None:
     """torch.optim.Adamax's update at step t = ``step``, in place."""
-    _step(Adamax.rule, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, maximize=maximize),
+    _step(_core.adamax, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, maximize=maximize),
           params, grads, {"exp_avg": exp_avgs, "exp_inf": exp_infs}, steps=step)
 
 
 def lion_(params: Arrays, grads: Arrays, exp_avgs: Arrays, *, lr: float = 1e-4,
           betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0, maximize: bool = False) -> None:
     """Lion's update, in place."""
-    _step(Lion.rule, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize),
+    _step(_core.lion, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize),
           params, grads, {"exp_avg": exp_avgs}, steps=None)
 
 
@@ -266,8 +266,8 @@ def _step(rule: Rule, hyper: dict[str, Any], params: Arrays, grads: Arrays,
     if len(steps) != count:
         raise ValueError(f"step has {len(steps)} entries, params has {count}")
     for i, t in enumerate(steps):
-        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1:
-            raise ValueError(f"step[{i}] must be an int >= 1 (t counts this update), got {t!r}")
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 1 <= t <= MAX_STEP:
+            raise ValueError(f"step[{i}] must be an int >= 1 (t counts this update) and <= 2**53 - 1, got {t!r}")
 
     columns = {}
     for key in needed:

@@ -4,63 +4,17 @@ them, and a step that is one call into the compiled core."""
 from __future__ import annotations
 
 import copy
-import os
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from . import _core
-from . import checkpoint as _checkpoint
+from .rule import MAX_STEP, NonFiniteGradError, Rule, nonfinite_grad_error
 
 __all__ = ["Optimizer", "NonFiniteGradError", "NONFINITE_POLICIES"]
 
 # What a step does when a gradient holds a NaN or an infinity (see Optimizer).
 NONFINITE_POLICIES = ("apply", "skip", "raise")
-
-
-class NonFiniteGradError(FloatingPointError, RuntimeError):
-    """A gradient holds a NaN or an infinity, and nothing was changed.
-
-    ``index`` is the position of the first such array in the list passed in
-    (``grads[index]``), or ``None`` when every array is finite but a result
-    computed from them is not (a norm that overflowed). It is also a
-    ``RuntimeError``, which is what ``torch.nn.utils.clip_grad_norm_`` raises.
-    """
-
-    def __init__(self, message: str, index: int | None = None):
-        super().__init__(message)
-        self.index = index
-
-
-@dataclass(frozen=True)
-class Rule:
-    """The compiled core's entry points for one update rule."""
-
-    name: str
-    step: Callable[..., int | None]
-    check_group: Callable[[dict, int], None]
-    state_keys: Callable[[dict], list[str]]
-    state_spec: Callable[[dict], tuple[dict[str, float], dict[str, float]]]
-
-    @classmethod
-    def named(cls, name: str) -> "Rule":
-        return cls(
-            name,
-            getattr(_core, f"{name}_step"),
-            getattr(_core, f"{name}_check_group"),
-            getattr(_core, f"{name}_state_keys"),
-            getattr(_core, f"{name}_state_spec"),
-        )
-
-    def initial_state(self, group: dict, param: np.ndarray) -> dict[str, Any]:
-        """One param's state before its first step: ``"step"`` 0, every state
-        array and scalar at the rule's initial value."""
-        arrays, scalars = self.state_spec(group)
-        state: dict[str, Any] = {"step": 0}
-        state.update((key, np.full_like(param, value)) for key, value in arrays.items())
-        state.update(scalars)
-        return state
 
 
 class Optimizer:
@@ -123,7 +77,7 @@ class Optimizer:
             return True
         self.skipped_steps += 1
         if self.nonfinite == "raise":
-            raise _nonfinite_grad_error(grads[bad], bad)
+            raise nonfinite_grad_error(grads[bad], bad)
         return False
 
     # ---------------------------------------------------------- param groups
@@ -214,18 +168,6 @@ class Optimizer:
             group.update(merged)
         self.state[:] = new_state
 
-    # ----------------------------------------------------------- checkpoints
-    def save(self, path: str | os.PathLike, *, schedulers: Sequence[Any] = (), extra: Any = None) -> None:
-        """Write this optimizer's state (and its schedulers', and ``extra``) to the
-        ``.npz`` file ``path``, atomically: see :func:`fusedopt.checkpoint.save`."""
-        _checkpoint.save(path, self, schedulers=schedulers, extra=extra)
-
-    def load(self, path: str | os.PathLike, *, schedulers: Sequence[Any] = ()) -> Any:
-        """Restore this optimizer (and its schedulers) from the checkpoint at
-        ``path``, all or nothing, and return the saved ``extra``: see
-        :func:`fusedopt.checkpoint.load`."""
-        return _checkpoint.load(path, self, schedulers=schedulers)
-
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
         for g, group in enumerate(self.param_groups):
@@ -241,18 +183,6 @@ def _as_list(value: Any, name: str) -> list:
     return list(value)
 
 
-def _nonfinite_grad_error(grad: np.ndarray, index: int, label: str | None = None) -> NonFiniteGradError:
-    """The error for ``nonfinite="raise"``: ``label`` names the gradient
-    (``grads[index]`` unless given: fusedopt.torch names the param)."""
-    where = np.flatnonzero(~np.isfinite(grad))
-    first = f" (first at flat index {where[0]}: {grad.flat[where[0]]})" if where.size else ""
-    return NonFiniteGradError(
-        f"{label or f'grads[{index}]'} holds a NaN or an infinity{first}; the step was skipped and "
-        "nothing changed (nonfinite='raise')",
-        index,
-    )
-
-
 def _checked_state(saved: Any, param: np.ndarray, keys: Iterable[str], scalar_keys: Iterable[str],
                    index: int) -> dict[str, Any]:
     """A private copy of one param's saved state, or an error naming what is wrong."""
@@ -262,8 +192,8 @@ def _checked_state(saved: Any, param: np.ndarray, keys: Iterable[str], scalar_ke
     step = saved.get("step")
     if isinstance(step, np.integer):
         step = int(step)
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"{where} needs 'step', a non-negative int; got {step!r}")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < MAX_STEP:
+        raise ValueError(f"{where} needs 'step', an int in [0, 2**53 - 1); got {step!r}")
     entry: dict[str, Any] = {"step": step}
     for key in keys:
         if key not in saved:

@@ -1,5 +1,5 @@
 """The optimizers: torch.optim's names, arguments and defaults; the update
-rules as ``../shared/ALGORITHMS.md`` (and docs/algorithms.md) write them.
+rules as docs/algorithms.md writes them.
 
 Each class only names its rule and its defaults; the machinery is in
 :class:`fusedopt.optimizer.Optimizer` and the math in ``csrc/kernels.cpp``.
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .optimizer import Optimizer, Rule
+from . import _core
+from .optimizer import Optimizer
 
 __all__ = ["Momentum", "SGD", "Adadelta", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax",
            "Lion"]
@@ -28,7 +29,7 @@ class Momentum(Optimizer):
     with ``velocity = -lr * momentum_buffer``.
     """
 
-    rule = Rule.named("momentum")
+    rule = _core.momentum
 
     def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.9, *, nonfinite: str = "apply"):
         super().__init__(params, dict(lr=lr, momentum=momentum), nonfinite=nonfinite)
@@ -47,7 +48,7 @@ class SGD(Optimizer):
     State: ``momentum_buffer`` (only when momentum != 0).
     """
 
-    rule = Rule.named("sgd")
+    rule = _core.sgd
 
     def __init__(
         self,
@@ -88,7 +89,7 @@ class Adadelta(Optimizer):
     State: ``square_avg`` and ``acc_delta`` (updates) or ``square_weight_avg`` (weights).
     """
 
-    rule = Rule.named("adadelta")
+    rule = _core.adadelta
 
     def __init__(
         self,
@@ -123,7 +124,7 @@ class Adam(Optimizer):
     State: ``exp_avg``, ``exp_avg_sq``, and ``max_exp_avg_sq`` with amsgrad.
     """
 
-    rule = Rule.named("adam")
+    rule = _core.adam
 
     def __init__(
         self,
@@ -178,7 +179,7 @@ class RMSprop(Optimizer):
     State: ``square_avg``, ``momentum_buffer`` (momentum > 0), ``grad_avg`` (centered).
     """
 
-    rule = Rule.named("rmsprop")
+    rule = _core.rmsprop
 
     def __init__(
         self,
@@ -213,7 +214,7 @@ class Adagrad(Optimizer):
     torch uses the constructor's value for every group).
     """
 
-    rule = Rule.named("adagrad")
+    rule = _core.adagrad
 
     def __init__(
         self,
@@ -251,7 +252,7 @@ class NAdam(Optimizer):
     State: ``exp_avg``, ``exp_avg_sq`` and ``mu_product`` (a Python float, 1.0 at first).
     """
 
-    rule = Rule.named("nadam")
+    rule = _core.nadam
 
     def __init__(
         self,
@@ -292,7 +293,7 @@ class RAdam(Optimizer):
     State: ``exp_avg``, ``exp_avg_sq``.
     """
 
-    rule = Rule.named("radam")
+    rule = _core.radam
 
     def __init__(
         self,
@@ -325,7 +326,7 @@ class Adamax(Optimizer):
     State: ``exp_avg``, ``exp_inf``.
     """
 
-    rule = Rule.named("adamax")
+    rule = _core.adamax
 
     def __init__(
         self,
@@ -357,7 +358,7 @@ class Lion(Optimizer):
     State: ``exp_avg``. Not in torch.optim.
     """
 
-    rule = Rule.named("lion")
+    rule = _core.lion
 
     def __init__(
         self,

@@ -5,7 +5,7 @@ params, one line per formula, each operation a separate NumPy expression.
 They are the tests' oracle and the benchmarks' baseline. Each line
 evaluates in the order the compiled kernels do, so the two agree to the
 last bit on every target; the tests still allow the few ULP that
-``ALGORITHMS.md`` allows.
+docs/algorithms.md allows.
 
 The constructors, validation and state layout are those of the fused
 classes (these subclass them); only ``step`` differs.
@@ -19,7 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import optimizers
-from .optimizer import Optimizer, _nonfinite_grad_error
+from .optimizer import Optimizer
+from .rule import nonfinite_grad_error
 
 __all__ = ["Momentum", "SGD", "Adadelta", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax",
            "Lion"]
@@ -38,7 +39,7 @@ class _NumpyStep(Optimizer):
                 if grad is not None and not np.isfinite(grad).all():
                     self.skipped_steps += 1
                     if self.nonfinite == "raise":
-                        raise _nonfinite_grad_error(grad, i)
+                        raise nonfinite_grad_error(grad, i)
                     return False
         for (group, param), grad, state in zip(params, grads, self.state):
             if grad is None:

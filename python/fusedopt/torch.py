@@ -73,7 +73,7 @@ except ImportError as error:  # torch is an optional dependency
 
 import fusedopt
 from fusedopt import _core
-from fusedopt.optimizer import NonFiniteGradError, Rule, _nonfinite_grad_error
+from fusedopt.rule import NonFiniteGradError, Rule, nonfinite_grad_error as _nonfinite_grad_error
 
 __all__ = ["FusedOptimizer", "Row", "NonFiniteGradError", "Momentum", "SGD", "Adadelta", "Adam", "AdamW",
            "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax", "Lion"]
