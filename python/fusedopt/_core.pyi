@@ -1,0 +1,109 @@
+"""fusedopt's compiled core (csrc/, bound in csrc/bindings.cpp). Private: use the fusedopt package.
+
+Where things are defined:
+- each update rule, e.g. ``adam``, is an instance of :class:`Rule` made from the one list
+  csrc/rule_list.hpp; ``adam.step`` is ``fusedopt::step<AdamRule>`` (csrc/step.cpp), its
+  hyperparameters and per-step scalars are ``AdamRule`` (csrc/rules.hpp, csrc/rules.cpp),
+  its loop is ``adam<T>`` (csrc/kernels.cpp);
+- the gradient passes (grad_norm, scale_grads, clamp_grads, first_nonfinite), check_params
+  and roof are in csrc/step.cpp; threads in csrc/parallel.cpp; targets in csrc/dispatch.cpp.
+"""
+
+from typing import Any, Sequence
+
+import numpy as np
+
+MAX_STEP: int
+"""A state's "step" is an int in [0, MAX_STEP) (2**53 - 1: t = step + 1 stays exact in double)."""
+
+class Rule:
+    """One update rule of the compiled core (see csrc/rule_list.hpp)."""
+
+    @property
+    def name(self) -> str:
+        """The rule's name, e.g. "adam"."""
+    @property
+    def summary(self) -> str:
+        """One line on what the rule is."""
+    def step(
+        self,
+        param_groups: Sequence[dict[str, Any]],
+        grads: Sequence[np.ndarray | None],
+        state: Sequence[dict[str, Any]],
+        check_finite: bool = False,
+    ) -> int | None:
+        """One step over every param of every group in one call and one parallel region; with
+        check_finite, returns the index of the first non-finite grad (nothing changed), else None."""
+    def check_group(self, group: dict[str, Any], index: int = 0) -> None:
+        """Validate one param group's hyperparameters (errors name group `index`)."""
+    def state_keys(self, group: dict[str, Any]) -> list[str]:
+        """The names of the state arrays the rule keeps for a group's params, in stream order."""
+    def state_spec(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+        """({state array key: initial element value}, {scalar state key: initial value})."""
+    def initial_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
+        """One param's state before its first step: "step" 0 and every state at its initial value."""
+
+momentum: Rule
+"""Heavy-ball momentum (the course's form): MomentumRule, momentum<T>."""
+sgd: Rule
+"""SGD as torch.optim.SGD: SgdRule, sgd<T>."""
+adadelta: Rule
+"""Adadelta (Zeiler's, or the course's variant): AdadeltaRule, adadelta<T>."""
+adam: Rule
+"""Adam / AdamW / AMSGrad as torch.optim.Adam: AdamRule, adam<T>."""
+rmsprop: Rule
+"""RMSprop as torch.optim.RMSprop: RmspropRule, rmsprop<T>."""
+adagrad: Rule
+"""Adagrad as torch.optim.Adagrad: AdagradRule, adagrad<T>."""
+nadam: Rule
+"""NAdam as torch.optim.NAdam: NadamRule, nadam<T>."""
+radam: Rule
+"""RAdam as torch.optim.RAdam: RadamRule, radam<T>."""
+adamax: Rule
+"""Adamax as torch.optim.Adamax: AdamaxRule, adamax<T>."""
+lion: Rule
+"""Lion (Chen et al. 2023): LionRule, lion<T>."""
+rules: dict[str, Rule]
+"""Every rule by name, in rule_list.hpp order."""
+
+def grad_norm(grads: Sequence[np.ndarray | None], norm_type: float = 2.0) -> float:
+    """The norm_type-norm (> 0 or inf) of all grads as one vector, in double; the same for every thread count."""
+
+def scale_grads(grads: Sequence[np.ndarray | None], factor: float) -> None:
+    """g *= factor for every grad, in place, in one parallel region."""
+
+def clamp_grads(grads: Sequence[np.ndarray | None], limit: float) -> None:
+    """g = clamp(g, -limit, limit) for every grad, in place (NaN stays NaN)."""
+
+def first_nonfinite(grads: Sequence[np.ndarray | None]) -> int | None:
+    """The index of the first grad holding a NaN or an infinity, or None."""
+
+def check_params(params: Sequence[np.ndarray], first_index: int = 0) -> None:
+    """Check that arrays can be params: writeable, aligned, contiguous float arrays, not overlapping."""
+
+def roof(tensors: Sequence[Sequence[np.ndarray]]) -> None:
+    """Memory roof: for each [a_1, ..., a_k, b], a_i += b in place (benchmarks only)."""
+
+def num_threads() -> int:
+    """The thread count a large step uses now."""
+
+def thread_override() -> int:
+    """The thread count fixed by set_thread_override or FUSEDOPT_NUM_THREADS, 0 if none."""
+
+def set_thread_override(count: int) -> int:
+    """Fix the thread count (0 unfixes it); returns the previous override."""
+
+def last_team_size() -> int:
+    """How many threads ran the most recent step (1 on the serial path)."""
+
+def serial_cutoff_bytes() -> int:
+    """Steps moving fewer bytes than this run on the calling thread."""
+
+def set_serial_cutoff_bytes(bytes: int) -> int:
+    """Set the serial cutoff; returns the previous one."""
+
+def select_target(name: str) -> None:
+    """Switch the kernels to a compiled, supported SIMD target (tests use it)."""
+
+def build_info() -> dict[str, Any]:
+    """What was built and what was chosen at import (version, compiler, openmp, targets, cpu, threads)."""
