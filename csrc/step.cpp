@@ -185,9 +185,10 @@ template <class Rule>
 struct ParamStep {
   std::int64_t index;  // in grads and state
   py::object entry;    // state[index]
-  py::array param, grad;
+  // py::object, not py::array: a default py::array is a new empty ndarray.
+  py::object param, grad;
   Dtype dtype;
-  py::array state_arrays[kMaxStateArrays];
+  py::object state_arrays[kMaxStateArrays];
   bool created[kMaxStateArrays] = {};  // made by this step: recorded into entry
   StateKeys keys;
   std::int64_t t;  // the step count after this step
@@ -240,17 +241,22 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
       p.index = i;
       p.keys = keys;
       const ArrayLabel param_label{"params", i}, grad_label{"grads", i};
-      p.param = as_array(param_object, param_label);
-      const Dtype dtype = p.dtype = check_param(p.param, param_label);
-      p.grad = as_array(grad_object, grad_label);
-      check_like_param(p.grad, p.param, grad_label, param_label, /*written=*/false);
-      overlaps.add(p.param, param_label, true);
-      overlaps.add(p.grad, grad_label, false);
+      py::array param = as_array(param_object, param_label);
+      const Dtype dtype = p.dtype = check_param(param, param_label);
+      py::array grad = as_array(grad_object, grad_label);
+      check_like_param(grad, param, grad_label, param_label, /*written=*/false);
+      overlaps.add(param, param_label, true);
+      overlaps.add(grad, grad_label, false);
 
       p.entry = state[static_cast<std::size_t>(i)];
       if (!PyDict_Check(p.entry.ptr()))
         throw py::type_error("state[" + std::to_string(i) + "] must be a dict, got " + type_name(p.entry));
 
+      // Read w, g and every state array; write w and every state array.
+      p.task = Task{table.kernels[Rule::id][compute_of(dtype)], nullptr, {}, param.size(),
+                    param.itemsize() * (3 + 2 * keys.array_count)};
+      p.task.streams[0] = param.mutable_data();
+      p.task.streams[1] = const_cast<void*>(grad.data());
       bool buffer_is_new = false;
       for (int k = 0; k < keys.array_count; ++k) {
         const StateKey& key = keys.arrays[k];
@@ -260,26 +266,22 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
         // from 0, amsgrad, scale): it starts at its initial value, like a
         // buffer made at construction.
         p.created[k] = existing == nullptr || existing == Py_None;
+        py::array buffer = p.created[k] ? filled_like(param, dtype, key.initial) : as_array(existing, label);
         if (p.created[k]) {
-          p.state_arrays[k] = filled_like(p.param, dtype, key.initial);
           buffer_is_new = true;
         } else {
-          p.state_arrays[k] = as_array(existing, label);
-          check_like_param(p.state_arrays[k], p.param, label, param_label, /*written=*/true);
-          overlaps.add(p.state_arrays[k], label, true);
+          check_like_param(buffer, param, label, param_label, /*written=*/true);
+          overlaps.add(buffer, label, true);
         }
+        p.task.streams[2 + k] = buffer.mutable_data();
+        p.state_arrays[k] = std::move(buffer);
       }
       p.t = read_step(p.entry, i) + 1;
       for (int k = 0; k < keys.scalar_count; ++k)
         p.scalar_state[k] = read_scalar_state(p.entry, i, keys.scalars[k]);
       p.scalars = Rule::scalars(hypers[g], {p.t, buffer_is_new, p.scalar_state});
-
-      // Read w, g and every state array; write w and every state array.
-      p.task = Task{table.kernels[Rule::id][compute_of(dtype)], nullptr, {}, p.param.size(),
-                    p.param.itemsize() * (3 + 2 * keys.array_count)};
-      p.task.streams[0] = p.param.mutable_data();
-      p.task.streams[1] = const_cast<void*>(p.grad.data());
-      for (int k = 0; k < keys.array_count; ++k) p.task.streams[2 + k] = p.state_arrays[k].mutable_data();
+      p.param = std::move(param);
+      p.grad = std::move(grad);
     }
   }
   overlaps.check();

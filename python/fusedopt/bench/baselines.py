@@ -17,7 +17,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .. import optimizers
-from ..optimizer import Optimizer, _nonfinite_grad_error
+from ..optimizer import Optimizer
+from ..rule import nonfinite_grad_error
 
 __all__ = ["LeanStep", "optimizer_class", "tuned_numpy_class", "TUNED_NUMPY_UPDATES", "nadam_step_sizes",
            "radam_step_size"]
@@ -40,7 +41,7 @@ class LeanStep(Optimizer):
                 if grad is not None and not np.isfinite(grad).all():
                     self.skipped_steps += 1
                     if self.nonfinite == "raise":
-                        raise _nonfinite_grad_error(grad, index)
+                        raise nonfinite_grad_error(grad, index)
                     return False
         index = 0
         for group in self.param_groups:
