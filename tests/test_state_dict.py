@@ -1,5 +1,7 @@
 """state_dict() / load_state_dict(): torch's layout, snapshots, exact resume."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -128,3 +130,37 @@ def test_bad_state_dict_changes_nothing(make, error, pattern):
     for i, entry in before["state"].items():
         for key, value in entry.items():
             np.testing.assert_array_equal(after["state"][i][key], value)
+
+
+def test_nadam_state_dict_round_trip_continues_exactly(rng):
+    params = random_arrays(rng, [7, 40], np.float64)
+    opt = fusedopt.NAdam(params, weight_decay=0.1)
+    for _ in range(3):
+        opt.step(random_arrays(rng, [7, 40], np.float64))
+    saved = opt.state_dict()
+    assert saved["state"][0]["mu_product"] == opt.state[0]["mu_product"]
+
+    resumed_params = [p.copy() for p in params]
+    resumed = fusedopt.NAdam(resumed_params, weight_decay=0.1)
+    resumed.load_state_dict(saved)
+    for _ in range(3):
+        grads = random_arrays(rng, [7, 40], np.float64)
+        opt.step(grads)
+        resumed.step(grads)
+    for a, b in zip(params, resumed_params):
+        np.testing.assert_array_equal(a, b)
+    assert resumed.state[1]["mu_product"] == opt.state[1]["mu_product"]
+
+
+@pytest.mark.parametrize("value", [None, "1.0", True, math.nan], ids=["missing", "str", "bool", "nan"])
+def test_nadam_load_state_dict_checks_mu_product(rng, value):
+    params = random_arrays(rng, [3], np.float64)
+    opt = fusedopt.NAdam(params)
+    saved = opt.state_dict()
+    if value is None:
+        del saved["state"][0]["mu_product"]
+    else:
+        saved["state"][0]["mu_product"] = value
+    with pytest.raises(ValueError, match=r"params\[0\] needs 'mu_product', a finite number"):
+        opt.load_state_dict(saved)
+    assert opt.state[0]["mu_product"] == 1.0
