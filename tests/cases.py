@@ -1,54 +1,281 @@
-"""The table that drives the correctness suite (PyTorch's OptimizerInfo idea):
-every rule with every option that changes its arithmetic or its streams."""
+"""The table that drives the suite (PyTorch's OptimizerInfo idea): one entry
+per rule, with every option that changes its arithmetic or its streams, its
+torch.optim counterpart, its bad hyperparameters and the options that create
+every state array it can keep. Every list of rules in the suite is derived
+from RULES below; adding a rule means adding its entry here."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
 import fusedopt
 from fusedopt import reference
 
-# (class name, constructor kwargs)
-CASES = [
-    ("Momentum", {}),
-    ("Momentum", {"lr": 0.05, "momentum": 0.5}),
-    ("SGD", {}),
-    ("SGD", {"momentum": 0.9}),
-    ("SGD", {"momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01}),
-    ("SGD", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
-    ("SGD", {"momentum": 0.5, "maximize": True}),
-    ("SGD", {"weight_decay": 0.1, "maximize": True}),
-    ("Adadelta", {}),
-    ("Adadelta", {"rho": 0.5, "eps": 1e-4, "weight_decay": 0.1, "maximize": True}),
-    ("Adadelta", {"scale": "weights", "lr": 0.1}),
-    ("Adadelta", {"scale": "weights", "rho": 0.95, "weight_decay": 0.01, "maximize": True}),
-    ("Adam", {}),
-    ("Adam", {"amsgrad": True}),
-    ("Adam", {"weight_decay": 0.1}),
-    ("Adam", {"betas": (0.5, 0.9), "eps": 1e-3, "maximize": True, "amsgrad": True, "weight_decay": 0.05}),
-    ("Adam", {"decoupled_weight_decay": True, "weight_decay": 0.1}),
-    ("AdamW", {}),
-    ("AdamW", {"amsgrad": True, "weight_decay": 0.5, "maximize": True}),
-    ("RMSprop", {}),
-    ("RMSprop", {"momentum": 0.9}),
-    ("RMSprop", {"centered": True}),
-    ("RMSprop", {"momentum": 0.5, "centered": True, "alpha": 0.9, "weight_decay": 0.01, "maximize": True}),
-    ("Adagrad", {}),
-    ("Adagrad", {"lr_decay": 0.1, "initial_accumulator_value": 0.3, "weight_decay": 0.01}),
-    ("Adagrad", {"eps": 1e-3, "maximize": True}),
-    ("NAdam", {}),
-    ("NAdam", {"weight_decay": 0.1, "momentum_decay": 0.1}),
-    ("NAdam", {"decoupled_weight_decay": True, "weight_decay": 0.1, "maximize": True, "betas": (0.5, 0.9)}),
-    ("RAdam", {}),  # beta2 = 0.999: unrectified for t <= 5, rectified after
-    ("RAdam", {"betas": (0.5, 0.9), "weight_decay": 0.1, "maximize": True}),
-    ("RAdam", {"decoupled_weight_decay": True, "weight_decay": 0.1, "eps": 1e-3}),
-    ("Adamax", {}),
-    ("Adamax", {"betas": (0.5, 0.9), "eps": 1e-3, "weight_decay": 0.1, "maximize": True}),
-    ("Lion", {}),
-    ("Lion", {"betas": (0.5, 0.9), "weight_decay": 0.1, "maximize": True}),
-]
 
-CASE_IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in CASES]
+@dataclass(frozen=True)
+class Case:
+    """One set of constructor options of a rule."""
+
+    kwargs: dict
+    # Checked against the NumPy reference, resumed, checkpointed, threaded, on
+    # every target (CASES). False for the few option sets that only the torch
+    # comparison has used.
+    reference: bool = True
+    # Also compared with torch.optim, where the rule has a torch name. False for
+    # the forms torch lacks (Adadelta's scale="weights").
+    torch: bool = True
+
+
+@dataclass(frozen=True)
+class BadHyperparameter:
+    """Constructor options that must be rejected, and how."""
+
+    kwargs: dict
+    error: type
+    message: str  # a regex naming the argument
+
+
+@dataclass(frozen=True)
+class RuleInfo:
+    name: str                   # the class in fusedopt and in fusedopt.reference
+    torch_name: str | None      # the same rule in torch.optim; None where torch has none
+    default_lr: float
+    state_keys: tuple           # every per-param state value the rule can keep, "step" aside
+    full_state: tuple           # option sets that between them create every one of state_keys
+    cases: tuple
+    bad_hyperparameters: tuple
+    fused_only_options: tuple = ()  # constructor arguments torch's class lacks
+    defaults: dict | None = None    # where torch has no class: the defaults users are promised
+
+
+RULES = (
+    RuleInfo(
+        "Momentum", torch_name=None, default_lr=1e-3,
+        state_keys=("velocity",),
+        full_state=({},),
+        defaults={"lr": 1e-3, "momentum": 0.9},
+        cases=(
+            Case({}),
+            Case({"lr": 0.05, "momentum": 0.5}),
+        ),
+        bad_hyperparameters=(
+            BadHyperparameter({"momentum": 1.0}, ValueError, r"momentum .* \[0.0, 1.0\)"),
+        ),
+    ),
+    RuleInfo(
+        "SGD", torch_name="SGD", default_lr=1e-3,
+        state_keys=("momentum_buffer",),
+        full_state=({"momentum": 0.9, "weight_decay": 0.01},),
+        cases=(
+            Case({}),
+            Case({"momentum": 0.9}),
+            Case({"momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01}),
+            Case({"momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+            Case({"momentum": 0.5, "maximize": True}),
+            Case({"weight_decay": 0.1, "maximize": True}),
+            Case({"lr": 0.1}, reference=False),
+            Case({"lr": 0.1, "momentum": 0.9, "dampening": 0.2, "weight_decay": 0.01}, reference=False),
+            Case({"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01, "maximize": True},
+                 reference=False),
+        ),
+        bad_hyperparameters=(
+            BadHyperparameter({"lr": -0.1}, ValueError, "lr"),
+            BadHyperparameter({"momentum": -0.5}, ValueError, "momentum"),
+            BadHyperparameter({"weight_decay": -1.0}, ValueError, "weight_decay"),
+            BadHyperparameter({"nesterov": True}, ValueError, "nesterov needs momentum > 0"),
+            BadHyperparameter({"nesterov": True, "momentum": 0.9, "dampening": 0.1}, ValueError, "dampening == 0"),
+            BadHyperparameter({"dampening": float("inf")}, ValueError, "dampening .* finite"),
+        ),
+    ),
+    RuleInfo(
+        "Adadelta", torch_name="Adadelta", default_lr=1.0,
+        state_keys=("square_avg", "acc_delta", "square_weight_avg"),
+        full_state=({}, {"scale": "weights"}),  # the two scales keep different arrays
+        fused_only_options=("scale",),
+        cases=(
+            Case({}),
+            Case({"rho": 0.5, "eps": 1e-4, "weight_decay": 0.1, "maximize": True}),
+            Case({"scale": "weights", "lr": 0.1}, torch=False),
+            Case({"scale": "weights", "rho": 0.95, "weight_decay": 0.01, "maximize": True}, torch=False),
+            Case({"lr": 0.5, "rho": 0.5, "eps": 1e-4, "weight_decay": 0.1, "maximize": True}, reference=False),
+        ),
+        bad_hyperparameters=(
+            BadHyperparameter({"rho": 1.5}, ValueError, r"rho .* \[0.0, 1.0\]"),
+            BadHyperparameter({"rho": -0.1}, ValueError, "rho"),
+            BadHyperparameter({"eps": -1.0}, ValueError, "eps"),
+            BadHyperparameter({"scale": "squares"}, ValueError, "scale .* 'updates', 'weights'"),
+        ),
+    ),
+    RuleInfo(
+        "Adam", torch_name="Adam", default_lr=1e-3,
+        state_keys=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+        full_state=({"amsgrad": True},),
+        cases=(
+            Case({}),
+            Case({"amsgrad": True}),
+            Case({"weight_decay": 0.1}),
+            Case({"betas": (0.5, 0.9), "eps": 1e-3, "maximize": True, "amsgrad": True, "weight_decay": 0.05}),
+            Case({"decoupled_weight_decay": True, "weight_decay": 0.1}),
+            Case({"amsgrad": True, "weight_decay": 0.1}, reference=False),
+            Case({"betas": (0.5, 0.9), "eps": 1e-3, "maximize": True, "decoupled_weight_decay": True,
+                  "weight_decay": 0.1}, reference=False),
+        ),
+        bad_hyperparameters=(
+            BadHyperparameter({"betas": (0.9, 1.0)}, ValueError, r"betas\[1\]"),
+            BadHyperparameter({"betas": (0.9,)}, TypeError, "betas .* pair"),
+            BadHyperparameter({"lr": float("inf")}, ValueError, "lr"),
+            BadHyperparameter({"maximize": "yes"}, TypeError, "maximize"),
+        ),
+    ),
+    RuleInfo(
+        "AdamW", torch_name="AdamW", default_lr=1e-3,
+        state_keys=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+        full_state=({"amsgrad": True},),
+        cases=(
+            Case({}),
+            Case({"amsgrad": True, "weight_decay": 0.5, "maximize": True}),
+        ),
+        bad_hyperparameters=(
+            BadHyperparameter({"weight_decay": -0.01}, ValueError, "weight_decay"),
+        ),
+    ),
+    RuleInfo(
+        "RMSprop", torch_name="RMSprop", default_lr=1e-2,
+        state_keys=("square_avg", "momentum_buffer", "grad_avg"),
+        full_state=({"momentum": 0.9, "centered": True},),
+        cases=(
+            Case({}),
+            Case({"momentum": 0.9}),
+            Case({"centered": True}),
+            Case({"momentum": 0.5, "centered": True, "alpha": 0.9, "weight_decay": 0.01, "maximize": True}),
+            Case({"momentum": 0.9, "weight_decay": 0.01}, reference=False),
+            Case({"centered": True, "alpha": 0.9}, reference=False),
+            Case({"momentum": 0.5, "centered": True, "eps": 1e-4, "maximize": True}, reference=False),
+        ),
+        bad_hyperparameters=(
+            BadHyperparameter({"alpha": 1.5}, ValueError, r"alpha \(param group 0\) must be in \[0.0, 1.0\], got 1.5"),
+            BadHyperparameter({"momentum": -0.1}, ValueError, r"momentum \(param group 0\) must be >= 0.0"),
+            BadHyperparameter({"centered": 1}, TypeError, r"centered \(param group 0\) must be a bool"),
+        ),
+    ),
+    RuleInfo(
+        "Adagrad", torch_name="Adagrad", default_lr=1e-2,
+        state_keys=("sum",),
+        full_state=({"initial_accumulator_value": 0.1},),
+        cases=(
+            Case({}),
+            Case({"lr_decay": 0.1, "initial_accumulator_value": 0.3, "weight_decay": 0.01}),
+            Case({"eps": 1e-3, "maximize": True}),
+        ),
+        bad_hyperparameters=(
+            BadHyperparameter({"lr_decay": -1.0}, ValueError, r"lr_decay \(param group 0\) must be >= 0.0"),
+            BadHyperparameter({"initial_accumulator_value": -0.1}, ValueError,
+                              r"initial_accumulator_value \(param group 0\)"),
+            BadHyperparameter({"eps": math.nan}, ValueError, r"eps \(param group 0\) must be finite"),
+        ),
+    ),
+    RuleInfo(
+        "NAdam", torch_name="NAdam", default_lr=2e-3,
+        state_keys=("exp_avg", "exp_avg_sq", "mu_product"),
+        full_state=({},),
+        cases=(
+            Case({}),
+            Case({"weight_decay": 0.1, "momentum_decay": 0.1}),
+            Case({"decoupled_weight_decay": True, "weight_decay": 0.1, "maximize": True, "betas": (0.5, 0.9)}),
+        ),
+        bad_hyperparameters=(
+            BadHyperparameter({"momentum_decay": -1e-3}, ValueError,
+                              r"momentum_decay \(param group 0\) must be >= 0.0"),
+            BadHyperparameter({"betas": (0.9, 1.0)}, ValueError,
+                              r"betas\[1\] \(param group 0\) must be in \[0.0, 1.0\)"),
+        ),
+    ),
+    RuleInfo(
+        "RAdam", torch_name="RAdam", default_lr=1e-3,
+        state_keys=("exp_avg", "exp_avg_sq"),
+        full_state=({},),
+        cases=(
+            Case({}),  # beta2 = 0.999: unrectified for t <= 5, rectified after
+            Case({"betas": (0.5, 0.9), "weight_decay": 0.1, "maximize": True}),  # rectified from t = 6
+            Case({"decoupled_weight_decay": True, "weight_decay": 0.1, "eps": 1e-3}),
+        ),
+        bad_hyperparameters=(
+            BadHyperparameter({"betas": (-0.1, 0.9)}, ValueError,
+                              r"betas\[0\] \(param group 0\) must be in \[0.0, 1.0\)"),
+            BadHyperparameter({"decoupled_weight_decay": "yes"}, TypeError,
+                              r"decoupled_weight_decay \(param group 0\) must be a bool"),
+        ),
+    ),
+    RuleInfo(
+        "Adamax", torch_name="Adamax", default_lr=2e-3,
+        state_keys=("exp_avg", "exp_inf"),
+        full_state=({},),
+        cases=(
+            Case({}),
+            Case({"betas": (0.5, 0.9), "eps": 1e-3, "weight_decay": 0.1, "maximize": True}),
+        ),
+        bad_hyperparameters=(
+            BadHyperparameter({"weight_decay": -1.0}, ValueError, r"weight_decay \(param group 0\) must be >= 0.0"),
+        ),
+    ),
+    RuleInfo(
+        "Lion", torch_name=None, default_lr=1e-4,
+        state_keys=("exp_avg",),
+        full_state=({},),
+        defaults={"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0},  # the paper's
+        cases=(
+            Case({}),
+            Case({"betas": (0.5, 0.9), "weight_decay": 0.1, "maximize": True}),
+        ),
+        bad_hyperparameters=(
+            BadHyperparameter({"lr": -1e-4}, ValueError, r"lr \(param group 0\) must be >= 0.0"),
+            BadHyperparameter({"betas": 0.9}, TypeError, r"betas \(param group 0\) must be a pair of numbers"),
+        ),
+    ),
+)
+
+
+# ------------------------------------------------------ lists derived from RULES
+
+def case_id(name, kwargs):
+    """A readable, stable test id: the class name and the options as given."""
+    return name + "".join(f"-{k}={v}" for k, v in kwargs.items())
+
+
+def _ids(rows):
+    return [case_id(row[0], row[1]) for row in rows]
+
+
+RULE_INFO = {info.name: info for info in RULES}
+RULE_NAMES = [info.name for info in RULES]
+
+# (class name, kwargs): against the reference, resumed, checkpointed, threaded.
+CASES = [(info.name, case.kwargs) for info in RULES for case in info.cases if case.reference]
+CASE_IDS = _ids(CASES)
+
+# (fusedopt class name, kwargs) with a torch.optim counterpart (RULE_INFO[name].torch_name).
+TORCH_CASES = [(info.name, case.kwargs) for info in RULES if info.torch_name for case in info.cases if case.torch]
+TORCH_CASE_IDS = _ids(TORCH_CASES)
+
+# (class name, kwargs): one per class (two for Adadelta's two scales), every state array created.
+FULL_STATE_CASES = [(info.name, kwargs) for info in RULES for kwargs in info.full_state]
+FULL_STATE_CASE_IDS = _ids(FULL_STATE_CASES)
+
+# (class name, kwargs, error type, message regex)
+BAD_HYPERPARAMETERS = [(info.name, bad.kwargs, bad.error, bad.message)
+                       for info in RULES for bad in info.bad_hyperparameters]
+BAD_HYPERPARAMETER_IDS = _ids(BAD_HYPERPARAMETERS)
+
+
+def default_lr(name, kwargs):
+    """The lr a case runs with: its own, or the class's default."""
+    return kwargs.get("lr", RULE_INFO[name].default_lr)
+
+
+# ------------------------------------------------------------ shared helpers
 
 SIZES = [0, 1, 7, 8, 15, 16, 17, 31, 33, 63, 65, 1000, 100003]
 
@@ -104,3 +331,29 @@ def assert_same_state(fused, ref, dtype, step):
                                        err_msg=f"{label} after step {step}")
         else:
             assert got[label] == value, f"{label} after step {step}"
+
+
+def two_groups(params):
+    """The first param alone with the defaults, the rest with lr 0.05."""
+    return [{"params": params[:1]}, {"params": params[1:], "lr": 0.05}]
+
+
+def resume_and_uninterrupted(name, kwargs, start, grads, stop, carry_over):
+    """Runs ``name`` over copies of ``start`` in two_groups twice: once through
+    every grad list, once stopped after ``stop`` of them, carried over by
+    ``carry_over(stopped, fresh)`` into a fresh optimizer over copies of the
+    stopped params, then continued. Returns (resumed, uninterrupted)."""
+    cls = getattr(fusedopt, name)
+    uninterrupted = cls(two_groups([p.copy() for p in start]), **kwargs)
+    for g in grads:
+        uninterrupted.step(g)
+
+    first_params = [p.copy() for p in start]
+    first = cls(two_groups(first_params), **kwargs)
+    for g in grads[:stop]:
+        first.step(g)
+    resumed = cls(two_groups([p.copy() for p in first_params]), **kwargs)
+    carry_over(first, resumed)
+    for g in grads[stop:]:
+        resumed.step(g)
+    return resumed, uninterrupted

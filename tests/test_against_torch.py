@@ -3,50 +3,23 @@
 step count and NAdam's mu_product, element by element, after each of 25 steps,
 over several arrays in two param groups.
 
-Momentum (the course's heavy ball), Adadelta's ``scale="weights"`` and Lion
-are not in torch.optim; they are checked against the NumPy reference
+The cases are the table's (cases.py) that torch can run: Momentum (the
+course's heavy ball), Adadelta's ``scale="weights"`` and Lion are not in
+torch.optim; they are checked against the NumPy reference
 (test_against_reference.py) and by hand (test_rules.py).
 """
+
+import inspect
 
 import numpy as np
 import pytest
 import torch
 
 import fusedopt
+from cases import RULE_INFO, RULES, TORCH_CASE_IDS, TORCH_CASES, default_lr
 
 STEPS = 25
 SHAPES = [(1,), (7,), (33,), (1000,), (5, 13)]
-
-# (class name, the same in torch.optim and fusedopt; constructor kwargs)
-TORCH_CASES = [
-    ("SGD", {"lr": 0.1}),
-    ("SGD", {"lr": 0.1, "momentum": 0.9, "dampening": 0.2, "weight_decay": 0.01}),
-    ("SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01, "maximize": True}),
-    ("Adadelta", {}),
-    ("Adadelta", {"lr": 0.5, "rho": 0.5, "eps": 1e-4, "weight_decay": 0.1, "maximize": True}),
-    ("Adam", {}),
-    ("Adam", {"amsgrad": True, "weight_decay": 0.1}),
-    ("Adam", {"betas": (0.5, 0.9), "eps": 1e-3, "maximize": True, "decoupled_weight_decay": True,
-              "weight_decay": 0.1}),
-    ("AdamW", {}),
-    ("AdamW", {"amsgrad": True, "weight_decay": 0.5, "maximize": True}),
-    ("RMSprop", {}),
-    ("RMSprop", {"momentum": 0.9, "weight_decay": 0.01}),
-    ("RMSprop", {"centered": True, "alpha": 0.9}),
-    ("RMSprop", {"momentum": 0.5, "centered": True, "eps": 1e-4, "maximize": True}),
-    ("Adagrad", {}),
-    ("Adagrad", {"lr_decay": 0.1, "initial_accumulator_value": 0.3, "weight_decay": 0.01}),
-    ("Adagrad", {"eps": 1e-3, "maximize": True}),
-    ("NAdam", {}),
-    ("NAdam", {"weight_decay": 0.1, "momentum_decay": 0.1}),
-    ("NAdam", {"decoupled_weight_decay": True, "weight_decay": 0.1, "betas": (0.5, 0.9), "maximize": True}),
-    ("RAdam", {}),  # unrectified for t <= 5, rectified after
-    ("RAdam", {"betas": (0.5, 0.9), "weight_decay": 0.1, "maximize": True}),  # rectified from t = 6
-    ("RAdam", {"decoupled_weight_decay": True, "weight_decay": 0.1, "eps": 1e-3}),
-    ("Adamax", {}),
-    ("Adamax", {"betas": (0.5, 0.9), "eps": 1e-3, "weight_decay": 0.1, "maximize": True}),
-]
-TORCH_CASE_IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in TORCH_CASES]
 
 
 @pytest.fixture(autouse=True)
@@ -92,14 +65,14 @@ def make_both(name, kwargs, rng):
     (the second with half the first group's lr)."""
     ours = [rng.standard_normal(shape) for shape in SHAPES]
     theirs = [torch.tensor(p.copy()) for p in ours]
-    lr = kwargs.get("lr", getattr(fusedopt, name)([np.zeros(1)]).defaults["lr"])
+    lr = default_lr(name, kwargs)
     half = len(SHAPES) // 2
 
     def groups(params):
         return [{"params": params[:half]}, {"params": params[half:], "lr": 0.5 * lr}]
 
     fused = getattr(fusedopt, name)(groups(ours), **kwargs)
-    reference = getattr(torch.optim, name)(groups(theirs), foreach=False, **kwargs)
+    reference = getattr(torch.optim, RULE_INFO[name].torch_name)(groups(theirs), foreach=False, **kwargs)
     return fused, ours, reference, theirs
 
 
@@ -154,3 +127,20 @@ def test_nonfinite_grads_propagate_as_in_torch(name, kwargs):
         reference.step()
         assert_same_as_torch(fused, ours, reference, theirs, step, compare=assert_same_nonfinite)
     assert np.isnan(ours[0][0]) and not np.isfinite(ours[3][17]) and np.isfinite(ours[3][16])
+
+
+@pytest.mark.parametrize("info", RULES, ids=[info.name for info in RULES])
+def test_torch_defaults(info):
+    """The defaults torch.optim users expect (where torch has no class: the
+    ones the table promises, Lion's from the paper)."""
+    ours = inspect.signature(getattr(fusedopt, info.name)).parameters
+    if info.torch_name is None:
+        assert {key: ours[key].default for key in info.defaults} == info.defaults
+        return
+    theirs = inspect.signature(getattr(torch.optim, info.torch_name)).parameters
+    for key, parameter in ours.items():
+        if key in ("params", "nonfinite") or key in info.fused_only_options:
+            continue
+        assert key in theirs, key
+        assert parameter.default == theirs[key].default, key
+        assert parameter.kind == theirs[key].kind or key == "maximize", key

@@ -3,11 +3,13 @@ array's index, and a call that raises has changed no array (the earlier
 arrays of the same list included) and no step count."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
 
 import fusedopt
+from cases import BAD_HYPERPARAMETER_IDS, BAD_HYPERPARAMETERS, random_arrays
 
 
 def fresh(name="Adam", n=3, size=40, dtype=np.float32, **kwargs):
@@ -109,27 +111,7 @@ def test_step_rejects_and_changes_nothing(case, make, error, pattern):
     assert_unchanged(opt, grads if isinstance(grads, list) else [], before)
 
 
-@pytest.mark.parametrize(
-    "name, kwargs, error, pattern",
-    [
-        ("SGD", {"lr": -0.1}, ValueError, "lr"),
-        ("SGD", {"momentum": -0.5}, ValueError, "momentum"),
-        ("SGD", {"weight_decay": -1.0}, ValueError, "weight_decay"),
-        ("SGD", {"nesterov": True}, ValueError, "nesterov needs momentum > 0"),
-        ("SGD", {"nesterov": True, "momentum": 0.9, "dampening": 0.1}, ValueError, "dampening == 0"),
-        ("SGD", {"dampening": float("inf")}, ValueError, "dampening .* finite"),
-        ("Momentum", {"momentum": 1.0}, ValueError, r"momentum .* \[0.0, 1.0\)"),
-        ("Adadelta", {"rho": 1.5}, ValueError, r"rho .* \[0.0, 1.0\]"),
-        ("Adadelta", {"rho": -0.1}, ValueError, "rho"),
-        ("Adadelta", {"eps": -1.0}, ValueError, "eps"),
-        ("Adadelta", {"scale": "squares"}, ValueError, "scale .* 'updates', 'weights'"),
-        ("Adam", {"betas": (0.9, 1.0)}, ValueError, r"betas\[1\]"),
-        ("Adam", {"betas": (0.9,)}, TypeError, "betas .* pair"),
-        ("Adam", {"lr": float("inf")}, ValueError, "lr"),
-        ("Adam", {"maximize": "yes"}, TypeError, "maximize"),
-        ("AdamW", {"weight_decay": -0.01}, ValueError, "weight_decay"),
-    ],
-)
+@pytest.mark.parametrize("name, kwargs, error, pattern", BAD_HYPERPARAMETERS, ids=BAD_HYPERPARAMETER_IDS)
 def test_constructor_rejects_bad_hyperparameters(name, kwargs, error, pattern):
     with pytest.raises(error, match=pattern):
         getattr(fusedopt, name)([np.zeros(3)], **kwargs)
@@ -184,3 +166,19 @@ def test_the_same_grad_twice_is_fine():
     opt, grads = fresh()
     opt.step([grads[0], grads[0], grads[0]])
     assert [s["step"] for s in opt.state] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("value, error, message", [
+    ("0.5", TypeError, r"state\[1\]\['mu_product'\] must be a real number, got str"),
+    (math.inf, ValueError, r"state\[1\]\['mu_product'\] must be finite"),
+])
+def test_bad_scalar_state_fails_before_any_change(rng, value, error, message):
+    params = random_arrays(rng, [4, 4], np.float32)
+    opt = fusedopt.NAdam(params)
+    before = [p.copy() for p in params]
+    opt.state[1]["mu_product"] = value
+    with pytest.raises(error, match=message):
+        opt.step(random_arrays(rng, [4, 4], np.float32))
+    for p, b in zip(params, before):
+        np.testing.assert_array_equal(p, b)
+    assert opt.state[0]["step"] == 0 and opt.state[0]["mu_product"] == 1.0

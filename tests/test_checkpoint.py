@@ -17,7 +17,7 @@ import pytest
 
 import checkpoint_child
 import fusedopt
-from cases import CASE_IDS, CASES, all_arrays, random_arrays
+from cases import CASE_IDS, CASES, all_arrays, random_arrays, resume_and_uninterrupted, two_groups
 from fusedopt import checkpoint
 from fusedopt.lr_scheduler import (
     CosineAnnealingLR,
@@ -56,10 +56,6 @@ def assert_identical(got, want, where="value"):
         assert got == want, f"{where}: {got!r} != {want!r}"
 
 
-def two_groups(params):
-    return [{"params": params[:1]}, {"params": params[1:], "lr": 0.05}]
-
-
 # ------------------------------------------------------------ exact resume
 @pytest.mark.parametrize("name, kwargs", CASES, ids=CASE_IDS)
 def test_resume_from_a_file_is_bitwise_identical(tmp_path, dtype, name, kwargs):
@@ -70,23 +66,12 @@ def test_resume_from_a_file_is_bitwise_identical(tmp_path, dtype, name, kwargs):
     start = random_arrays(rng, SIZES, dtype)
     grads = [random_arrays(rng, SIZES, dtype) for _ in range(7)]
     grads[1][2] = None  # the params' step counts differ
-    cls = getattr(fusedopt, name)
 
-    uninterrupted = cls(two_groups([p.copy() for p in start]), **kwargs)
-    for g in grads:
-        uninterrupted.step(g)
+    def carry_over(first, fresh):
+        fusedopt.save(tmp_path / "run.npz", first)
+        assert fusedopt.load(tmp_path / "run.npz", fresh) is None
 
-    first_params = [p.copy() for p in start]
-    first = cls(two_groups(first_params), **kwargs)
-    for g in grads[:3]:
-        first.step(g)
-    fusedopt.save(tmp_path / "run.npz", first)
-
-    resumed = cls(two_groups([p.copy() for p in first_params]), **kwargs)
-    assert fusedopt.load(tmp_path / "run.npz", resumed) is None
-    for g in grads[3:]:
-        resumed.step(g)
-
+    resumed, uninterrupted = resume_and_uninterrupted(name, kwargs, start, grads, stop=3, carry_over=carry_over)
     assert_identical(all_arrays(resumed), all_arrays(uninterrupted))
     assert_identical(resumed.state_dict(), uninterrupted.state_dict())
 

@@ -10,24 +10,7 @@ import pytest
 
 import fusedopt
 from fusedopt import _core, reference
-from cases import random_arrays
-
-# One case per class, each with every state array its rule can keep.
-RULES = [
-    ("Momentum", {}),
-    ("SGD", {"momentum": 0.9, "weight_decay": 0.01}),
-    ("Adadelta", {}),
-    ("Adadelta", {"scale": "weights"}),
-    ("Adam", {"amsgrad": True}),
-    ("AdamW", {}),
-    ("RMSprop", {"momentum": 0.9, "centered": True}),
-    ("Adagrad", {"initial_accumulator_value": 0.1}),
-    ("NAdam", {}),
-    ("RAdam", {}),
-    ("Adamax", {}),
-    ("Lion", {}),
-]
-RULE_IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in RULES]
+from cases import FULL_STATE_CASE_IDS, FULL_STATE_CASES, RULE_NAMES, assert_same_state, make_pair, random_arrays
 
 # Sizes around the vector widths, a large array that the threads split, and
 # a small last array.
@@ -58,33 +41,28 @@ def snapshot(opt):
 
 
 def assert_bitwise_unchanged(opt, before):
+    """Every param and state value has the bits (and scalar types) of the snapshot."""
     params, state = snapshot(opt)
+    assert len(params) == len(before[0]) and len(state) == len(before[1])
     for i, (now, then) in enumerate(zip(params, before[0])):
-        assert now.tobytes() == then.tobytes(), f"params[{i}] changed"
+        assert now.tobytes() == then.tobytes(), f"params[{i}] differs"
     for i, (now, then) in enumerate(zip(state, before[1])):
-        assert now.keys() == then.keys(), f"state[{i}] keys changed"
+        assert now.keys() == then.keys(), f"state[{i}] keys differ"
         for key in then:
             if isinstance(then[key], np.ndarray):
-                assert now[key].tobytes() == then[key].tobytes(), f"state[{i}][{key!r}] changed"
+                assert now[key].tobytes() == then[key].tobytes(), f"state[{i}][{key!r}] differs"
             else:
-                assert now[key] == then[key] and type(now[key]) is type(then[key]), f"state[{i}][{key!r}] changed"
+                assert now[key] == then[key] and type(now[key]) is type(then[key]), f"state[{i}][{key!r}] differs"
 
 
 def assert_same(opt, twin):
-    for (label, now), then in zip(enumerate(snapshot(opt)[0]), snapshot(twin)[0]):
-        assert now.tobytes() == then.tobytes(), f"params[{label}]"
-    for i, (now, then) in enumerate(zip(opt.state, twin.state)):
-        assert now.keys() == then.keys()
-        for key in then:
-            if isinstance(then[key], np.ndarray):
-                assert now[key].tobytes() == then[key].tobytes(), f"state[{i}][{key!r}]"
-            else:
-                assert now[key] == then[key], f"state[{i}][{key!r}]"
+    """The same bits in every param and state value as the twin optimizer's."""
+    assert_bitwise_unchanged(opt, snapshot(twin))
 
 
 @pytest.mark.parametrize("value", VALUES.values(), ids=VALUES.keys())
 @pytest.mark.parametrize("position", POSITIONS.values(), ids=POSITIONS.keys())
-@pytest.mark.parametrize("name, kwargs", RULES, ids=RULE_IDS)
+@pytest.mark.parametrize("name, kwargs", FULL_STATE_CASES, ids=FULL_STATE_CASE_IDS)
 def test_skip_changes_nothing(target, thread_count, rng, name, kwargs, position, value):
     params = random_arrays(rng, SIZES, np.float32)
     twin_params = [p.copy() for p in params]
@@ -113,7 +91,7 @@ def test_skip_changes_nothing(target, thread_count, rng, name, kwargs, position,
     assert opt.skipped_steps == 1
 
 
-@pytest.mark.parametrize("name, kwargs", RULES, ids=RULE_IDS)
+@pytest.mark.parametrize("name, kwargs", FULL_STATE_CASES, ids=FULL_STATE_CASE_IDS)
 def test_raise_names_the_first_bad_grad_and_changes_nothing(target, thread_count, rng, name, kwargs):
     params = random_arrays(rng, SIZES, np.float64)
     opt = getattr(fusedopt, name)(params, nonfinite="raise", **kwargs)
@@ -142,6 +120,18 @@ def test_default_applies_the_step(rng, dtype_):
     assert opt.step(grads) is True
     assert opt.skipped_steps == 0 and opt.state[0]["step"] == 1
     assert np.isnan(params[0][3]) and np.isfinite(np.delete(params[0], 3)).all()
+
+
+def test_lion_propagates_nan_as_the_reference(rng):
+    """sign(NaN) is NaN, as np.sign's: a NaN gradient is not silently a zero step."""
+    params = random_arrays(rng, [9], np.float32)
+    fused, ref = make_pair("Lion", {}, params)
+    g = random_arrays(rng, [9], np.float32)
+    g[0][4] = np.nan
+    fused.step(g)
+    ref.step(g)
+    assert np.isnan(params[0][4])
+    assert_same_state(fused, ref, np.float32, 1)
 
 
 def test_created_state_is_not_recorded_by_a_skipped_step(rng):
@@ -188,8 +178,7 @@ def test_skipped_steps_counts_every_skip(rng):
     assert opt.skipped_steps == 3 and opt.state[0]["step"] == 2
 
 
-@pytest.mark.parametrize("name", ["Momentum", "SGD", "Adadelta", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam",
-                                  "RAdam", "Adamax", "Lion"])
+@pytest.mark.parametrize("name", RULE_NAMES)
 def test_every_class_takes_the_option(name):
     for policy in ("apply", "skip", "raise"):
         assert getattr(fusedopt, name)([np.zeros(3)], nonfinite=policy).nonfinite == policy

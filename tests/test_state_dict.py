@@ -1,10 +1,12 @@
 """state_dict() / load_state_dict(): torch's layout, snapshots, exact resume."""
 
+import math
+
 import numpy as np
 import pytest
 
 import fusedopt
-from cases import CASE_IDS, CASES, all_arrays, random_arrays
+from cases import CASE_IDS, CASES, all_arrays, random_arrays, resume_and_uninterrupted
 
 SIZES = [7, 100, 1000]
 
@@ -16,27 +18,16 @@ def test_resume_is_bitwise_identical(dtype, name, kwargs):
     rng = np.random.default_rng(1)
     start = random_arrays(rng, SIZES, dtype)
     grads = [random_arrays(rng, SIZES, dtype) for _ in range(8)]
-    cls = getattr(fusedopt, name)
 
-    def groups(params):
-        return [{"params": params[:1]}, {"params": params[1:], "lr": 0.05}]
+    def carry_over(first, fresh):
+        saved = first.state_dict()
+        for i, entry in enumerate(first.state):  # scalar state (NAdam's mu_product) included
+            assert saved["state"][i].keys() == entry.keys()
+            for key, value in entry.items():
+                np.testing.assert_array_equal(saved["state"][i][key], value, err_msg=f"saved state[{i}][{key!r}]")
+        fresh.load_state_dict(saved)
 
-    uninterrupted_params = [p.copy() for p in start]
-    uninterrupted = cls(groups(uninterrupted_params), **kwargs)
-    for g in grads:
-        uninterrupted.step(g)
-
-    first_params = [p.copy() for p in start]
-    first = cls(groups(first_params), **kwargs)
-    for g in grads[:3]:
-        first.step(g)
-    saved = first.state_dict()
-
-    resumed_params = [p.copy() for p in first_params]
-    resumed = cls(groups(resumed_params), **kwargs)
-    resumed.load_state_dict(saved)
-    for g in grads[3:]:
-        resumed.step(g)
+    resumed, uninterrupted = resume_and_uninterrupted(name, kwargs, start, grads, stop=3, carry_over=carry_over)
 
     got, want = all_arrays(resumed), all_arrays(uninterrupted)
     assert got.keys() == want.keys()
@@ -128,3 +119,17 @@ def test_bad_state_dict_changes_nothing(make, error, pattern):
     for i, entry in before["state"].items():
         for key, value in entry.items():
             np.testing.assert_array_equal(after["state"][i][key], value)
+
+
+@pytest.mark.parametrize("value", [None, "1.0", True, math.nan], ids=["missing", "str", "bool", "nan"])
+def test_nadam_load_state_dict_checks_mu_product(rng, value):
+    params = random_arrays(rng, [3], np.float64)
+    opt = fusedopt.NAdam(params)
+    saved = opt.state_dict()
+    if value is None:
+        del saved["state"][0]["mu_product"]
+    else:
+        saved["state"][0]["mu_product"] = value
+    with pytest.raises(ValueError, match=r"params\[0\] needs 'mu_product', a finite number"):
+        opt.load_state_dict(saved)
+    assert opt.state[0]["mu_product"] == 1.0
