@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "arrays.hpp"
 #include "dispatch.hpp"
 #include "rule_list.hpp"
 #include "parallel.hpp"
@@ -21,7 +22,8 @@ namespace {
 struct RuleBinding {
   const char* name;
   const char* summary;
-  py::object (*step)(py::handle param_groups, py::handle grads, py::handle state, bool check_finite);
+  py::object (*step)(py::handle param_groups, py::handle grads, py::handle state, bool check_finite,
+                     py::handle grad_scale);
   fusedopt::StateKeys (*state_keys)(py::handle group);
   void (*check_group)(py::handle group, std::int64_t index);
 };
@@ -42,13 +44,16 @@ void bind_rule_class(py::module_& m) {
       .def(
           "step",
           [](const RuleBinding& r, py::handle param_groups, py::handle grads, py::handle state,
-             bool check_finite) { return r.step(param_groups, grads, state, check_finite); },
-          "param_groups"_a, "grads"_a, "state"_a, "check_finite"_a = false,
+             bool check_finite, py::handle grad_scale) {
+            return r.step(param_groups, grads, state, check_finite, grad_scale);
+          },
+          "param_groups"_a, "grads"_a, "state"_a, "check_finite"_a = false, "grad_scale"_a = py::none(),
           "One step over every param of every group, in one call and one parallel region.\n"
           "grads and state are aligned with the params of all groups in order; a None grad\n"
           "skips its param. Raises TypeError/ValueError before any array is changed.\n"
           "With check_finite, a step whose grads hold a NaN or an infinity changes nothing\n"
-          "and returns the index of the first such grad; otherwise returns None.")
+          "and returns the index of the first such grad; otherwise returns None.\n"
+          "With grad_scale, every grad is divided by it as it is read (loss scaling).")
       .def(
           "check_group", [](const RuleBinding& r, py::handle group, std::int64_t index) { r.check_group(group, index); },
           "group"_a, "index"_a = 0, "Validate one param group's hyperparameters (errors name group `index`).")
@@ -75,19 +80,28 @@ void bind_rule_class(py::module_& m) {
           "({array key: initial element value}, {scalar key: initial value}).")
       .def(
           "initial_state",
-          [](const RuleBinding& r, py::handle group, py::handle param) {
+          [](const RuleBinding& r, py::handle group, py::handle param_object) {
             const fusedopt::StateKeys keys = r.state_keys(group);
-            const py::object full_like = py::module_::import("numpy").attr("full_like");
+            const fusedopt::StorageOptions storage = fusedopt::read_storage_options(fusedopt::GroupReader(group, 0));
+            const fusedopt::ArrayLabel label{"params", 0};
+            const py::array param = fusedopt::as_array(param_object, label);
+            const fusedopt::Dtype dtype = fusedopt::check_param(param, label).dtype;
+            storage.check_param(dtype, 0);
             py::dict state;
             state["step"] = 0;
-            for (int k = 0; k < keys.array_count; ++k)
-              state[keys.arrays[k].name] = full_like(param, keys.arrays[k].initial);
+            for (int k = 0; k < keys.array_count; ++k) {
+              const fusedopt::StateKey& key = keys.arrays[k];
+              state[key.name] = fusedopt::filled_like(param, storage.state_dtype(key.name, dtype), key.initial);
+            }
             for (int k = 0; k < keys.scalar_count; ++k) state[keys.scalars[k].name] = keys.scalars[k].initial;
+            if (storage.master_weights) state["master_param"] = fusedopt::float32_copy(param, dtype);
+            if (storage.kahan_sum) state["kahan_comp"] = fusedopt::filled_like(param, dtype, 0.0);
             return state;
           },
           "group"_a, "param"_a,
-          "One param's state before its first step: {'step': 0, every state array shaped like\n"
-          "param and every scalar at its initial value}.")
+          "One param's state before its first step: {'step': 0, every state array shaped and laid\n"
+          "out like param (in the group's state_dtype) and every scalar at its initial value, and\n"
+          "the master copy or Kahan compensation the group's storage options keep}.")
       .def("__repr__", [](const RuleBinding& r) { return std::string("<fusedopt._core.Rule ") + r.name + ">"; });
 }
 

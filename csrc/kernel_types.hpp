@@ -12,15 +12,19 @@
 
 namespace fusedopt {
 
-// How an array's elements are stored: the index of the passes over arrays
-// (finite check, norms, scale, clamp) in a KernelTable.
-enum Dtype : int { kFloat32 = 0, kFloat64 = 1, kDtypeCount = 2 };
+// How an array's elements are stored. The passes over arrays (finite
+// check, norms, scale, clamp) are indexed by it in a KernelTable; bfloat16
+// and float16 are stored as their 16 raw bits.
+enum Dtype : int { kFloat32 = 0, kFloat64 = 1, kBfloat16 = 2, kFloat16 = 3, kDtypeCount = 4 };
+constexpr int kFloatDtypeCount = 2;  // the passes over grads take float32 and float64 only
 
 // The arithmetic a rule's loop does: the index of its kernels in a
-// KernelTable row. Today each compute type has one storage dtype of its own;
-// docs/architecture.md says how 16-bit storage joins float32 compute.
+// KernelTable row. float32 is the compute type of float32 and of both 16-bit
+// formats, which are staged through it (docs/architecture.md).
 enum Compute : int { kComputeFloat32 = 0, kComputeFloat64 = 1, kComputeCount = 2 };
 constexpr Compute compute_of(Dtype dtype) { return dtype == kFloat64 ? kComputeFloat64 : kComputeFloat32; }
+constexpr Dtype dtype_of(Compute compute) { return compute == kComputeFloat64 ? kFloat64 : kFloat32; }
+constexpr int itemsize(Dtype dtype) { return dtype == kFloat64 ? 8 : dtype == kFloat32 ? 4 : 2; }
 
 // The update rules, in KernelTable order, from rule_list.hpp (kRoof, last,
 // is the benchmarks' memory roof).
@@ -54,13 +58,46 @@ enum NormKind : int { kNormL1, kNormL2, kNormLp, kNormLinf, kNormKindCount };
 using ReduceKernel = double (*)(const void* scalars, const void* data, std::int64_t begin,
                                 std::int64_t end);
 
+// How the staged kernel writes a tile of the param back (see StagedScalars).
+enum class ParamStore : int {
+  kNearest,     // round to nearest even, as NumPy, ml_dtypes and torch convert
+  kStochastic,  // round up with probability (x - down) / (up - down), from counter-based random bits
+  kKahan,       // round to nearest, and carry what the rounding dropped in a compensation stream
+};
+
+// The scalars of a staged task: a rule kernel over compute-type streams, and
+// how each of the task's streams is stored. The staged kernel walks its
+// piece in tiles, loads every stream not stored in the compute type into a
+// tile (the grad divided by grad_scale, when set), runs `kernel` on the
+// tiles, and stores the written streams back (streams 0 and 2.., never the
+// grad). With master weights streams[0] is the float32 master copy and
+// `param_copy` the 16-bit param, written as the rounded master.
+struct StagedScalars {
+  Kernel kernel;                // the rule's kernel for the compute type
+  const void* scalars;          // its scalars
+  int stream_count;             // w, g and the state arrays
+  Dtype dtypes[kMaxStreams];    // how each stream is stored
+  bool scale_grad;              // divide the grad by grad_scale while loading it
+  double grad_scale;
+  ParamStore param_store;
+  void* kahan_compensation;     // kKahan: the compensation, stored as dtypes[0]
+  std::uint64_t random_key;     // kStochastic: hash of (seed, step, the param's position)
+  void* param_copy;             // master weights: the param, written as the rounded streams[0]
+  Dtype param_copy_dtype;
+};
+
 struct KernelTable {
   const char* target;  // the name FUSEDOPT_ISA uses
   Kernel kernels[kRuleCount][kComputeCount];
+  Kernel staged[kComputeCount];  // scalars: a StagedScalars
   FiniteCheck all_finite[kDtypeCount];
-  ReduceKernel norm_partial[kNormKindCount][kDtypeCount];
-  Kernel scale[kDtypeCount];  // streams[0] *= factor            (ScaleScalars)
-  Kernel clamp[kDtypeCount];  // streams[0] = clamp(., -c, c)    (ClampScalars)
+  ReduceKernel norm_partial[kNormKindCount][kFloatDtypeCount];
+  Kernel scale[kFloatDtypeCount];  // streams[0] *= factor            (ScaleScalars)
+  Kernel clamp[kFloatDtypeCount];  // streams[0] = clamp(., -c, c)    (ClampScalars)
+  // Conversions between storage and float32 (tests and the reference check them):
+  // to_float32[d](src, dst, n) and from_float32[d](src, dst, n), round to nearest even.
+  void (*to_float32[kDtypeCount])(const void* src, float* dst, std::int64_t count);
+  void (*from_float32[kDtypeCount])(const float* src, void* dst, std::int64_t count);
 };
 
 // Per-tensor, per-step scalars, computed once per call in double by rules.cpp

@@ -360,6 +360,260 @@ void lion(const void* scalars, void* const* streams, int64_t begin, int64_t end)
   }
 }
 
+// ------------------------------------------------------- 16-bit storage
+// bfloat16 and float16 elements as their raw bits, converted with integer
+// arithmetic (and float additions that are exact), written as selects so
+// that the loops vectorise on every target and give the same bits on all.
+// Round to nearest even, as NumPy, ml_dtypes and torch convert; NaN and
+// overflow as NumPy and ml_dtypes do (docs/precision.md).
+
+inline std::uint32_t bits_of(float x) { return __builtin_bit_cast(std::uint32_t, x); }
+inline float float_of(std::uint32_t u) { return __builtin_bit_cast(float, u); }
+
+// bfloat16 is the top half of a float32.
+inline float bf16_load(std::uint16_t h) { return float_of(std::uint32_t(h) << 16); }
+
+inline std::uint16_t bf16_nearest(float x) {
+  const std::uint32_t u = bits_of(x);
+  const std::uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;  // ties to even
+  const std::uint32_t quiet_nan = ((u >> 16) & 0x8000u) | 0x7FC0u;      // the sign kept, as ml_dtypes
+  return static_cast<std::uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? quiet_nan : rounded);
+}
+
+// float16: exponent 5 bits (bias 15), mantissa 10 bits. NaN keeps the top
+// of its payload and stays a NaN; subnormals are exact.
+inline float f16_load(std::uint16_t h) {
+  const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16;
+  const std::uint32_t magnitude = std::uint32_t(h & 0x7FFFu) << 13;  // exponent and mantissa, aligned
+  const std::uint32_t exponent = magnitude & 0x0F800000u;
+  const std::uint32_t normal = magnitude + ((127u - 15u) << 23);
+  const std::uint32_t special = magnitude + ((255u - 31u) << 23);  // inf and NaN: all-ones exponent
+  // A subnormal half is m * 2^-24: scale m's bits into a float and subtract the implicit one (exact).
+  const std::uint32_t subnormal = bits_of(float_of(magnitude + (113u << 23)) - float_of(113u << 23));
+  const std::uint32_t out = exponent == 0x0F800000u ? special : exponent == 0 ? subnormal : normal;
+  return float_of(sign | out);
+}
+
+inline std::uint16_t f16_nearest(float x) {
+  const std::uint32_t u = bits_of(x);
+  const std::uint32_t sign = (u >> 16) & 0x8000u;
+  const std::uint32_t a = u & 0x7FFFFFFFu;
+  // Normal halves: rebias the exponent, round the 13 dropped bits to nearest even.
+  const std::uint32_t normal = (a - ((127u - 15u) << 23) + 0xFFFu + ((a >> 13) & 1u)) >> 13;
+  // Subnormal halves (and zero): adding 0.5 puts the half's bits at the bottom of
+  // the float's mantissa, and the float addition rounds them to nearest even.
+  const std::uint32_t subnormal = bits_of(float_of(a) + 0.5f) - bits_of(0.5f);
+  const std::uint32_t nan = 0x7C00u | (a >> 13 & 0x3FFu) | ((a & 0x7FE000u) == 0 ? 1u : 0u);
+  std::uint32_t out = a < 0x38800000u ? subnormal : normal;
+  out = a >= 0x47800000u ? 0x7C00u : out;  // 65536 and above: infinity (rounding reaches it below)
+  out = a > 0x7F800000u ? nan : out;
+  return static_cast<std::uint16_t>(sign | out);
+}
+
+// Counter-based random bits for stochastic rounding: a hash of the tensor's
+// key (seed, step, the param's position) and the element's index, so every
+// thread count, tile, SIMD lane and shard draws the same bits (murmur3's
+// finaliser, twice). The reference computes the same in NumPy.
+inline std::uint32_t mix32(std::uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x85EBCA6Bu;
+  x ^= x >> 13;
+  x *= 0xC2B2AE35u;
+  x ^= x >> 16;
+  return x;
+}
+
+inline std::uint32_t random16(std::uint64_t key, std::int64_t index) {
+  const auto i = static_cast<std::uint64_t>(index);
+  const std::uint32_t x = mix32(static_cast<std::uint32_t>(i) ^ static_cast<std::uint32_t>(key));
+  return mix32(x ^ static_cast<std::uint32_t>(i >> 32) ^ static_cast<std::uint32_t>(key >> 32)) >> 16;
+}
+
+// Stochastic rounding to bfloat16: add 16 random bits below the kept half
+// and truncate, so x rounds up with probability (dropped bits) / 2^16, exactly
+// its distance to the lower neighbour. NaN as round-to-nearest.
+inline std::uint16_t bf16_stochastic(float x, std::uint32_t random) {
+  const std::uint32_t u = bits_of(x);
+  const std::uint32_t rounded = (u + random) >> 16;
+  return (u & 0x7FFFFFFFu) > 0x7F800000u ? bf16_nearest(x) : static_cast<std::uint16_t>(rounded);
+}
+
+// Stochastic rounding to float16: truncate |x| to the half below it, then
+// step up one ulp with probability (what the truncation dropped) / (the ulp),
+// compared at 16 bits: exact for normal halves (an ulp is 13 dropped bits),
+// within 2^-16 of an ulp below 2^-14. Beyond the largest half, NaN and
+// infinity as round-to-nearest.
+inline std::uint16_t f16_stochastic(float x, std::uint32_t random) {
+  const std::uint32_t u = bits_of(x);
+  const std::uint32_t a = u & 0x7FFFFFFFu;
+  const std::uint32_t e = a >> 23;  // the float's biased exponent
+  // A normal half keeps the float's top 10 mantissa bits and drops 13.
+  const std::uint32_t normal_kept = (a - ((127u - 15u) << 23)) >> 13;
+  const std::uint32_t normal_scaled = (a & 0x1FFFu) << 3;
+  // Below 2^-14 the half counts units of 2^-24: |x| / 2^-24 = mantissa / 2^drop.
+  const std::uint32_t mantissa = e == 0 ? a : (a & 0x7FFFFFu) | 0x800000u;
+  const std::uint32_t drop = 126u - (e == 0 ? 1u : e);       // >= 14 when e < 113
+  const std::uint32_t shift = drop > 31u ? 31u : drop;        // mantissa < 2^24: 31 drops it all
+  const std::uint32_t sub_kept = mantissa >> shift;
+  const std::uint32_t sub_dropped = mantissa & ((1u << shift) - 1u);
+  const std::uint32_t down = drop - 16u > 31u ? 31u : drop - 16u;  // drop >= 16 here
+  const std::uint32_t sub_scaled = drop >= 16u ? sub_dropped >> down : sub_dropped << (16u - drop);
+  const bool is_normal = e >= 113u;
+  const std::uint32_t kept = is_normal ? normal_kept : sub_kept;
+  const std::uint32_t scaled = is_normal ? normal_scaled : sub_scaled;
+  const std::uint32_t out = ((u >> 16) & 0x8000u) | (kept + (scaled > random ? 1u : 0u));
+  return static_cast<std::uint16_t>(a >= 0x47800000u ? f16_nearest(x) : out);
+}
+
+void bf16_to_float32(const void* src, float* __restrict dst, int64_t count) {
+  const auto* __restrict h = static_cast<const std::uint16_t*>(src);
+  for (int64_t i = 0; i < count; ++i) dst[i] = bf16_load(h[i]);
+}
+
+void f16_to_float32(const void* src, float* __restrict dst, int64_t count) {
+  const auto* __restrict h = static_cast<const std::uint16_t*>(src);
+  for (int64_t i = 0; i < count; ++i) dst[i] = f16_load(h[i]);
+}
+
+void float32_to_bf16(const float* __restrict src, void* dst, int64_t count) {
+  auto* __restrict h = static_cast<std::uint16_t*>(dst);
+  for (int64_t i = 0; i < count; ++i) h[i] = bf16_nearest(src[i]);
+}
+
+void float32_to_f16(const float* __restrict src, void* dst, int64_t count) {
+  auto* __restrict h = static_cast<std::uint16_t*>(dst);
+  for (int64_t i = 0; i < count; ++i) h[i] = f16_nearest(src[i]);
+}
+
+void float32_to_float32(const float* __restrict src, void* dst, int64_t count) {
+  float* __restrict out = static_cast<float*>(dst);
+  for (int64_t i = 0; i < count; ++i) out[i] = src[i];
+}
+
+void float32_from_float32(const void* src, float* __restrict dst, int64_t count) {
+  const float* __restrict in = static_cast<const float*>(src);
+  for (int64_t i = 0; i < count; ++i) dst[i] = in[i];
+}
+
+void float64_to_float32(const void* src, float* __restrict dst, int64_t count) {
+  const double* __restrict in = static_cast<const double*>(src);
+  for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<float>(in[i]);
+}
+
+void float32_to_float64(const float* __restrict src, void* dst, int64_t count) {
+  double* __restrict out = static_cast<double*>(dst);
+  for (int64_t i = 0; i < count; ++i) out[i] = src[i];
+}
+
+// ------------------------------------------------------ the staged kernel
+// Runs a rule's kernel on streams stored in other formats than its compute
+// type T (docs/architecture.md): tile by tile, each stream not stored as T
+// is loaded into a tile, the kernel runs on the tiles, and the written
+// streams are stored back. Elements are independent, so tiling changes no
+// result: a staged step is exactly "load, the T step, store".
+constexpr int64_t kTile = 256;  // elements: a tile of every stream stays in L1
+
+template <class T>
+void load_tile(Dtype dtype, const void* stream, int64_t start, T* __restrict tile, int64_t n) {
+  if constexpr (sizeof(T) == sizeof(double)) {
+    const double* __restrict in = static_cast<const double*>(stream) + start;  // only float64 reaches here
+    for (int64_t i = 0; i < n; ++i) tile[i] = in[i];
+  } else {
+    const auto* bytes = static_cast<const char*>(stream) + start * itemsize(dtype);
+    switch (dtype) {
+      case kBfloat16: return bf16_to_float32(bytes, tile, n);
+      case kFloat16: return f16_to_float32(bytes, tile, n);
+      default: return float32_from_float32(bytes, tile, n);
+    }
+  }
+}
+
+// Round to nearest even into `dtype` (only 16-bit formats are ever stored from a tile of floats).
+inline void store_nearest(Dtype dtype, const float* __restrict tile, void* stream, int64_t start, int64_t n) {
+  auto* bits = static_cast<std::uint16_t*>(stream) + start;
+  if (dtype == kBfloat16)
+    float32_to_bf16(tile, bits, n);
+  else
+    float32_to_f16(tile, bits, n);
+}
+
+inline void store_stochastic(Dtype dtype, const float* __restrict tile, void* stream, int64_t start, int64_t n,
+                             std::uint64_t key) {
+  std::uint16_t* __restrict out = static_cast<std::uint16_t*>(stream) + start;
+  if (dtype == kBfloat16) {
+    for (int64_t i = 0; i < n; ++i) out[i] = bf16_stochastic(tile[i], random16(key, start + i));
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = f16_stochastic(tile[i], random16(key, start + i));
+  }
+}
+
+// Kahan-compensated store of the param (optimi's kahan_sum): with w the
+// stored param and c the compensation, both in `dtype`, and w' the kernel's
+// float result:
+//   y <- c + (w' - w);  w <- round(w + y);  c <- round(y - (w_new - w))
+template <class Load, class Round>
+void kahan_loop(const float* __restrict updated, std::uint16_t* __restrict w, std::uint16_t* __restrict c,
+                int64_t n, Load load, Round round) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float old = load(w[i]);
+    const float y = load(c[i]) + (updated[i] - old);  // the update plus what earlier stores dropped
+    const std::uint16_t stored = round(old + y);
+    w[i] = stored;
+    c[i] = round(y - (load(stored) - old));           // what this store dropped
+  }
+}
+
+inline void store_kahan(Dtype dtype, const float* tile, void* stream, void* compensation, int64_t start,
+                        int64_t n) {
+  auto* w = static_cast<std::uint16_t*>(stream) + start;
+  auto* c = static_cast<std::uint16_t*>(compensation) + start;
+  if (dtype == kBfloat16)
+    kahan_loop(tile, w, c, n, bf16_load, bf16_nearest);
+  else
+    kahan_loop(tile, w, c, n, f16_load, f16_nearest);
+}
+
+template <class T>
+void staged(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  const auto& s = *static_cast<const StagedScalars*>(scalars);
+  constexpr Dtype kNative = sizeof(T) == sizeof(double) ? kFloat64 : kFloat32;
+  alignas(64) T tiles[kMaxStreams][kTile];
+  void* operands[kMaxStreams] = {};
+  bool in_tile[kMaxStreams] = {};
+  for (int k = 0; k < s.stream_count; ++k) in_tile[k] = s.dtypes[k] != kNative || (k == 1 && s.scale_grad);
+  const T grad_scale = T(s.grad_scale);
+  for (int64_t start = begin; start < end; start += kTile) {
+    const int64_t n = end - start < kTile ? end - start : kTile;
+    for (int k = 0; k < s.stream_count; ++k) {
+      if (!in_tile[k]) {
+        operands[k] = static_cast<T*>(streams[k]) + start;
+        continue;
+      }
+      load_tile(s.dtypes[k], streams[k], start, tiles[k], n);
+      operands[k] = tiles[k];
+    }
+    if (s.scale_grad) {
+      T* __restrict g = tiles[1];
+      for (int64_t i = 0; i < n; ++i) g[i] = g[i] / grad_scale;  // g <- g / grad_scale (unscale)
+    }
+    s.kernel(s.scalars, operands, 0, n);
+    if constexpr (kNative == kFloat32) {
+      for (int k = 0; k < s.stream_count; ++k) {
+        if (k == 1 || !in_tile[k]) continue;  // the grad is never written back
+        if (k > 0 || s.param_store == ParamStore::kNearest)
+          store_nearest(s.dtypes[k], tiles[k], streams[k], start, n);
+        else if (s.param_store == ParamStore::kStochastic)
+          store_stochastic(s.dtypes[k], tiles[k], streams[k], start, n, s.random_key);
+        else
+          store_kahan(s.dtypes[k], tiles[k], streams[k], s.kahan_compensation, start, n);
+      }
+      // Master weights: the param is the rounded master.
+      if (s.param_copy != nullptr)
+        store_nearest(s.param_copy_dtype, static_cast<const float*>(operands[0]), s.param_copy, start, n);
+    }
+  }
+}
+
 // -------------------------------------------------------------------- Roof
 // The memory traffic of a rule with trivial arithmetic: every written stream
 // gets the sum of the read-only streams added. Measures what the hardware
@@ -419,6 +673,20 @@ bool all_finite(const void* data, int64_t begin, int64_t end) {
       for (int l = 0; l < kLanes; ++l) lane[l] = lane[l] + (x[i + l] - x[i + l]);
     for (int l = 0; i < chunk_end; ++i, ++l) lane[l] = lane[l] + (x[i] - x[i]);
     if (sum_lanes(lane) != T(0)) return false;
+  }
+  return true;
+}
+
+// A 16-bit float is a NaN or an infinity exactly when its exponent bits are
+// all ones: bfloat16 0x7F80, float16 0x7C00.
+template <std::uint16_t kExponentMask>
+bool all_finite_bits(const void* data, int64_t begin, int64_t end) {
+  const std::uint16_t* __restrict x = static_cast<const std::uint16_t*>(data);
+  for (int64_t chunk = begin; chunk < end; chunk += kFiniteChunk) {
+    const int64_t chunk_end = end - chunk < kFiniteChunk ? end : chunk + kFiniteChunk;
+    std::uint32_t bad = 0;
+    for (int64_t i = chunk; i < chunk_end; ++i) bad |= (x[i] & kExponentMask) == kExponentMask;
+    if (bad) return false;
   }
   return true;
 }
@@ -487,7 +755,8 @@ extern const KernelTable kernel_table = {
 #undef FUSEDOPT_KERNEL_ROW
         /* kRoof */ {roof<float>, roof<double>},
     },
-    {all_finite<float>, all_finite<double>},
+    {staged<float>, staged<double>},
+    {all_finite<float>, all_finite<double>, all_finite_bits<0x7F80>, all_finite_bits<0x7C00>},
     {
         /* kNormL1   */ {norm_partial<float, kNormL1>, norm_partial<double, kNormL1>},
         /* kNormL2   */ {norm_partial<float, kNormL2>, norm_partial<double, kNormL2>},
@@ -496,6 +765,8 @@ extern const KernelTable kernel_table = {
     },
     {scale<float>, scale<double>},
     {clamp<float>, clamp<double>},
+    {float32_from_float32, float64_to_float32, bf16_to_float32, f16_to_float32},
+    {float32_to_float32, float32_to_float64, float32_to_bf16, float32_to_f16},
 };
 
 }  // namespace FUSEDOPT_TARGET

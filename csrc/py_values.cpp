@@ -75,6 +75,11 @@ py::handle GroupReader::get(const char* name) const {
   return value;
 }
 
+PyObject* GroupReader::optional(const char* name) const {
+  PyObject* value = dict_item(group_, name);
+  return value == Py_None ? nullptr : value;
+}
+
 std::string GroupReader::label(const char* name, int element) const {
   if (element < 0) return where(name);
   return std::string(name) + "[" + std::to_string(element) + "] (param group " +

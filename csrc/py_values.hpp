@@ -66,6 +66,9 @@ class GroupReader {
   bool flag(const char* name) const;
   std::string choice(const char* name, std::initializer_list<const char*> options) const;
   [[noreturn]] void fail(const std::string& message) const;  // ValueError
+  // The value of an optional key (a borrowed reference), or nullptr when absent or None.
+  PyObject* optional(const char* name) const;
+  std::int64_t index() const { return index_; }
 
  private:
   py::handle get(const char* name) const;

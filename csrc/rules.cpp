@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "arrays.hpp"
+
 namespace fusedopt {
 
 MomentumRule::Hyper MomentumRule::read(const GroupReader& group) {
@@ -223,6 +225,71 @@ StateKeys LionRule::state_keys(const Hyper&) { return StateKeys().array("exp_avg
 
 LionRule::Scalars LionRule::scalars(const Hyper& h, StepContext) {
   return {h.lr, h.beta1, h.beta2, 1.0 - h.lr * h.weight_decay, h.maximize ? -1.0 : 1.0};
+}
+
+// ---------------------------------------------------------------- storage
+
+StorageOptions read_storage_options(const GroupReader& group) {
+  StorageOptions o;
+  o.group_index = group.index();
+  if (group.optional("master_weights")) o.master_weights = group.flag("master_weights");
+  if (group.optional("kahan_sum")) o.kahan_sum = group.flag("kahan_sum");
+  if (group.optional("rounding")) o.stochastic = group.choice("rounding", {"nearest", "stochastic"}) == "stochastic";
+  if (PyObject* seed = group.optional("seed")) {
+    if (PyBool_Check(seed) || !PyLong_Check(seed)) group.fail("seed must be an int in [0, 2**64)");
+    o.seed = PyLong_AsUnsignedLongLong(seed);
+    if (PyErr_Occurred()) {
+      PyErr_Clear();
+      group.fail("seed must be an int in [0, 2**64)");
+    }
+  }
+  if (o.master_weights + o.kahan_sum + o.stochastic > 1)
+    group.fail("master_weights, kahan_sum and rounding='stochastic' are three answers to the same problem: "
+               "choose one");
+  if (PyObject* value = group.optional("state_dtype")) {
+    const auto parse = [&group](py::handle name, const std::string& where) {
+      Dtype dtype;
+      if (!PyUnicode_Check(name.ptr()) || !dtype_from_name(name.cast<std::string>(), &dtype))
+        group.fail(where + " must be one of 'float32', 'float64', 'bfloat16', 'float16', got " +
+                   py::repr(name).cast<std::string>());
+      return dtype;
+    };
+    if (PyDict_Check(value)) {
+      for (auto item : py::reinterpret_borrow<py::dict>(value)) {
+        if (!PyUnicode_Check(item.first.ptr())) group.fail("state_dtype's keys must be state keys (str)");
+        const std::string key = item.first.cast<std::string>();
+        o.state_dtype_per_key.push_back({key, parse(item.second, "state_dtype['" + key + "']")});
+      }
+    } else {
+      o.state_dtype_given = true;
+      o.state_dtype_all = parse(value, "state_dtype");
+    }
+  }
+  return o;
+}
+
+Dtype StorageOptions::state_dtype(const char* key, Dtype param_dtype) const {
+  for (const KeyDtype& entry : state_dtype_per_key)
+    if (entry.key == key) return entry.dtype;
+  return state_dtype_given ? state_dtype_all : param_dtype;
+}
+
+void StorageOptions::check_param(Dtype param_dtype, std::size_t group) const {
+  const auto check_state = [&](Dtype dtype, const std::string& where) {
+    if (compute_of(dtype) != compute_of(param_dtype))
+      throw py::value_error(where + " is " + dtype_name(dtype) + ", but param group " + std::to_string(group) +
+                            " holds a " + dtype_name(param_dtype) + " param (" +
+                            (param_dtype == kFloat64 ? "float64 params keep float64 state"
+                                                     : "its state may be float32, bfloat16 or float16") + ")");
+  };
+  if (state_dtype_given) check_state(state_dtype_all, "state_dtype");
+  for (const KeyDtype& entry : state_dtype_per_key) check_state(entry.dtype, "state_dtype['" + entry.key + "']");
+  if (param_dtype == kBfloat16 || param_dtype == kFloat16) return;
+  const char* option = master_weights ? "master_weights" : kahan_sum ? "kahan_sum"
+                       : stochastic ? "rounding='stochastic'" : nullptr;
+  if (option != nullptr)
+    throw py::value_error(std::string(option) + " is for bfloat16 and float16 params, but param group " +
+                          std::to_string(group) + " holds a " + dtype_name(param_dtype) + " param");
 }
 
 }  // namespace fusedopt

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "kernel_types.hpp"
 #include "py_values.hpp"
@@ -163,6 +165,29 @@ struct LionRule {
   static StateKeys state_keys(const Hyper& h);
   static Scalars scalars(const Hyper& h, StepContext step);
 };
+
+// The options every rule shares, read from a group beside the rule's own:
+// how its arrays are stored (docs/architecture.md). All are optional: a group
+// without them keeps its state in the param's dtype and rounds to nearest.
+//   state_dtype     None (the param's), a dtype name, or {state key: name}
+//   master_weights  a float32 master copy (state key "master_param") for a 16-bit param
+//   kahan_sum       a compensation buffer (state key "kahan_comp") for a 16-bit param
+//   rounding        "nearest" or "stochastic" (16-bit params), with `seed`, an int in [0, 2**64)
+struct StorageOptions {
+  bool master_weights = false, kahan_sum = false, stochastic = false;
+  std::uint64_t seed = 0;
+  bool state_dtype_given = false;  // one dtype for every state array
+  Dtype state_dtype_all = kFloat32;
+  struct KeyDtype { std::string key; Dtype dtype; };
+  std::vector<KeyDtype> state_dtype_per_key;
+  std::int64_t group_index = 0;
+
+  // The dtype a new state array of `key` is made in, for a param of `param_dtype`.
+  Dtype state_dtype(const char* key, Dtype param_dtype) const;
+  // ValueError when an option makes no sense for a param of this dtype.
+  void check_param(Dtype param_dtype, std::size_t group) const;
+};
+StorageOptions read_storage_options(const GroupReader& group);
 
 // Every rule's streams fit a Task: w, g and at most kMaxStateArrays more.
 #define FUSEDOPT_CHECK_STREAMS(Type, name, summary)                                \

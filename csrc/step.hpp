@@ -26,11 +26,23 @@ constexpr std::int64_t kMaxStep = (std::int64_t(1) << 53) - 1;
 // parallel region, before any update: if one holds any, nothing at all is
 // written (params, state arrays, step counts, scalar state) and the index of
 // the first such grad is returned. Returns None when the step was applied.
+//
+// With grad_scale (a number > 0, or None), every grad is divided by it as it
+// is loaded (loss scaling; the grads themselves are not written).
 template <class Rule>
-py::object step(py::handle param_groups, py::handle grads, py::handle state, bool check_finite);
+py::object step(py::handle param_groups, py::handle grads, py::handle state, bool check_finite,
+                py::handle grad_scale);
+
+// A step's grad_scale, read and checked.
+struct GradScale {
+  bool active = false;  // a scale other than 1
+  double value = 1.0;
+};
+GradScale read_grad_scale(py::handle value);
 
 // Checks that each array of `params` could be a param (a writeable, aligned,
-// C-contiguous float32/float64 ndarray); errors name params[first_index + k].
+// dense float32/float64/bfloat16/float16 ndarray, none overlapping another);
+// errors name params[first_index + k].
 void check_params(py::handle params, std::int64_t first_index);
 
 // The memory roof: for each tensor, a list [a_1, ..., a_k, b] of arrays of one
