@@ -32,7 +32,11 @@ template <class Rule>
 RuleBinding bind(const char* name, const char* summary) {
   return {name, summary, &fusedopt::step<Rule>,
           [](py::handle group) { return Rule::state_keys(Rule::read(fusedopt::GroupReader(group, 0))); },
-          [](py::handle group, std::int64_t index) { Rule::read(fusedopt::GroupReader(group, index)); }};
+          [](py::handle group, std::int64_t index) {
+            const fusedopt::GroupReader reader(group, index);
+            Rule::read(reader);
+            fusedopt::read_storage_options(reader);
+          }};
 }
 
 void bind_rule_class(py::module_& m) {

@@ -9,6 +9,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import _core
+from .precision import normalized_group, state_dtypes, storage_options, storage_state_keys
 from .rule import MAX_STEP, NonFiniteGradError, Rule, nonfinite_grad_error
 
 __all__ = ["Optimizer", "NonFiniteGradError", "NONFINITE_POLICIES"]
@@ -43,18 +44,40 @@ class Optimizer:
     - ``"raise"``: checked likewise; nothing changes and
       :class:`NonFiniteGradError` names the first offending ``grads[i]``
       (``skipped_steps`` goes up too).
+
+    Precision (see docs/precision.md): params may be float32, float64,
+    bfloat16 (``ml_dtypes.bfloat16``) or float16; the arithmetic of a 16-bit
+    param is float32, in the float32 kernel's order, so a 16-bit step is
+    exactly "upcast, the float32 step, store". Keyword options, stored in
+    every param group (a group may override them):
+
+    - ``state_dtype``: ``None`` (the param's dtype, as torch), a dtype
+      (``np.float32`` for 16-bit params: DeepSpeed's fp32 optimizer states;
+      a 16-bit dtype for float32 params), or ``{state key: dtype}``.
+    - ``master_weights=True`` (16-bit params): a float32 copy of the param in
+      the state (``"master_param"``) is stepped, and the param written as its
+      rounded copy in the same pass: the run is bitwise the float32 run.
+    - ``kahan_sum=True`` (16-bit params): a compensation buffer in the param's
+      dtype (``"kahan_comp"``) carries what each store of the param dropped.
+    - ``rounding="stochastic"`` (16-bit params) with ``seed`` (an int): the
+      param is rounded up with probability equal to its distance to the
+      lower neighbour, from random bits keyed by (seed, step, the param's
+      position, element index): the same bits for any thread count or split.
     """
 
     rule: Rule  # set by each subclass
 
-    def __init__(self, params: Iterable, defaults: Mapping[str, Any], *, nonfinite: str = "apply"):
+    def __init__(self, params: Iterable, defaults: Mapping[str, Any], *, nonfinite: str = "apply",
+                 state_dtype: Any = None, master_weights: bool = False, kahan_sum: bool = False,
+                 rounding: str = "nearest", seed: int = 0):
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(
                 f"nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, got {nonfinite!r}"
             )
         self.nonfinite = nonfinite
         self.skipped_steps = 0  # steps not applied because a gradient was not finite
-        self.defaults = dict(defaults)
+        self.defaults = {**defaults, **storage_options(state_dtype=state_dtype, master_weights=master_weights,
+                                                       kahan_sum=kahan_sum, rounding=rounding, seed=seed)}
         self.param_groups: list[dict[str, Any]] = []
         self.state: list[dict[str, Any]] = []
         groups = _as_list(params, "params")
@@ -66,13 +89,18 @@ class Optimizer:
             self.add_param_group(group)
 
     # ------------------------------------------------------------------ step
-    def step(self, grads: Sequence[np.ndarray | None]) -> bool:
+    def step(self, grads: Sequence[np.ndarray | None], grad_scale: float | None = None) -> bool:
         """Update every param in place from ``grads`` (aligned with the params).
+
+        ``grad_scale`` (loss scaling): every grad is divided by it inside the
+        kernel as it is read; the grads are not written. With
+        ``nonfinite="skip"`` an inf or NaN grad skips the whole step, as
+        torch's GradScaler does.
 
         Returns ``True`` when the step was applied, ``False`` when
         ``nonfinite="skip"`` skipped it (see the class docstring).
         """
-        bad = self.rule.step(self.param_groups, grads, self.state, self.nonfinite != "apply")
+        bad = self.rule.step(self.param_groups, grads, self.state, self.nonfinite != "apply", grad_scale)
         if bad is None:
             return True
         self.skipped_steps += 1
@@ -103,7 +131,7 @@ class Optimizer:
         """Bring hyperparameters into one form; subclasses may add to it."""
         if isinstance(group.get("betas"), list):  # a JSON round trip turns tuples into lists
             group["betas"] = tuple(group["betas"])
-        return group
+        return normalized_group(group)
 
     # ------------------------------------------------------------ state_dict
     def state_dict(self) -> dict[str, Any]:
@@ -156,6 +184,7 @@ class Optimizer:
             )
             self.rule.check_group(merged, g)
             array_keys, scalar_keys = self.rule.state_spec(merged)
+            array_keys = [*array_keys, *storage_state_keys(merged)]
             for param, saved_id in zip(group["params"], ids):
                 index = len(new_state)
                 if saved_id not in saved_state:
@@ -201,14 +230,16 @@ def _checked_state(saved: Any, param: np.ndarray, keys: Iterable[str], scalar_ke
         array = saved[key]
         if not isinstance(array, np.ndarray):
             raise TypeError(f"{where}[{key!r}] must be a numpy.ndarray, got {type(array).__name__}")
-        if array.dtype != param.dtype:
+        allowed = state_dtypes(key, param.dtype)
+        if array.dtype not in allowed:
             raise TypeError(
-                f"{where}[{key!r}] has dtype {array.dtype}, the param has {param.dtype} "
-                "(fusedopt never converts dtypes)"
+                f"{where}[{key!r}] has dtype {array.dtype}, the param has {param.dtype} (it may be "
+                f"{' or '.join(str(d) for d in allowed)}; fusedopt never converts dtypes)"
             )
         if array.shape != param.shape:
             raise ValueError(f"{where}[{key!r}] has shape {array.shape}, the param has {param.shape}")
-        entry[key] = np.array(array, order="C", copy=True)
+        entry[key] = np.empty_like(param, dtype=array.dtype)  # a private copy, in the param's layout
+        entry[key][...] = array
     for key in scalar_keys:
         value = saved.get(key)
         if isinstance(value, np.generic):

@@ -3,14 +3,16 @@ rules as docs/algorithms.md writes them.
 
 Each class only names its rule and its defaults; the machinery is in
 :class:`fusedopt.optimizer.Optimizer` and the math in ``csrc/kernels.cpp``.
-Every class also takes ``nonfinite="apply" | "skip" | "raise"``, what a step
-does when a gradient holds a NaN or an infinity (see
-:class:`~fusedopt.optimizer.Optimizer`).
+Every class also takes the keyword options of
+:class:`~fusedopt.optimizer.Optimizer`: ``nonfinite="apply" | "skip" | "raise"``,
+what a step does when a gradient holds a NaN or an infinity, and the
+storage options ``state_dtype``, ``master_weights``, ``kahan_sum``,
+``rounding`` and ``seed`` (docs/precision.md).
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 from . import _core
 from .optimizer import Optimizer
@@ -31,8 +33,8 @@ class Momentum(Optimizer):
 
     rule = _core.momentum
 
-    def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.9, *, nonfinite: str = "apply"):
-        super().__init__(params, dict(lr=lr, momentum=momentum), nonfinite=nonfinite)
+    def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.9, **options: Any):
+        super().__init__(params, dict(lr=lr, momentum=momentum), **options)
 
 
 class SGD(Optimizer):
@@ -60,13 +62,13 @@ class SGD(Optimizer):
         nesterov: bool = False,
         *,
         maximize: bool = False,
-        nonfinite: str = "apply",
+        **options: Any,
     ):
         super().__init__(
             params,
             dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                  nesterov=nesterov, maximize=maximize),
-            nonfinite=nonfinite,
+            **options,
         )
 
 
@@ -101,12 +103,12 @@ class Adadelta(Optimizer):
         *,
         maximize: bool = False,
         scale: str = "updates",
-        nonfinite: str = "apply",
+        **options: Any,
     ):
         super().__init__(
             params,
             dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize, scale=scale),
-            nonfinite=nonfinite,
+            **options,
         )
 
 
@@ -137,13 +139,13 @@ class Adam(Optimizer):
         *,
         maximize: bool = False,
         decoupled_weight_decay: bool = False,
-        nonfinite: str = "apply",
+        **options: Any,
     ):
         super().__init__(
             params,
             dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                  maximize=maximize, decoupled_weight_decay=decoupled_weight_decay),
-            nonfinite=nonfinite,
+            **options,
         )
 
 
@@ -160,10 +162,10 @@ class AdamW(Adam):
         amsgrad: bool = False,
         *,
         maximize: bool = False,
-        nonfinite: str = "apply",
+        **options: Any,
     ):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
-                         decoupled_weight_decay=True, nonfinite=nonfinite)
+                         decoupled_weight_decay=True, **options)
 
 
 class RMSprop(Optimizer):
@@ -192,13 +194,13 @@ class RMSprop(Optimizer):
         centered: bool = False,
         *,
         maximize: bool = False,
-        nonfinite: str = "apply",
+        **options: Any,
     ):
         super().__init__(
             params,
             dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                  centered=centered, maximize=maximize),
-            nonfinite=nonfinite,
+            **options,
         )
 
 
@@ -226,13 +228,13 @@ class Adagrad(Optimizer):
         eps: float = 1e-10,
         *,
         maximize: bool = False,
-        nonfinite: str = "apply",
+        **options: Any,
     ):
         super().__init__(
             params,
             dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                  initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize),
-            nonfinite=nonfinite,
+            **options,
         )
 
 
@@ -265,13 +267,13 @@ class NAdam(Optimizer):
         decoupled_weight_decay: bool = False,
         *,
         maximize: bool = False,
-        nonfinite: str = "apply",
+        **options: Any,
     ):
         super().__init__(
             params,
             dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
                  decoupled_weight_decay=decoupled_weight_decay, maximize=maximize),
-            nonfinite=nonfinite,
+            **options,
         )
 
 
@@ -305,13 +307,13 @@ class RAdam(Optimizer):
         decoupled_weight_decay: bool = False,
         *,
         maximize: bool = False,
-        nonfinite: str = "apply",
+        **options: Any,
     ):
         super().__init__(
             params,
             dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                  decoupled_weight_decay=decoupled_weight_decay, maximize=maximize),
-            nonfinite=nonfinite,
+            **options,
         )
 
 
@@ -337,12 +339,12 @@ class Adamax(Optimizer):
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
-        nonfinite: str = "apply",
+        **options: Any,
     ):
         super().__init__(
             params,
             dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize),
-            nonfinite=nonfinite,
+            **options,
         )
 
 
@@ -368,10 +370,10 @@ class Lion(Optimizer):
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
-        nonfinite: str = "apply",
+        **options: Any,
     ):
         super().__init__(
             params,
             dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize),
-            nonfinite=nonfinite,
+            **options,
         )

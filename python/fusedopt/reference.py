@@ -20,6 +20,7 @@ import numpy as np
 
 from . import optimizers
 from .optimizer import Optimizer
+from .precision import DTYPES, STORAGE_DEFAULTS, bfloat16
 from .rule import nonfinite_grad_error
 
 __all__ = ["Momentum", "SGD", "Adadelta", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax",
@@ -29,7 +30,7 @@ __all__ = ["Momentum", "SGD", "Adadelta", "Adam", "AdamW", "RMSprop", "Adagrad",
 class _NumpyStep(Optimizer):
     """The loop over params; subclasses write one param's update."""
 
-    def step(self, grads: Sequence[np.ndarray | None]) -> bool:
+    def step(self, grads: Sequence[np.ndarray | None], grad_scale: float | None = None) -> bool:
         grads = list(grads)
         params = [(group, p) for group in self.param_groups for p in group["params"]]
         if len(grads) != len(params):
@@ -41,17 +42,189 @@ class _NumpyStep(Optimizer):
                     if self.nonfinite == "raise":
                         raise nonfinite_grad_error(grad, i)
                     return False
-        for (group, param), grad, state in zip(params, grads, self.state):
+        for position, ((group, param), grad, state) in enumerate(zip(params, grads, self.state)):
             if grad is None:
                 continue
             hyper = {k: (float(v) if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
-                         else v) for k, v in group.items() if k != "params"}
+                         else v) for k, v in group.items() if k != "params" and k not in STORAGE_DEFAULTS}
             state["step"] += 1
-            self._update(param, grad, state, **hyper)
+            staging = _Staging(group, param, state, position)
+            w, g, working = staging.load(grad, grad_scale)
+            self._update(w, g, working, **hyper)
+            staging.store(w, working)
         return True
 
     def _update(self, w: np.ndarray, g: np.ndarray, state: dict[str, Any], **hyper: Any) -> None:
         raise NotImplementedError
+
+
+# ------------------------------------------------------------- precisions
+# What the core's staged kernel does, in NumPy: 16-bit arrays are upcast to
+# float32, the rule's float32 update runs, and the written arrays are stored
+# back with the same rounding, bit for bit (csrc/kernels.cpp, "16-bit storage").
+
+_U32 = np.uint32
+
+
+def to_float32(a: np.ndarray) -> np.ndarray:
+    """A float32 copy of a bfloat16, float16 or float32 array (exact)."""
+    if a.dtype == bfloat16:
+        return (a.view(np.uint16).astype(_U32) << 16).view(np.float32)
+    return a.astype(np.float32)
+
+
+def bf16_nearest(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16, round to nearest even; NaN -> quiet NaN of its sign (as ml_dtypes)."""
+    u = np.ascontiguousarray(x, np.float32).view(_U32)
+    rounded = (u + _U32(0x7FFF) + ((u >> 16) & _U32(1))) >> 16
+    nan = ((u >> 16) & _U32(0x8000)) | _U32(0x7FC0)
+    return np.where((u & _U32(0x7FFFFFFF)) > _U32(0x7F800000), nan, rounded).astype(np.uint16).view(bfloat16)
+
+
+def f16_nearest(x: np.ndarray) -> np.ndarray:
+    """float32 -> float16, round to nearest even; NaN keeps the top of its payload (as NumPy)."""
+    u = np.ascontiguousarray(x, np.float32).view(_U32)
+    sign = (u >> 16) & _U32(0x8000)
+    a = u & _U32(0x7FFFFFFF)
+    normal = (a - _U32((127 - 15) << 23) + _U32(0xFFF) + ((a >> 13) & _U32(1))) >> 13
+    half = np.float32(0.5)
+    subnormal = (a.view(np.float32) + half).view(_U32) - half.view(_U32)
+    nan = _U32(0x7C00) | ((a >> 13) & _U32(0x3FF)) | np.where((a & _U32(0x7FE000)) == 0, _U32(1), _U32(0))
+    out = np.where(a < _U32(0x38800000), subnormal, normal)
+    out = np.where(a >= _U32(0x47800000), _U32(0x7C00), out)
+    out = np.where(a > _U32(0x7F800000), nan, out)
+    return (sign | out).astype(np.uint16).view(np.float16)
+
+
+def round_nearest(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float32 values stored as ``dtype`` with the core's round-to-nearest-even."""
+    if dtype == bfloat16:
+        return bf16_nearest(x)
+    if dtype == np.float16:
+        return f16_nearest(x)
+    return x.astype(dtype)
+
+
+def _mix32(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> 16)
+    x = x * _U32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * _U32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def _mix64(x: int) -> int:
+    mask = (1 << 64) - 1
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & mask
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & mask
+    return x ^ (x >> 31)
+
+
+def random_key(seed: int, step: int, position: int) -> int:
+    """The per-tensor key of stochastic rounding: (seed, step, the param's position)."""
+    return _mix64(seed ^ _mix64(step ^ _mix64(position)))
+
+
+def random16(key: int, count: int) -> np.ndarray:
+    """16 random bits for each element index 0 .. count-1 of a tensor."""
+    index = np.arange(count, dtype=np.uint64)
+    low, high = (index & np.uint64(0xFFFFFFFF)).astype(_U32), (index >> np.uint64(32)).astype(_U32)
+    x = _mix32(low ^ _U32(key & 0xFFFFFFFF))
+    return _mix32(x ^ high ^ _U32(key >> 32)) >> 16
+
+
+def round_stochastic(x: np.ndarray, dtype: np.dtype, random: np.ndarray) -> np.ndarray:
+    """float32 values stored as ``dtype`` (bfloat16 or float16) with stochastic rounding,
+    ``random`` holding 16 random bits per element."""
+    u = np.ascontiguousarray(x, np.float32).view(_U32).reshape(-1)
+    a = u & _U32(0x7FFFFFFF)
+    if dtype == bfloat16:
+        out = ((u + random) >> 16).astype(np.uint16)
+        return np.where(a > _U32(0x7F800000), bf16_nearest(x).reshape(-1).view(np.uint16), out).view(bfloat16)
+    e = a >> 23
+    normal_kept = (a - _U32((127 - 15) << 23)) >> 13
+    normal_scaled = (a & _U32(0x1FFF)) << 3
+    mantissa = np.where(e == 0, a, (a & _U32(0x7FFFFF)) | _U32(0x800000))
+    drop = _U32(126) - np.where(e == 0, _U32(1), e)
+    shift = np.minimum(drop, _U32(31))
+    sub_kept = mantissa >> shift
+    sub_dropped = mantissa & ((_U32(1) << shift) - _U32(1))
+    with np.errstate(over="ignore"):
+        down = np.minimum(drop - _U32(16), _U32(31))
+    up_shift = np.where(drop < 16, _U32(16) - np.minimum(drop, _U32(16)), _U32(0))
+    sub_scaled = np.where(drop >= 16, sub_dropped >> down, sub_dropped << up_shift)
+    is_normal = e >= 113
+    kept = np.where(is_normal, normal_kept, sub_kept)
+    scaled = np.where(is_normal, normal_scaled, sub_scaled)
+    out = ((u >> 16) & _U32(0x8000)) | (kept + (scaled > random).astype(_U32))
+    nearest = f16_nearest(x).reshape(-1).view(np.uint16).astype(_U32)
+    return np.where(a >= _U32(0x47800000), nearest, out).astype(np.uint16).view(np.float16)
+
+
+def _kahan_store(updated: np.ndarray, w: np.ndarray, c: np.ndarray) -> None:
+    """w, c (16-bit) <- the Kahan-compensated store of the float32 result ``updated``."""
+    old = to_float32(w)
+    y = to_float32(c) + (updated - old)
+    stored = round_nearest(old + y, w.dtype)
+    w[...] = stored
+    c[...] = round_nearest(y - (to_float32(stored) - old), c.dtype)
+
+
+class _Staging:
+    """One param's arrays as the update sees them (the compute dtype) and
+    their store back, as the core's staged kernel does."""
+
+    def __init__(self, group: dict[str, Any], param: np.ndarray, state: dict[str, Any], position: int):
+        self.group, self.param, self.state, self.position = group, param, state, position
+        self.compute = np.dtype(np.float64 if param.dtype == np.float64 else np.float32)
+
+    def _state_dtype(self, key: str) -> np.dtype:
+        spec = self.group.get("state_dtype")
+        if isinstance(spec, dict):
+            spec = spec.get(key)
+        return DTYPES[spec] if spec else self.param.dtype
+
+    def load(self, grad: np.ndarray, grad_scale: float | None):
+        w = self.param if self.param.dtype == self.compute else to_float32(self.param)
+        if self.group.get("master_weights"):
+            w = self.state.setdefault("master_param", to_float32(self.param))
+        g = grad if grad.dtype == self.compute else to_float32(grad)
+        if grad_scale is not None and grad_scale != 1:
+            g = g / self.compute.type(grad_scale)
+        working = {}
+        for key, value in self.state.items():
+            if key in ("master_param", "kahan_comp"):
+                continue
+            is_array = isinstance(value, np.ndarray)
+            working[key] = to_float32(value) if is_array and value.dtype != self.compute else value
+        self.loaded = dict(working)
+        return w, g, working
+
+    def store(self, w: np.ndarray, working: dict[str, Any]) -> None:
+        for key, value in working.items():
+            if not isinstance(value, np.ndarray):
+                self.state[key] = value
+                continue
+            existing = self.state.get(key)
+            if existing is None or not isinstance(existing, np.ndarray):  # created by this step
+                self.state[key] = round_nearest(value, self._state_dtype(key))
+            elif value is not existing:
+                existing[...] = round_nearest(value, existing.dtype)
+        if self.param.dtype == self.compute:
+            return  # updated in place
+        if self.group.get("master_weights"):
+            self.param[...] = round_nearest(w, self.param.dtype)
+        elif self.group.get("kahan_sum"):
+            c = self.state.setdefault("kahan_comp", np.zeros_like(self.param))
+            _kahan_store(w, self.param, c)
+        elif self.group.get("rounding") == "stochastic":
+            key = random_key(self.group.get("seed", 0), self.state["step"], self.position)
+            rounded = round_stochastic(w, self.param.dtype, random16(key, self.param.size))
+            self.param[...] = rounded.reshape(self.param.shape)
+        else:
+            self.param[...] = round_nearest(w, self.param.dtype)
 
 
 class Momentum(_NumpyStep, optimizers.Momentum):

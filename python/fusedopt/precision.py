@@ -1,0 +1,98 @@
+"""Precisions: which dtypes fusedopt steps, and the storage options every
+optimizer takes (``state_dtype``, ``master_weights``, ``kahan_sum``,
+``rounding``, ``seed``), in the form the core reads from a param group.
+
+Params may be float32, float64, bfloat16 (``ml_dtypes.bfloat16``, NumPy's
+bfloat16 dtype, as JAX and TensorFlow use) or float16. The arithmetic of a
+16-bit param is float32, in the same order as the float32 kernel; state may
+be kept in the param's dtype (the default, as torch), in float32 for a
+16-bit param (DeepSpeed's ``fp32_optimizer_states``), or in a 16-bit dtype
+for a float32 param. docs/precision.md has the byte counts and the rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+__all__ = ["bfloat16", "DTYPES", "dtype_name", "storage_options", "storage_state_keys", "state_dtypes"]
+
+bfloat16 = np.dtype(ml_dtypes.bfloat16)
+
+# The dtypes a step takes, by the names the core and the param groups use.
+DTYPES: dict[str, np.dtype] = {
+    "float32": np.dtype(np.float32),
+    "float64": np.dtype(np.float64),
+    "bfloat16": bfloat16,
+    "float16": np.dtype(np.float16),
+}
+_SIXTEEN_BIT = (bfloat16, np.dtype(np.float16))
+
+# Storage options and their defaults: a group holds only those set otherwise.
+STORAGE_DEFAULTS = {"state_dtype": None, "master_weights": False, "kahan_sum": False, "rounding": "nearest",
+                    "seed": 0}
+
+
+def dtype_name(value: Any, name: str = "state_dtype") -> str:
+    """The name of a dtype fusedopt steps ("float32", "bfloat16", ...), from a
+    NumPy dtype, a scalar type or a name; ValueError naming ``name`` otherwise."""
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        dtype = None
+    for key, known in DTYPES.items():
+        if dtype == known:
+            return key
+    raise ValueError(f"{name} must be one of {', '.join(DTYPES)} (or None), got {value!r}")
+
+
+def _state_dtype(value: Any) -> str | dict[str, str] | None:
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return {key: dtype_name(dtype, f"state_dtype[{key!r}]") for key, dtype in value.items()}
+    return dtype_name(value)
+
+
+def storage_options(**options: Any) -> dict[str, Any]:
+    """The storage options that differ from their defaults, normalised
+    (dtypes as names), for a param group or the defaults. The core checks
+    them (kinds, combinations) when a group is added."""
+    unknown = set(options) - set(STORAGE_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown storage options {sorted(unknown)}")
+    out = {}
+    for key, value in options.items():
+        if key == "state_dtype":
+            value = _state_dtype(value)
+        if value is not STORAGE_DEFAULTS[key] and value != STORAGE_DEFAULTS[key]:
+            out[key] = value
+    return out
+
+
+def normalized_group(group: dict[str, Any]) -> dict[str, Any]:
+    """A group's storage options in the core's form (dtypes as names)."""
+    if "state_dtype" in group:
+        group["state_dtype"] = _state_dtype(group["state_dtype"])
+    return group
+
+
+def storage_state_keys(group: Mapping[str, Any]) -> list[str]:
+    """The state arrays a group's storage options add: the float32 master copy
+    or the Kahan compensation."""
+    return (["master_param"] if group.get("master_weights") else []) + (
+        ["kahan_comp"] if group.get("kahan_sum") else [])
+
+
+def state_dtypes(key: str, param_dtype: np.dtype) -> tuple[np.dtype, ...]:
+    """The dtypes a state array ``key`` may have beside a param of ``param_dtype``."""
+    if key == "master_param":
+        return (DTYPES["float32"],)
+    if key == "kahan_comp":
+        return (np.dtype(param_dtype),)
+    if np.dtype(param_dtype) == DTYPES["float64"]:
+        return (DTYPES["float64"],)
+    return (DTYPES["float32"], *_SIXTEEN_BIT)
