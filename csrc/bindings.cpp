@@ -142,6 +142,23 @@ PYBIND11_MODULE(_core, m) {
   m.def("check_params", &fusedopt::check_params, "params"_a, "first_index"_a = 0,
         "Check that arrays can be params: writeable, aligned, C-contiguous float32/float64,\n"
         "not overlapping one another.");
+  m.def(
+      "convert",
+      [](const py::array& source, const py::array& destination) {
+        const fusedopt::ArrayLabel source_label{"source", 0}, destination_label{"destination", 0};
+        const fusedopt::Stream from = fusedopt::check_param(source, source_label);
+        const fusedopt::Stream to = fusedopt::check_param(destination, destination_label);
+        if (from.size != to.size || !(from.dtype == fusedopt::kFloat32 || to.dtype == fusedopt::kFloat32))
+          throw py::value_error("convert takes two arrays of one size, one of them float32");
+        const fusedopt::KernelTable& table = fusedopt::active_kernels();
+        if (to.dtype == fusedopt::kFloat32)
+          table.to_float32[from.dtype](from.data, static_cast<float*>(to.data), from.size);
+        else
+          table.from_float32[to.dtype](static_cast<const float*>(from.data), to.data, from.size);
+      },
+      "source"_a, "destination"_a,
+      "destination <- source, one of them float32, with the kernels' conversions (round to nearest\n"
+      "even into 16-bit formats), in memory order (tests use it).");
   m.def("roof", &fusedopt::roof, "tensors"_a,
         "Memory roof: for each [a_1, ..., a_k, b], a_i += b in place (benchmarks only).");
 

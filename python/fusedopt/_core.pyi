@@ -81,6 +81,9 @@ def first_nonfinite(grads: Sequence[np.ndarray | None]) -> int | None:
 def check_params(params: Sequence[np.ndarray], first_index: int = 0) -> None:
     """Check that arrays can be params: writeable, aligned, contiguous float arrays, not overlapping."""
 
+def convert(source: np.ndarray, destination: np.ndarray) -> None:
+    """destination <- source (one of them float32) with the kernels' conversions: round to nearest even."""
+
 def roof(tensors: Sequence[Sequence[np.ndarray]]) -> None:
     """Memory roof: for each [a_1, ..., a_k, b], a_i += b in place (benchmarks only)."""
 
