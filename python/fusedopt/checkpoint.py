@@ -41,6 +41,8 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from .precision import bfloat16
+
 if TYPE_CHECKING:
     from .optimizer import Optimizer
 
@@ -229,7 +231,10 @@ def _message(error: BaseException) -> str:
 # JSON has no tuples, no non-string keys and no arrays; these single-key
 # objects stand for them. A real dict that looks like one is saved as pairs.
 _TUPLE, _PAIRS, _ARRAY, _SCALAR = "__tuple__", "__pairs__", "__ndarray__", "__npscalar__"
-_TAGS = (_TUPLE, _PAIRS, _ARRAY, _SCALAR)
+# The .npy format has no bfloat16 (NumPy writes its bytes as a 2-byte void):
+# such an array is stored as its raw bits, uint16, under these tags.
+_BF16_ARRAY, _BF16_SCALAR = "__bfloat16_ndarray__", "__bfloat16_npscalar__"
+_TAGS = (_TUPLE, _PAIRS, _ARRAY, _SCALAR, _BF16_ARRAY, _BF16_SCALAR)
 
 
 class _Encoder:
@@ -240,8 +245,12 @@ class _Encoder:
 
     def encode(self, value: Any, where: str) -> Any:
         if isinstance(value, (np.ndarray, np.generic)):
+            array = np.asarray(value)
+            if array.dtype == bfloat16:
+                tag = _BF16_ARRAY if isinstance(value, np.ndarray) else _BF16_SCALAR
+                return {tag: self._set_aside(array.view(np.uint16), where)}
             tag = _ARRAY if isinstance(value, np.ndarray) else _SCALAR
-            return {tag: self._set_aside(np.asarray(value), where)}
+            return {tag: self._set_aside(array, where)}
         if value is None or type(value) in (bool, int, float, str):
             return value
         if type(value) is list:
@@ -291,7 +300,11 @@ class _Decoder:
                     raise ValueError(f"a {tag} entry that is not a list of pairs")
                 return {_hashable(key): value for key, value in pairs}
             array = self._take(_expect(inner, str, tag))
-            if tag == _SCALAR:
+            if tag in (_BF16_ARRAY, _BF16_SCALAR):
+                if array.dtype != np.uint16:
+                    raise ValueError(f"entry {inner!r} should hold bfloat16 bits (uint16), has dtype {array.dtype}")
+                array = array.view(bfloat16)
+            if tag in (_SCALAR, _BF16_SCALAR):
                 if array.ndim != 0:
                     raise ValueError(f"entry {inner!r} should be a scalar, has shape {array.shape}")
                 return array[()]
