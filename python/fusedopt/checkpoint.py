@@ -51,8 +51,9 @@ FORMAT_VERSION = 1
 _FORMAT = "fusedopt checkpoint"
 _DOCUMENT = "fusedopt_checkpoint"  # the npz entry holding the JSON document
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first entry, or an empty zip
-# Levels of lists, tuples and dicts a saved value may nest: deeper would
-# exhaust Python's recursion limit in the (recursive) encoder and decoder.
+# Levels of lists, tuples and dicts a saved value may nest (a tuple or a dict
+# with non-string keys counts one level, as saved): deeper would exhaust
+# Python's recursion limit in the (recursive) encoder and decoder.
 MAX_NESTING = 100
 
 # ---------------------------------------------------------------------- API
@@ -243,9 +244,10 @@ class _Encoder:
         self.arrays: dict[str, np.ndarray] = {}
 
     def encode(self, value: Any, where: str, depth: int = 0) -> Any:
-        if depth > MAX_NESTING:
-            raise ValueError(f"cannot save {where}: nested deeper than {MAX_NESTING} levels")
-        depth += 1
+        if type(value) in (list, tuple, dict):
+            if depth >= MAX_NESTING:
+                raise ValueError(f"cannot save {where}: nested deeper than {MAX_NESTING} levels")
+            depth += 1
         if isinstance(value, (np.ndarray, np.generic)):
             tag = _ARRAY if isinstance(value, np.ndarray) else _SCALAR
             return {tag: self._set_aside(np.asarray(value), where)}
@@ -286,7 +288,7 @@ class _Decoder:
     def decode(self, data: Any, depth: int = 0) -> Any:
         if not isinstance(data, (list, dict)):
             return data
-        if depth > MAX_NESTING:
+        if depth >= MAX_NESTING:
             raise ValueError(f"values nested deeper than {MAX_NESTING} levels")
         depth += 1
         if isinstance(data, list):
