@@ -326,8 +326,7 @@ def test_replacing_a_state_entry_during_steps_leaves_the_new_dict_alone():
         try:
             for _ in range(30):
                 try:
-                    # Through the core directly: the optimizer's lock is not what is tested.
-                    opt.rule.step(opt.param_groups, grads, opt.state, False)
+                    opt.step(grads)  # the replacer takes no lock: the core's own safety is tested
                     outcomes["applied"] += 1
                 except ValueError as error:
                     assert "state[0]['step'] is missing" in str(error)

@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 DIR=${FUSEDOPT_SANITIZE_DIR:-/tmp/fusedopt-sanitize}
-PYTHON=${PYTHON:-python3}
+PYTHON=${PYTHON:-python}  # the interpreter .ci/run installed the test extra into
 VENV=$DIR/venv
 SANITIZE="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
 
