@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import stat
@@ -46,12 +47,16 @@ from .precision import bfloat16
 if TYPE_CHECKING:
     from .optimizer import Optimizer
 
-__all__ = ["save", "load", "FORMAT_VERSION"]
+__all__ = ["save", "load", "FORMAT_VERSION", "MAX_NESTING"]
 
 FORMAT_VERSION = 1
 _FORMAT = "fusedopt checkpoint"
 _DOCUMENT = "fusedopt_checkpoint"  # the npz entry holding the JSON document
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first entry, or an empty zip
+# Levels of lists, tuples and dicts a saved value may nest (a tuple or a dict
+# with non-string keys counts one level, as saved): deeper would exhaust
+# Python's recursion limit in the (recursive) encoder and decoder.
+MAX_NESTING = 100
 
 # ---------------------------------------------------------------------- API
 def save(
@@ -243,7 +248,11 @@ class _Encoder:
     def __init__(self) -> None:
         self.arrays: dict[str, np.ndarray] = {}
 
-    def encode(self, value: Any, where: str) -> Any:
+    def encode(self, value: Any, where: str, depth: int = 0) -> Any:
+        if type(value) in (list, tuple, dict):
+            if depth >= MAX_NESTING:
+                raise ValueError(f"cannot save {where}: nested deeper than {MAX_NESTING} levels")
+            depth += 1
         if isinstance(value, (np.ndarray, np.generic)):
             array = np.asarray(value)
             if array.dtype == bfloat16:
@@ -254,13 +263,13 @@ class _Encoder:
         if value is None or type(value) in (bool, int, float, str):
             return value
         if type(value) is list:
-            return [self.encode(item, f"{where}/{i}") for i, item in enumerate(value)]
+            return [self.encode(item, f"{where}/{i}", depth) for i, item in enumerate(value)]
         if type(value) is tuple:
-            return {_TUPLE: [self.encode(item, f"{where}/{i}") for i, item in enumerate(value)]}
+            return {_TUPLE: [self.encode(item, f"{where}/{i}", depth) for i, item in enumerate(value)]}
         if type(value) is dict:
             if all(type(key) is str for key in value) and not (len(value) == 1 and next(iter(value)) in _TAGS):
-                return {key: self.encode(item, f"{where}/{key}") for key, item in value.items()}
-            return {_PAIRS: [[self.encode(key, f"{where}/key"), self.encode(item, f"{where}/{key}")]
+                return {key: self.encode(item, f"{where}/{key}", depth) for key, item in value.items()}
+            return {_PAIRS: [[self.encode(key, f"{where}/key", depth), self.encode(item, f"{where}/{key}", depth)]
                              for key, item in value.items()]}
         raise TypeError(
             f"cannot save {where}: a {type(value).__name__} (a checkpoint holds None, bool, "
@@ -285,17 +294,20 @@ class _Decoder:
         self.arrays = arrays
         self.unused = set(arrays)
 
-    def decode(self, data: Any) -> Any:
-        if isinstance(data, list):
-            return [self.decode(item) for item in data]
-        if not isinstance(data, dict):
+    def decode(self, data: Any, depth: int = 0) -> Any:
+        if not isinstance(data, (list, dict)):
             return data
+        if depth >= MAX_NESTING:
+            raise ValueError(f"values nested deeper than {MAX_NESTING} levels")
+        depth += 1
+        if isinstance(data, list):
+            return [self.decode(item, depth) for item in data]
         if len(data) == 1 and next(iter(data)) in _TAGS:
             ((tag, inner),) = data.items()
             if tag == _TUPLE:
-                return tuple(self.decode(_expect(inner, list, tag)))
+                return tuple(self.decode(_expect(inner, list, tag), depth))
             if tag == _PAIRS:
-                pairs = [self.decode(_expect(pair, list, tag)) for pair in _expect(inner, list, tag)]
+                pairs = [self.decode(_expect(pair, list, tag), depth) for pair in _expect(inner, list, tag)]
                 if any(len(pair) != 2 for pair in pairs):
                     raise ValueError(f"a {tag} entry that is not a list of pairs")
                 return {_hashable(key): value for key, value in pairs}
@@ -309,7 +321,7 @@ class _Decoder:
                     raise ValueError(f"entry {inner!r} should be a scalar, has shape {array.shape}")
                 return array[()]
             return array
-        return {key: self.decode(value) for key, value in data.items()}
+        return {key: self.decode(value, depth) for key, value in data.items()}
 
     def _take(self, name: str) -> np.ndarray:
         if name not in self.unused:
@@ -354,6 +366,7 @@ def _read_npz(path: str) -> tuple[Any, dict[str, np.ndarray]]:
                 raise ValueError("not an .npz file (no zip header)")
             file.seek(0)
             with np.load(file, allow_pickle=False) as npz:
+                _check_declared_sizes(npz.zip)
                 # Reading each entry to its end also checks its zip CRC-32.
                 arrays = {name: npz[name] for name in npz.files}
             if len(arrays) != len(npz.files):
@@ -374,6 +387,26 @@ def _read_npz(path: str) -> tuple[Any, dict[str, np.ndarray]]:
             # ValueError... The file opened, so each means: not a checkpoint.
             raise ValueError(f"{path}: not a valid fusedopt checkpoint: {_message(error)}") from error
     return document, arrays
+
+
+def _check_declared_sizes(archive: zipfile.ZipFile) -> None:
+    """Every .npy entry holds the bytes its header declares: a crafted header
+    (shape 10**15) must not make the reader try to allocate it."""
+    for info in archive.infolist():
+        if not info.filename.endswith(".npy"):
+            continue
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(member)
+            declared = math.prod(shape) * dtype.itemsize
+            held = info.file_size - member.tell()
+        if declared > held:
+            raise ValueError(
+                f"entry {info.filename!r} declares shape {shape} of {dtype} ({declared:,} bytes) "
+                f"but holds {held:,} bytes"
+            )
 
 
 def _write_atomically(path: str, write: Callable[[IO[bytes]], None]) -> None:

@@ -150,7 +150,13 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay, as ``torch.optim.AdamW`` (weight_decay 1e-2)."""
+    """Adam with decoupled weight decay, as ``torch.optim.AdamW`` (weight_decay 1e-2).
+
+    As torch's, it stays decoupled whatever it loads: ``load_state_dict`` of
+    an Adam's state_dict keeps ``decoupled_weight_decay=True``.
+    """
+
+    fixed_hyperparameters = {"decoupled_weight_decay": True}
 
     def __init__(
         self,
