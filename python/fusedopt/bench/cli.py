@@ -13,7 +13,7 @@ import numpy as np
 
 import fusedopt
 
-from . import report, runner, workloads
+from . import contention, report, runner, workloads
 from .implementations import FAMILIES, FAMILY_KEYS
 from .rules import QUICK_RULES, RULES, rule_named
 
@@ -66,6 +66,13 @@ def _threads(text: str) -> int:
     return count
 
 
+def _count(text: str) -> int:
+    count = int(text)
+    if count < 0:
+        raise ValueError(f"a count of processes must be >= 0, got {count}")
+    return count
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "How much faster is fusedopt than NumPy, PyTorch and a plain compiled loop on this machine, and "
@@ -95,6 +102,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, metavar="S",
                         help="time per measurement (default 0.2, 0.04 with --quick)")
     parser.add_argument("--min-samples", type=int, metavar="N", help="samples per measurement, at least")
+    parser.add_argument("--contention", type=_count, default=0, metavar="N",
+                        help="run N busy processes beside the measurement, as on a busy machine (default 0)")
+    parser.add_argument("--contention-kind", choices=list(contention.KINDS), default="python",
+                        help="what the busy processes run: " +
+                             "; ".join(f"{kind}: {text}" for kind, text in contention.KINDS.items()) +
+                             " (default python)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the arrays' values (default 0)")
     parser.add_argument("--json", metavar="PATH", help="write every measurement as JSON")
     parser.add_argument("--plot", metavar="PATH", help="draw GB/s against size as a PNG (needs matplotlib)")
@@ -140,6 +153,8 @@ def settings_from(args: argparse.Namespace) -> runner.Settings:
         seconds=args.seconds or defaults["seconds"],
         min_samples=args.min_samples or defaults["min_samples"],
         seed=args.seed,
+        contention=args.contention,
+        contention_kind=args.contention_kind,
     )
 
 
@@ -183,13 +198,18 @@ def main(args: argparse.Namespace, command: str | None = None) -> int:
     features = machine["fusedopt"]
     print(f"fusedopt {features['version']} on {features['cpu']}: targets {', '.join(settings.targets)}, "
           f"threads {', '.join(map(str, settings.threads))}; numpy {machine['numpy']}, "
-          f"torch {machine['torch'] or 'not installed'}")
+          f"torch {machine['torch'] or 'not installed'}, deepspeed {machine['deepspeed'] or 'not installed'}")
     if "load_average" in machine:
         load, cpus = machine["load_average"][0], machine.get("cpus_usable") or machine["cpu_count"] or 1
         print(f"load average {load:.2f} on {cpus} CPUs")
         if load > 0.5 * cpus:
-            print("warning: this machine is busy: expect slow, noisy numbers, and multi-threaded steps "
-                  "that wait for a core (milliseconds) whenever fewer cores are idle than threads run")
+            print("warning: this machine is busy: expect slow, noisy numbers; fusedopt at its default "
+                  "thread count steps back to one thread while a second one waits for a core, a fixed "
+                  "count (--threads) may wait milliseconds")
+    print(f"contention: {report.contention_text(settings)}")
+    if "deepspeed" in settings.families:
+        print("deepspeed: DeepSpeed builds its CPU Adam on first use with -march=native (its own build, "
+              "for this CPU only; minutes the first time)")
     print(f"command: {command}\n", flush=True)
 
     bar = ProgressBar(not args.no_progress)
@@ -213,7 +233,7 @@ def main(args: argparse.Namespace, command: str | None = None) -> int:
         report.write_json(args.json, rows, settings, machine, command, duration)
         print(f"wrote {args.json}")
     if args.plot:
-        report.plot(args.plot, rows)
+        report.plot(args.plot, rows, report.plot_title(machine, settings))
         print(f"wrote {args.plot}")
     if args.markdown:
         with open(args.markdown, "w") as out:
