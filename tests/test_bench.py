@@ -62,8 +62,7 @@ def test_bench_command_reports_every_implementation(tmp_path, loop_cache):
     target = FEATURES["isa"]
     expected = ([f"roof {n}t" for n in THREADS] + [f"fusedopt {target} {n}t" for n in THREADS]
                 + ["numpy", "numpy tuned", "cython loop"]
-                + [f"torch {kind} {max(THREADS)}t" for kind in ("for", "foreach", "fused")]
-                + [f"deepspeed {max(THREADS)}t"])
+                + [f"torch {kind} {max(THREADS)}t" for kind in ("for", "foreach", "fused")])
     assert document["machine"]["fusedopt"]["isa"] == target
     assert document["settings"]["headline"] == {"target": target, "threads": max(THREADS)}
     rows = document["results"]
@@ -77,10 +76,6 @@ def test_bench_command_reports_every_implementation(tmp_path, loop_cache):
             assert row["bytes_per_element"] == 28 and row["bytes_per_step"] == 28 * elements
             if label.startswith("torch") and not HAVE_TORCH:
                 assert row["skipped"] == "torch is not installed" and row["seconds"] is None
-                continue
-            if label.startswith("deepspeed") and not HAVE_DEEPSPEED:
-                assert row["skipped"].startswith("deepspeed is not installed (pip install 'fusedopt[peers]')")
-                assert row["seconds"] is None
                 continue
             assert row["skipped"] is None, row["skipped"]
             seconds = row["seconds"]
@@ -125,6 +120,28 @@ def png_text(png: bytes) -> dict[str, str]:
             fields[key.decode("latin-1")] = value.decode("latin-1")
         offset += 12 + length
     return fields
+
+
+def test_deepspeed_is_a_peer_when_asked_for(tmp_path):
+    """--impls deepspeed: DeepSpeedCPUAdam on Adam and AdamW in float32, a note
+    for what it cannot run, and a note (not a failure) when it is not installed."""
+    out = run_bench(tmp_path, "--rules", "adam,adamw,sgd", "--sizes", "1e3", "--models", "none",
+                    "--dtypes", "float32,float64", "--impls", "fusedopt,deepspeed", "--threads", "1",
+                    "--seconds", "0.01", "--min-samples", "3", "--json", str(tmp_path / "bench.json"))
+    assert "DeepSpeed builds its CPU Adam on first use with -march=native" in out
+    rows = {(row["rule"], row["dtype"]): row for row in json.loads((tmp_path / "bench.json").read_text())["results"]
+            if row["family"] == "deepspeed"}
+    assert set(rows) == {(rule, dtype) for rule in ("adam", "adamw", "sgd") for dtype in ("float32", "float64")}
+    for (rule, dtype), row in rows.items():
+        if not HAVE_DEEPSPEED:
+            assert row["skipped"].startswith("deepspeed is not installed (pip install 'fusedopt[peers]')")
+        elif rule == "sgd":
+            assert row["skipped"] == "DeepSpeed's CPU optimizer is Adam and AdamW only, not SGD(lr=0.001)"
+        elif dtype == "float64":
+            assert row["skipped"] == "DeepSpeedCPUAdam here steps float32, not float64"
+        else:
+            assert row["skipped"] is None and row["seconds"]["median"] > 0
+    assert "vs deepspeed" in out
 
 
 @pytest.mark.parametrize("kind", ["python", "fusedopt"])

@@ -23,6 +23,9 @@ T = TypeVar("T")
 
 QUICK = dict(rules=[rule_named(key) for key in QUICK_RULES], sizes=workloads.QUICK_SIZES, models=["model200"],
              dtypes=["float32"], seconds=0.04, min_samples=3)
+# Peers that run only when asked for: DeepSpeed builds its kernel on first
+# use (minutes), which would break --quick's minute.
+OPT_IN_FAMILIES = ("deepspeed",)
 FULL = dict(rules=RULES, sizes=workloads.DEFAULT_SIZES, models=list(workloads.MODELS), dtypes=["float32", "float64"],
             seconds=0.2, min_samples=5)
 
@@ -98,7 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fusedopt's SIMD targets to run, e.g. avx512,avx2,sse2, or all (default: the one "
                              "chosen at import); the first is the one compared with the peers")
     parser.add_argument("--impls", type=_listed(_family, list(FAMILY_KEYS)), metavar="LIST",
-                        help=f"implementations: {','.join(FAMILY_KEYS)} (default all)")
+                        help=f"implementations: {','.join(FAMILY_KEYS)}, or all (default all but "
+                             f"{','.join(k for k, f in FAMILY_KEYS.items() if f in OPT_IN_FAMILIES)})")
     parser.add_argument("--seconds", type=float, metavar="S",
                         help="time per measurement (default 0.2, 0.04 with --quick)")
     parser.add_argument("--min-samples", type=int, metavar="N", help="samples per measurement, at least")
@@ -140,7 +144,8 @@ def settings_from(args: argparse.Namespace) -> runner.Settings:
     threads = sorted(set(args.threads or [1, fusedopt.get_num_threads()]))
     if not threads:
         raise SystemExit("bench: no thread count chosen")
-    families = [f for f in FAMILIES if f in (args.impls if args.impls is not None else FAMILIES)]
+    default_families = [f for f in FAMILIES if f not in OPT_IN_FAMILIES]
+    families = [f for f in FAMILIES if f in (args.impls if args.impls is not None else default_families)]
     if "fusedopt" not in families:
         families.insert(1 if "roof" in families else 0, "fusedopt")  # every comparison is with fusedopt
     return runner.Settings(
