@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import inspect
 import itertools
 import os
@@ -283,8 +284,21 @@ class DeepSpeed(Implementation):
 
 @functools.lru_cache(maxsize=None)
 def deepspeed_adam():
-    """DeepSpeedCPUAdam, imported once with DeepSpeed's CPU accelerator."""
+    """DeepSpeedCPUAdam, imported once with DeepSpeed's CPU accelerator.
+
+    torch keeps the kernels it builds for DeepSpeed in one directory per
+    user, keyed by name only: two DeepSpeed installations (two virtual
+    environments) rebuild each other's kernel on every first use, minutes
+    each. Unless TORCH_EXTENSIONS_DIR says otherwise, each installation gets
+    its own directory in fusedopt's cache."""
+    import importlib.util
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    spec = importlib.util.find_spec("deepspeed")
+    if spec is None or spec.origin is None:
+        raise ImportError("No module named 'deepspeed'")
+    from .cython_loop import cache_dir
+    installation = hashlib.sha256(os.path.dirname(spec.origin).encode()).hexdigest()[:12]
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions" / installation))
     from deepspeed.ops.adam import DeepSpeedCPUAdam
     return DeepSpeedCPUAdam
 
