@@ -9,7 +9,7 @@ implementation, its threads and SIMD target, the minimal traffic and GB/s.
 
 from __future__ import annotations
 
-from fusedopt.bench.workloads import make_arrays
+from fusedopt.bench.workloads import grad_sets, make_arrays
 
 _arrays_cache: dict = {}
 
@@ -33,7 +33,7 @@ def test_step(benchmark, case, request):
         rule=rule.describe(), dtype=dtype.name, workload=workload.name, elements=workload.elements,
         implementation=impl.label, target=impl.target, threads=impl.threads, bytes_per_step=traffic,
     )
-    with impl.prepared(rule, [p.copy() for p in params], grads) as step:
+    with impl.prepared(rule, [p.copy() for p in params], grad_sets(rule, grads)) as step:
         for _ in range(2):  # warm up: every page touched, torch's lazy state made
             step()
         benchmark(step)

@@ -167,6 +167,15 @@ PYBIND11_MODULE(_core, m) {
         "The thread count fixed by set_thread_override or FUSEDOPT_NUM_THREADS, 0 if none.");
   m.def("set_thread_override", &fusedopt::set_thread_override, "count"_a,
         "Fix the thread count (0 unfixes it); returns the previous override.");
+  m.def("scoped_thread_override", &fusedopt::scoped_thread_override,
+        "The thread count fixed for the calling thread only, 0 if none.");
+  m.def("set_scoped_thread_override", &fusedopt::set_scoped_thread_override, "count"_a,
+        "Fix the thread count of the calling thread's steps (0 unfixes it); returns the previous one.");
+  m.def("contention_stats", [] {
+    const fusedopt::ContentionStats s = fusedopt::contention_stats();
+    return py::dict("team_steps"_a = s.team_steps, "serial_steps"_a = s.serial_steps, "stalls"_a = s.stalls,
+                    "stall_streak"_a = s.stall_streak, "serial_budget_ns"_a = s.serial_budget_ns);
+  }, "What the default thread count did about a busy machine (see csrc/parallel.hpp).");
   m.def("last_team_size", &fusedopt::last_team_size,
         "How many threads ran the most recent step (1 on the serial path).");
   m.def("serial_cutoff_bytes", &fusedopt::serial_cutoff_bytes);
@@ -181,7 +190,7 @@ PYBIND11_MODULE(_core, m) {
                     "supported_targets"_a = fusedopt::supported_targets(),
                     "isa"_a = std::string(fusedopt::active_kernels().target),
                     "cpu"_a = fusedopt::cpu_name(), "cpu_flags"_a = fusedopt::cpu_flags(),
-                    "num_threads"_a = fusedopt::num_threads(),
+                    "num_threads"_a = fusedopt::num_threads(), "max_threads"_a = fusedopt::kMaxThreads,
                     "forked_child"_a = fusedopt::in_forked_child(),
                     "serial_cutoff_bytes"_a = fusedopt::serial_cutoff_bytes());
   }, "What was built and what was chosen at import.");

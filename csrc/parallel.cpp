@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <thread>
+#include <utility>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -17,7 +20,14 @@
 namespace fusedopt {
 namespace {
 
+using Clock = std::chrono::steady_clock;
+
+// The count set_num_threads fixed for every Python thread, and the one
+// `with fusedopt.threads(n):` fixed for the Python thread that runs the step
+// (each is an OS thread, and a step's thread count is read on the calling
+// thread before the GIL is released).
 std::atomic<int> g_thread_override{0};
+thread_local int t_scoped_override = 0;
 // Where a second thread starts to pay, measured with benchmarks/serial_cutoff.py
 // on a 2-core AVX-512 Xeon (2026-11-25): 280-370 KB moved per step for the
 // memory-bound rules (SGD, momentum, Lion), 70-140 KB for those whose
@@ -27,38 +37,144 @@ std::atomic<std::int64_t> g_serial_cutoff_bytes{256 << 10};
 std::atomic<bool> g_forked_child{false};
 std::atomic<int> g_last_team_size{0};
 
-// Thread pieces start on multiples of this many elements, so that two
-// threads rarely write to the same cache line.
+// Chunks start on multiples of this many elements, so that two threads
+// rarely write to the same cache line.
 constexpr std::int64_t kPieceAlignment = 64;
 
-// Where thread `i` of `count` starts in [0, total).
-std::int64_t piece_start(std::int64_t total, int count, int i) {
-  if (i >= count) return total;
-  const auto exact = static_cast<std::int64_t>(static_cast<long double>(total) * i / count);
-  return std::min(total, exact - exact % kPieceAlignment);
+// The concatenation is handed out in chunks, about this many per thread, so
+// that the threads that run take over the share of a thread that starts
+// late; each chunk stays long enough (>= 4096 elements, a few microseconds)
+// that claiming it (one atomic add) costs nothing.
+constexpr std::int64_t kChunksPerThread = 16;
+constexpr std::int64_t kMinChunk = 4096, kMaxChunk = 1 << 16;
+
+std::int64_t chunk_elements(std::int64_t total, int threads) {
+  const std::int64_t even = total / (kChunksPerThread * threads);
+  const std::int64_t clamped = std::clamp(even, kMinChunk, kMaxChunk);
+  return clamped - clamped % kPieceAlignment;
 }
 
+// [0, total) handed out chunk by chunk, to whichever thread asks first.
+class Chunks {
+ public:
+  Chunks(std::int64_t total, std::int64_t size) : total_(total), size_(size) {}
+
+  // Calls piece(lo, hi) for every chunk this thread gets, until none is
+  // left, adding the time spent in them to *work when work is not null.
+  template <class Piece>
+  void claim_all(Clock::duration* work, Piece piece) {
+    for (;;) {
+      const std::int64_t lo = next_.fetch_add(size_, std::memory_order_relaxed);
+      if (lo >= total_) return;
+      const std::int64_t hi = std::min(total_, lo + size_);
+      if (work == nullptr) {
+        piece(lo, hi);
+      } else {
+        const Clock::time_point begin = Clock::now();
+        piece(lo, hi);
+        *work += Clock::now() - begin;
+      }
+    }
+  }
+
+ private:
+  const std::int64_t total_, size_;
+  std::atomic<std::int64_t> next_{0};
+};
+
+// On a machine with more runnable threads than cores, a thread of the team
+// may wait milliseconds for a core, and the caller waits for it at the end of
+// the region (OpenMP joins every thread of a team). The chunks already move
+// its share to the threads that run; what is left is the wait for it to
+// arrive and find nothing to do. The guard measures that wait on the caller
+// and, when it cost more than half the caller's own work, runs the following
+// steps on the calling thread until they have worked kBackoff times the time
+// lost (doubling, up to 2^kMaxDoublings times, while the stalls go on), then
+// tries the team again. A try that stalls thus costs at most 1/kBackoff of
+// the serial time between tries, and an idle machine never pays anything.
+class ContentionGuard {
+ public:
+  bool team_allowed() const { return serial_budget_ns_.load(std::memory_order_relaxed) <= 0; }
+
+  void serial_step_took(Clock::duration elapsed) {
+    serial_budget_ns_.fetch_sub(ns(elapsed), std::memory_order_relaxed);
+    serial_steps_.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  // `work`: the caller's own time in chunks; `waited`: its time waiting for
+  // the other threads (for their chunks, or for them to arrive).
+  void team_step_took(Clock::duration work, Clock::duration waited) {
+    team_steps_.fetch_add(1, std::memory_order_relaxed);
+    if (waited <= kStallFloor || waited * 2 <= work) {
+      const int streak = stall_streak_.load(std::memory_order_relaxed);
+      if (streak > 0) stall_streak_.store(streak - 1, std::memory_order_relaxed);
+      return;
+    }
+    stalls_.fetch_add(1, std::memory_order_relaxed);
+    const int streak = std::min(stall_streak_.fetch_add(1, std::memory_order_relaxed), kMaxDoublings);
+    serial_budget_ns_.store(kBackoff * ns(waited) << streak, std::memory_order_relaxed);
+  }
+
+  ContentionStats stats() const {
+    return {team_steps_.load(), serial_steps_.load(), stalls_.load(), stall_streak_.load(),
+            std::max<std::int64_t>(0, serial_budget_ns_.load())};
+  }
+
+ private:
+  static std::int64_t ns(Clock::duration d) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+  }
+  // Waits shorter than this are a thread waking up, not a stall.
+  static constexpr Clock::duration kStallFloor = std::chrono::microseconds(20);
+  static constexpr std::int64_t kBackoff = 10;
+  static constexpr int kMaxDoublings = 4;
+
+  std::atomic<std::int64_t> serial_budget_ns_{0};
+  std::atomic<int> stall_streak_{0};
+  std::atomic<std::int64_t> team_steps_{0}, serial_steps_{0}, stalls_{0};
+};
+
+ContentionGuard g_guard;
+
+int checked_thread_count(long count, const std::string& what) {
+  if (count < 1 || count > kMaxThreads)
+    throw std::invalid_argument(what + " must be a whole number from 1 to " + std::to_string(kMaxThreads) +
+                                ", got " + std::to_string(count));
+  return static_cast<int>(count);
+}
 
 }  // namespace
 
 int thread_override() { return g_thread_override.load(); }
 
 int set_thread_override(int count) {
-  if (count < 0) throw std::invalid_argument("the thread count must be >= 1");
+  if (count != 0) checked_thread_count(count, "the thread count");
   return g_thread_override.exchange(count);
 }
+
+int scoped_thread_override() { return t_scoped_override; }
+
+int set_scoped_thread_override(int count) {
+  if (count != 0) checked_thread_count(count, "the thread count");
+  return std::exchange(t_scoped_override, count);
+}
+
+bool thread_count_fixed() { return t_scoped_override > 0 || g_thread_override.load() > 0; }
 
 int num_threads() {
 #ifdef _OPENMP
   // libgomp's pool does not survive fork(): a child that enters a parallel
   // region may hang. A forked child runs its steps on one thread.
   if (g_forked_child.load()) return 1;
+  if (t_scoped_override > 0) return t_scoped_override;
   const int fixed = g_thread_override.load();
   return fixed > 0 ? fixed : omp_get_max_threads();
 #else
   return 1;
 #endif
 }
+
+ContentionStats contention_stats() { return g_guard.stats(); }
 
 std::int64_t serial_cutoff_bytes() { return g_serial_cutoff_bytes.load(); }
 
@@ -75,9 +191,9 @@ void init_threads() {
   if (const char* text = std::getenv("FUSEDOPT_NUM_THREADS"); text != nullptr && *text != '\0') {
     char* end = nullptr;
     const long count = std::strtol(text, &end, 10);
-    if (*end != '\0' || count < 1 || count > 4096)
-      throw std::invalid_argument("FUSEDOPT_NUM_THREADS must be a whole number >= 1, got '" +
-                                  std::string(text) + "'");
+    if (*end != '\0' || count < 1 || count > kMaxThreads)
+      throw std::invalid_argument("FUSEDOPT_NUM_THREADS must be a whole number from 1 to " +
+                                  std::to_string(kMaxThreads) + ", got '" + std::string(text) + "'");
     g_thread_override = static_cast<int>(count);
   }
 #if defined(_OPENMP) && (defined(__unix__) || defined(__APPLE__))
@@ -139,12 +255,56 @@ double combined(Combine combine, double a, double b) {
   return (a < b || b != b) ? b : a;  // a NaN on either side wins
 }
 
+// How a step runs: on how many threads, and whether the guard judges it (a
+// count the user fixed is the count they get; the default adapts).
+struct Plan {
+  int threads;
+  bool guarded;
+};
+
+Plan plan_for(std::int64_t bytes) {
+  if (bytes < serial_cutoff_bytes()) return {1, false};
+  const int threads = num_threads();
+  if (threads <= 1) return {1, false};
+  const bool guarded = !thread_count_fixed();
+  if (guarded && !g_guard.team_allowed()) return {1, true};
+  return {threads, guarded};
+}
+
+template <class Body>
+void run_serial(const Plan& plan, Body body) {
+  g_last_team_size = 1;
+  const Clock::time_point begin = Clock::now();
+  body();
+  if (plan.guarded) g_guard.serial_step_took(Clock::now() - begin);
+}
+
+// Runs body(work) on every thread of a team of plan.threads; `work` points
+// to the caller's chunk time on the calling thread, and is null elsewhere.
+template <class Body>
+void run_team(const Plan& plan, Body body) {
+#ifdef _OPENMP
+  Clock::duration caller_work{};
+  const Clock::time_point begin = Clock::now();
+#pragma omp parallel num_threads(plan.threads)
+  {
+    const bool caller = omp_get_thread_num() == 0;
+    if (caller) g_last_team_size = omp_get_num_threads();
+    body(caller ? &caller_work : nullptr);
+  }
+  if (plan.guarded) g_guard.team_step_took(caller_work, Clock::now() - begin - caller_work);
+#else
+  Clock::duration work{};
+  body(&work);
+#endif
+}
+
 }  // namespace
 
 std::int64_t run_tasks(const std::vector<Task>& tasks, const FiniteCheck* checks) {
   const std::vector<std::int64_t> start = offsets(tasks);
   const std::int64_t total = start.back();
-  const int threads = bytes_moved(tasks) < serial_cutoff_bytes() ? 1 : num_threads();
+  const Plan plan = plan_for(bytes_moved(tasks));
   const std::size_t none = tasks.size();
 
   const auto first_nonfinite = [&](std::int64_t lo, std::int64_t hi) {
@@ -160,31 +320,37 @@ std::int64_t run_tasks(const std::vector<Task>& tasks, const FiniteCheck* checks
     });
   };
 
-  std::size_t first_bad = none;
-  if (threads <= 1) {
-    g_last_team_size = 1;
-    if (checks) first_bad = first_nonfinite(0, total);
-    if (first_bad == none) update(0, total);
-  } else {
-#ifdef _OPENMP
-#pragma omp parallel num_threads(threads)
-    {
-      const int count = omp_get_num_threads(), id = omp_get_thread_num();
-      if (id == 0) g_last_team_size = count;
-      const std::int64_t lo = piece_start(total, count, id), hi = piece_start(total, count, id + 1);
-      if (checks) {
-        // Each thread checks the elements it would update; all agree on the
-        // first bad task before anyone writes.
-        const std::size_t mine = first_nonfinite(lo, hi);
-#pragma omp critical(fusedopt_first_bad)
-        first_bad = std::min(first_bad, mine);
-#pragma omp barrier
-      }
-      if (first_bad == none) update(lo, hi);
-    }
-#endif
+  if (plan.threads <= 1) {
+    std::size_t first_bad = none;
+    run_serial(plan, [&] {
+      if (checks) first_bad = first_nonfinite(0, total);
+      if (first_bad == none) update(0, total);
+    });
+    return first_bad == none ? -1 : static_cast<std::int64_t>(first_bad);
   }
-  return first_bad == none ? -1 : static_cast<std::int64_t>(first_bad);
+
+  const std::int64_t chunk = chunk_elements(total, plan.threads);
+  Chunks to_check(total, chunk), to_update(total, chunk);
+  std::atomic<std::int64_t> checked{0};      // elements whose check is complete
+  std::atomic<std::size_t> first_bad{none};  // the first task holding a NaN or an infinity
+  run_team(plan, [&](Clock::duration* work) {
+    if (checks) {
+      to_check.claim_all(work, [&](std::int64_t lo, std::int64_t hi) {
+        const std::size_t found = first_nonfinite(lo, hi);
+        std::size_t seen = first_bad.load(std::memory_order_relaxed);
+        while (found < seen && !first_bad.compare_exchange_weak(seen, found, std::memory_order_relaxed)) {
+        }
+        checked.fetch_add(hi - lo, std::memory_order_release);
+      });
+      // Nobody writes before every element is checked. This waits only for
+      // chunks that running threads are checking: a thread that starts late
+      // finds every chunk taken and the verdict known.
+      while (checked.load(std::memory_order_acquire) < total) std::this_thread::yield();
+    }
+    if (first_bad.load(std::memory_order_relaxed) == none) to_update.claim_all(work, update);
+  });
+  const std::size_t found = first_bad.load();
+  return found == none ? -1 : static_cast<std::int64_t>(found);
 }
 
 double reduce_blocks(const std::vector<ReduceTask>& tasks, Combine combine) {
@@ -194,24 +360,24 @@ double reduce_blocks(const std::vector<ReduceTask>& tasks, Combine combine) {
   std::vector<double> partial(static_cast<std::size_t>(block_count), 0.0);
 
   // 0 is the identity of both: sums, and maxima of absolute values.
-  const auto reduce_block = [&](std::int64_t b) {
-    double acc = 0.0;
-    for_each_piece(start, b * kReduceBlock, std::min(total, (b + 1) * kReduceBlock),
-                   [&](std::size_t k, std::int64_t begin, std::int64_t end) {
-                     const ReduceTask& t = tasks[k];
-                     acc = combined(combine, acc, t.kernel(t.scalars, t.data, begin, end));
-                   });
-    partial[static_cast<std::size_t>(b)] = acc;
+  const auto reduce_blocks_in = [&](std::int64_t first, std::int64_t last) {
+    for (std::int64_t b = first; b < last; ++b) {
+      double acc = 0.0;
+      for_each_piece(start, b * kReduceBlock, std::min(total, (b + 1) * kReduceBlock),
+                     [&](std::size_t k, std::int64_t begin, std::int64_t end) {
+                       const ReduceTask& t = tasks[k];
+                       acc = combined(combine, acc, t.kernel(t.scalars, t.data, begin, end));
+                     });
+      partial[static_cast<std::size_t>(b)] = acc;
+    }
   };
 
-  const int threads = bytes_moved(tasks) < serial_cutoff_bytes() ? 1 : num_threads();
-  if (threads <= 1 || block_count <= 1) {
-    for (std::int64_t b = 0; b < block_count; ++b) reduce_block(b);
+  const Plan plan = plan_for(bytes_moved(tasks));
+  if (plan.threads <= 1 || block_count <= 1) {
+    run_serial(plan, [&] { reduce_blocks_in(0, block_count); });
   } else {
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (std::int64_t b = 0; b < block_count; ++b) reduce_block(b);
-#endif
+    Chunks blocks(block_count, 1);
+    run_team(plan, [&](Clock::duration* work) { blocks.claim_all(work, reduce_blocks_in); });
   }
 
   double result = 0.0;

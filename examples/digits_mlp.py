@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
+from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402  (scikit-learn depends on it)
 
 import fusedopt  # noqa: E402
 from fusedopt import reference  # noqa: E402
@@ -36,6 +37,10 @@ from fusedopt.lr_scheduler import CyclicLR, StepLR  # noqa: E402
 
 HIDDEN = 128
 BATCH = 64
+# The matrix products here are at most 64 x 128 x 1347: a second BLAS thread
+# gains nothing, and on a busy machine BLAS threads that spin waiting for a
+# core made the run take 600 s instead of 7 (NumPy's BLAS, not fusedopt).
+BLAS_THREADS = 1
 
 # Each rule (a class of fusedopt, and of fusedopt.reference) with its
 # arguments; lr is the constant step size that suits it on this problem.
@@ -220,18 +225,20 @@ def main(argv=None):
     data = load_data()
     results, times = {}, {}
     repeats = 300 if args.quick else 2000
-    for rule in RULES:
-        results[rule] = {schedule: train(rule, schedule, data, epochs) for schedule in SCHEDULE_COLORS}
-        times[rule] = {"fused": time_per_step(rule, fusedopt, repeats),
-                       "numpy": time_per_step(rule, reference, repeats)}
-        final = {s: f"{c['train'][-1]:.3f}/{c['test'][-1]:.3f}" for s, c in results[rule].items()}
-        print(f"{rule:22s} train/test loss after {epochs} epochs: {final}   "
-              f"step {times[rule]['fused'] * 1e6:.1f} µs (NumPy {times[rule]['numpy'] * 1e6:.1f} µs)")
+    with threadpool_limits(BLAS_THREADS, user_api="blas"):
+        for rule in RULES:
+            results[rule] = {schedule: train(rule, schedule, data, epochs) for schedule in SCHEDULE_COLORS}
+            times[rule] = {"fused": time_per_step(rule, fusedopt, repeats),
+                           "numpy": time_per_step(rule, reference, repeats)}
+            final = {s: f"{c['train'][-1]:.3f}/{c['test'][-1]:.3f}" for s, c in results[rule].items()}
+            print(f"{rule:22s} train/test loss after {epochs} epochs: {final}   "
+                  f"step {times[rule]['fused'] * 1e6:.1f} µs (NumPy {times[rule]['numpy'] * 1e6:.1f} µs)")
+        blas_threads = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
 
     plot_curves(results, epochs, args.out / "digits_loss_curves.png")
     plot_times(times, args.out / "digits_step_time.png")
     summary = {"epochs": epochs, "losses": results,
-               "seconds_per_step": times}
+               "seconds_per_step": times, "blas_threads": blas_threads}
     (args.out / "digits_summary.json").write_text(json.dumps(summary, indent=1))
     print("wrote digits_loss_curves.png, digits_step_time.png to", args.out)
 

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 import fusedopt
 from cases import CASE_IDS, CASES, all_arrays, assert_same_state
-from fusedopt.bench import baselines, cython_loop, rules, workloads
+from fusedopt.bench import baselines, contention, cython_loop, rules, workloads
 
 FEATURES = fusedopt.cpu_features()
 THREADS = sorted({1, fusedopt.get_num_threads()})
@@ -24,6 +26,13 @@ try:
     HAVE_TORCH = True
 except ImportError:
     HAVE_TORCH = False
+
+try:
+    import importlib.metadata
+    importlib.metadata.version("deepspeed")
+    HAVE_DEEPSPEED = True
+except importlib.metadata.PackageNotFoundError:
+    HAVE_DEEPSPEED = False
 
 
 @pytest.fixture(scope="session")
@@ -36,12 +45,12 @@ def loop_cache(tmp_path_factory):
         yield directory
 
 
-def run_bench(tmp_path, *options):
+def run_bench(tmp_path, *options, stderr=False, timeout=300):
     env = dict(os.environ)
     result = subprocess.run([sys.executable, "-m", "fusedopt", "bench", "--no-progress", *options],
-                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=timeout)
     assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    return (result.stdout, result.stderr) if stderr else result.stdout
 
 
 def test_bench_command_reports_every_implementation(tmp_path, loop_cache):
@@ -87,7 +96,104 @@ def test_bench_command_reports_every_implementation(tmp_path, loop_cache):
 
     assert "adam: Adam(), float32, 28 bytes/element" in out  # the section table
     assert "against each peer" in out                       # the summary
-    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "contention: no busy processes started" in out
+    assert document["settings"]["contention"] == {"processes": 0, "kind": "python",
+                                                  "description": "no busy processes started"}
+    png = (tmp_path / "bench.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # The plot says which machine, when, and on how many threads (in its Title field as on the image).
+    title = png_text(png)["Title"]
+    assert FEATURES["cpu"] in title and FEATURES["version"] in title
+    assert f"threads {', '.join(map(str, THREADS))} (headline {max(THREADS)})" in title
+    assert re.search(r"\b20\d\d-\d\d-\d\d \d\d:\d\d\b", title)
+    assert "no busy processes started" in title
+
+
+def png_text(png: bytes) -> dict[str, str]:
+    """The tEXt fields of a PNG file."""
+    fields, offset = {}, 8
+    while offset < len(png):
+        length = int.from_bytes(png[offset:offset + 4], "big")
+        kind, data = png[offset + 4:offset + 8], png[offset + 8:offset + 8 + length]
+        if kind == b"tEXt":
+            key, _, value = data.partition(b"\0")
+            fields[key.decode("latin-1")] = value.decode("latin-1")
+        offset += 12 + length
+    return fields
+
+
+def test_deepspeed_is_a_peer_when_asked_for(tmp_path):
+    """--impls deepspeed: DeepSpeedCPUAdam on Adam and AdamW in float32, a note
+    for what it cannot run, and a note (not a failure) when it is not installed."""
+    out = run_bench(tmp_path, "--rules", "adam,adamw,sgd", "--sizes", "1e3", "--models", "none",
+                    "--dtypes", "float32,float64", "--impls", "fusedopt,deepspeed", "--threads", "1",
+                    "--seconds", "0.01", "--min-samples", "3", "--json", str(tmp_path / "bench.json"),
+                    timeout=1800)  # DeepSpeed's first use builds its kernel: minutes
+    assert "DeepSpeed builds its CPU Adam on first use with -march=native" in out
+    rows = {(row["rule"], row["dtype"]): row for row in json.loads((tmp_path / "bench.json").read_text())["results"]
+            if row["family"] == "deepspeed"}
+    assert set(rows) == {(rule, dtype) for rule in ("adam", "adamw", "sgd") for dtype in ("float32", "float64")}
+    for (rule, dtype), row in rows.items():
+        if not HAVE_DEEPSPEED:
+            assert row["skipped"].startswith("deepspeed is not installed (pip install 'fusedopt[peers]')")
+        elif rule == "sgd":
+            assert row["skipped"] == "DeepSpeed's CPU optimizer is Adam and AdamW only, not SGD(lr=0.001)"
+        elif dtype == "float64":
+            assert row["skipped"] == "DeepSpeedCPUAdam here steps float32, not float64"
+        else:
+            assert row["skipped"] is None and row["seconds"]["median"] > 0
+    assert "vs deepspeed" in out
+
+
+@pytest.mark.parametrize("kind", ["python", "fusedopt"])
+def test_bench_runs_beside_busy_processes_and_says_so(tmp_path, kind):
+    out = run_bench(tmp_path, "--rules", "adam", "--sizes", "1e5", "--models", "none", "--dtypes", "float32",
+                    "--impls", "fusedopt", "--seconds", "0.01", "--min-samples", "3",
+                    "--contention", "2", "--contention-kind", kind, "--json", str(tmp_path / "bench.json"))
+    document = json.loads((tmp_path / "bench.json").read_text())
+    description = f"2 busy processes beside it ({contention.KINDS[kind]})"
+    assert document["settings"]["contention"] == {"processes": 2, "kind": kind, "description": description}
+    assert f"contention: {description}" in out
+    assert all(row["seconds"] for row in document["results"])
+
+
+@pytest.mark.parametrize("kind", ["python", "fusedopt"])
+def test_busy_processes_are_busy_and_stop_with_the_block(kind):
+    with contention.busy_processes(2, kind) as processes:
+        assert len(processes) == 2
+        time.sleep(0.3)
+        for process in processes:
+            assert process.poll() is None
+            with open(f"/proc/{process.pid}/stat") as stat:  # utime + stime, in clock ticks
+                fields = stat.read().rsplit(")", 1)[1].split()
+            assert int(fields[11]) + int(fields[12]) > 0
+    assert all(process.poll() is not None for process in processes)
+    with pytest.raises(ValueError, match="kind must be one of python, fusedopt"):
+        with contention.busy_processes(1, "java"):
+            pass
+
+
+def test_the_bench_warns_of_nothing(tmp_path):
+    """Centered RMSprop with one gradient forever drives v - gbar^2 to a rounding
+    error, half the time negative: NumPy warned of a sqrt of a negative (NaN
+    params in every implementation). The bench alternates that rule's grads
+    with their negatives."""
+    _, err = run_bench(tmp_path, "--rules", "rmsprop_centered_momentum", "--sizes", "1e3", "--models", "none",
+                       "--dtypes", "float32", "--impls", "numpy,numpy-tuned", "--threads", "1",
+                       "--seconds", "0.2", "--min-samples", "3000", stderr=True)
+    assert "Warning" not in err, err
+
+
+def test_centered_rmsprop_stays_finite_on_the_bench_grads():
+    rule = rules.rule_named("rmsprop_centered_momentum")
+    params, grads = workloads.make_arrays(workloads.single_tensor(1000), np.float32)
+    sets = workloads.grad_sets(rule, grads)
+    assert len(sets) == 2 and np.array_equal(sets[1][0], -grads[0])
+    optimizer = fusedopt.RMSprop(params, **rule.kwargs)
+    for step in range(5000):
+        optimizer.step(sets[step % 2])
+    assert np.isfinite(params[0]).all()
+    assert workloads.grad_sets(rules.rule_named("adam"), grads) == [grads]  # no copy where none is needed
 
 
 def test_benchmark_suite_records_target_and_threads(tmp_path, loop_cache):
@@ -180,7 +286,7 @@ def test_roof_covers_every_rule():
     for rule in rules.RULES:
         assert roof.unavailable(rule) is None, rule.key
         params, grads = [np.ones(5, np.float32)], [np.full(5, 2.0, np.float32)]
-        with roof.prepared(rule, params, grads) as step:
+        with roof.prepared(rule, params, [grads]) as step:
             step()
         assert np.array_equal(params[0], np.full(5, 3.0, np.float32)), rule.key  # w += g
 

@@ -68,3 +68,37 @@ def test_any_split_into_pieces_gives_the_same_bits(target, dtype, pieces):
     # np.abs made copies of v above in both runs alike; w and m carry the result.
     for a, b in zip(whole[:3], split[:3]):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("threads", [3, 4])
+@pytest.mark.parametrize("name, kwargs", [("Adam", {"amsgrad": True}), ("RMSprop", {"centered": True, "momentum": 0.9}),
+                                          ("SGD", {"momentum": 0.9, "nesterov": True})])
+def test_more_threads_than_cores_give_the_same_bits(dtype, parallel_everywhere, threads, name, kwargs):
+    """With more threads than cores, which thread claims which chunk changes
+    from step to step (a thread waiting for a core finds its share taken):
+    the bits do not."""
+    with fusedopt.threads(1):
+        one = run(name, kwargs, dtype, steps=6)
+    with fusedopt.threads(threads):
+        many = run(name, kwargs, dtype, steps=6)
+    assert_bitwise_equal(many, one)
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_a_nonfinite_grad_in_any_chunk_stops_every_thread(dtype, parallel_everywhere, threads, where):
+    """The threads agree on the verdict once every chunk is checked, whoever
+    checked it: a NaN in the first or the last element changes nothing."""
+    rng = np.random.default_rng(4)
+    params = random_arrays(rng, SIZES, dtype)
+    before = [p.copy() for p in params]
+    opt = fusedopt.Adam(params, nonfinite="skip")
+    grads = random_arrays(rng, SIZES, dtype)
+    bad = 0 if where == "first" else len(grads) - 1
+    grads[bad][0 if where == "first" else -1] = np.nan
+    with fusedopt.threads(threads):
+        assert opt.step(grads) is False
+    for p, q in zip(params, before):
+        np.testing.assert_array_equal(p, q)
+    assert all(s["step"] == 0 for s in opt.state) and opt.skipped_steps == 1
+    assert all(not s["exp_avg"].any() for s in opt.state)

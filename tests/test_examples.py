@@ -52,6 +52,7 @@ def test_digits_mlp(tmp_path):
     run_example("digits_mlp.py", tmp_path)
     assert_pngs(tmp_path, ["digits_loss_curves.png", "digits_step_time.png"])
     summary = json.loads((tmp_path / "digits_summary.json").read_text())
+    assert summary["blas_threads"] and set(summary["blas_threads"]) == {1}  # on a busy machine BLAS threads fought the load
     assert len(summary["losses"]) == 13  # every rule of fusedopt, AdaDelta in both forms, SGD with and without momentum
     for rule, schedules in summary["losses"].items():
         assert set(schedules) == {"constant", "step decay", "cyclic"}

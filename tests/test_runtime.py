@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 from contextlib import redirect_stdout
 
 import numpy as np
@@ -122,15 +123,126 @@ def test_set_num_threads_and_the_context_manager():
     finally:
         _core.set_thread_override(0)
     assert fusedopt.get_num_threads() == automatic
-    with pytest.raises(ValueError, match="n must be >= 1"):
+    with pytest.raises(ValueError, match="n must be from 1 to 4096"):
         fusedopt.set_num_threads(0)
     with pytest.raises(TypeError, match="n must be an int"):
         fusedopt.threads(2.0).__enter__()
 
 
 def test_small_steps_run_on_one_thread():
-    assert adam_step(1000) == 1
-    assert adam_step() == fusedopt.get_num_threads()
+    with fusedopt.threads(2):
+        assert adam_step(1000) == 1
+        assert adam_step() == 2
+
+
+@pytest.mark.parametrize("count", [0, -1, 4097, 100_000])
+def test_thread_counts_out_of_range_are_refused_and_nothing_changes(count):
+    """As FUSEDOPT_NUM_THREADS: 100_000 threads overflowed the OpenMP runtime's stack."""
+    automatic = fusedopt.get_num_threads()
+    with pytest.raises(ValueError, match=f"n must be from 1 to 4096, as FUSEDOPT_NUM_THREADS, got {count}"):
+        fusedopt.set_num_threads(count)
+    with pytest.raises(ValueError, match="n must be from 1 to 4096"):
+        with fusedopt.threads(count):
+            pass
+    assert fusedopt.get_num_threads() == automatic
+    assert _core.thread_override() == 0 and _core.scoped_thread_override() == 0
+    with pytest.raises(ValueError, match="from 1 to 4096"):  # the core refuses it too
+        _core.set_thread_override(count if count else -1)
+    assert _core.thread_override() == 0
+
+
+def test_the_largest_thread_count_runs():
+    result = python("import fusedopt, numpy as np\n"
+                    "rng = np.random.default_rng(0); g = rng.standard_normal(10**6).astype(np.float32)\n"
+                    "w = np.ones(10**6, np.float32); r = w.copy(); opt = fusedopt.Adam([w])\n"
+                    "with fusedopt.threads(4096): opt.step([g])\n"
+                    "fusedopt.reference.Adam([r]).step([g])\n"
+                    "from fusedopt import _core; print(_core.last_team_size(), np.array_equal(w, r))")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["4096", "True"]
+
+
+def test_threads_blocks_on_two_python_threads_interleave():
+    """Each Python thread's steps see the count of its own ``with`` block, and
+    blocks that end out of order leave nothing fixed (a process-global save
+    and restore left 1 stuck here)."""
+    automatic = fusedopt.get_num_threads()
+    a_entered, b_entered, a_left = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with fusedopt.threads(1):
+            a_entered.set()
+            b_entered.wait(10)
+            seen["a"] = (fusedopt.get_num_threads(), adam_step())
+        a_left.set()
+
+    def b():
+        a_entered.wait(10)
+        with fusedopt.threads(2):
+            b_entered.set()
+            a_left.wait(10)
+            seen["b"] = (fusedopt.get_num_threads(), adam_step())
+        seen["b after"] = fusedopt.get_num_threads()
+
+    workers = [threading.Thread(target=a), threading.Thread(target=b)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert seen == {"a": (1, 1), "b": (2, 2), "b after": automatic}
+    assert fusedopt.get_num_threads() == automatic and _core.thread_override() == 0
+
+
+def test_set_num_threads_holds_for_every_python_thread():
+    seen = []
+    fusedopt.set_num_threads(1)
+    try:
+        worker = threading.Thread(target=lambda: seen.append((fusedopt.get_num_threads(), adam_step())))
+        worker.start()
+        worker.join(30)
+        with fusedopt.threads(2):  # the calling thread's block wins over the process's count
+            assert adam_step() == 2
+    finally:
+        _core.set_thread_override(0)
+    assert seen == [(1, 1)]
+
+
+# On one core, a second thread can only run while the caller does not, so
+# every team step stalls: the default count must step back to one thread.
+CONTENDED = """
+import json, numpy as np, fusedopt
+from fusedopt import _core
+rng = np.random.default_rng(0)
+n = 1_000_000
+w = rng.standard_normal(n).astype(np.float32); r = w.copy(); f = w.copy()
+default, serial, fixed = fusedopt.Adam([w]), fusedopt.Adam([r]), fusedopt.Adam([f])
+teams = []
+for _ in range(40):
+    g = rng.standard_normal(n).astype(np.float32)
+    default.step([g])
+    with fusedopt.threads(1):
+        serial.step([g])
+    with fusedopt.threads(2):
+        fixed.step([g])
+        teams.append(_core.last_team_size())
+print(json.dumps({"threads": fusedopt.get_num_threads(), "default_equal": bool(np.array_equal(w, r)),
+                  "fixed_equal": bool(np.array_equal(f, r)), "fixed_teams": sorted(set(teams)),
+                  **_core.contention_stats()}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity to pin to one core")
+def test_the_default_count_steps_back_to_one_thread_when_the_team_stalls():
+    code = f"import os; os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})\n{CONTENDED}"
+    result = python(code, OMP_NUM_THREADS="2")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["threads"] == 2 and out["default_equal"] and out["fixed_equal"]
+    assert out["fixed_teams"] == [2]               # a count the user fixed is the count they get
+    assert out["stalls"] >= 1 and out["stalls"] <= out["team_steps"]
+    assert out["team_steps"] + out["serial_steps"] == 40
+    assert out["serial_steps"] > out["team_steps"]  # after a stall, steps run on the caller
 
 
 def test_threadpoolctl_sees_and_limits_the_pool():
@@ -163,7 +275,8 @@ def _child_steps(queue):
 def test_a_forked_child_completes_its_steps():
     """libgomp's pool does not survive fork: a child entering a parallel region
     hangs. fusedopt runs a forked child's steps on one thread instead."""
-    assert adam_step() == 2 or os.cpu_count() == 1  # the parent's pool is up
+    with fusedopt.threads(2):
+        assert adam_step() == 2  # the parent's pool is up
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_child_steps, args=(queue,))
@@ -175,4 +288,5 @@ def test_a_forked_child_completes_its_steps():
     assert child.exitcode == 0
     equal, team, forked = queue.get(timeout=5)
     assert equal and team == 1 and forked
-    assert adam_step() == fusedopt.get_num_threads()  # the parent is unaffected
+    with fusedopt.threads(2):
+        assert adam_step() == 2  # the parent is unaffected

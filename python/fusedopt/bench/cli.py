@@ -13,7 +13,7 @@ import numpy as np
 
 import fusedopt
 
-from . import report, runner, workloads
+from . import contention, report, runner, workloads
 from .implementations import FAMILIES, FAMILY_KEYS
 from .rules import QUICK_RULES, RULES, rule_named
 
@@ -23,6 +23,9 @@ T = TypeVar("T")
 
 QUICK = dict(rules=[rule_named(key) for key in QUICK_RULES], sizes=workloads.QUICK_SIZES, models=["model200"],
              dtypes=["float32"], seconds=0.04, min_samples=3)
+# Peers that run only when asked for: DeepSpeed builds its kernel on first
+# use (minutes), which would break --quick's minute.
+OPT_IN_FAMILIES = ("deepspeed",)
 FULL = dict(rules=RULES, sizes=workloads.DEFAULT_SIZES, models=list(workloads.MODELS), dtypes=["float32", "float64"],
             seconds=0.2, min_samples=5)
 
@@ -66,6 +69,13 @@ def _threads(text: str) -> int:
     return count
 
 
+def _count(text: str) -> int:
+    count = int(text)
+    if count < 0:
+        raise ValueError(f"a count of processes must be >= 0, got {count}")
+    return count
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "How much faster is fusedopt than NumPy, PyTorch and a plain compiled loop on this machine, and "
@@ -91,10 +101,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fusedopt's SIMD targets to run, e.g. avx512,avx2,sse2, or all (default: the one "
                              "chosen at import); the first is the one compared with the peers")
     parser.add_argument("--impls", type=_listed(_family, list(FAMILY_KEYS)), metavar="LIST",
-                        help=f"implementations: {','.join(FAMILY_KEYS)} (default all)")
+                        help=f"implementations: {','.join(FAMILY_KEYS)}, or all (default all but "
+                             f"{','.join(k for k, f in FAMILY_KEYS.items() if f in OPT_IN_FAMILIES)})")
     parser.add_argument("--seconds", type=float, metavar="S",
                         help="time per measurement (default 0.2, 0.04 with --quick)")
     parser.add_argument("--min-samples", type=int, metavar="N", help="samples per measurement, at least")
+    parser.add_argument("--contention", type=_count, default=0, metavar="N",
+                        help="run N busy processes beside the measurement, as on a busy machine (default 0)")
+    parser.add_argument("--contention-kind", choices=list(contention.KINDS), default="python",
+                        help="what the busy processes run: " +
+                             "; ".join(f"{kind}: {text}" for kind, text in contention.KINDS.items()) +
+                             " (default python)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the arrays' values (default 0)")
     parser.add_argument("--json", metavar="PATH", help="write every measurement as JSON")
     parser.add_argument("--plot", metavar="PATH", help="draw GB/s against size as a PNG (needs matplotlib)")
@@ -127,7 +144,8 @@ def settings_from(args: argparse.Namespace) -> runner.Settings:
     threads = sorted(set(args.threads or [1, fusedopt.get_num_threads()]))
     if not threads:
         raise SystemExit("bench: no thread count chosen")
-    families = [f for f in FAMILIES if f in (args.impls if args.impls is not None else FAMILIES)]
+    default_families = [f for f in FAMILIES if f not in OPT_IN_FAMILIES]
+    families = [f for f in FAMILIES if f in (args.impls if args.impls is not None else default_families)]
     if "fusedopt" not in families:
         families.insert(1 if "roof" in families else 0, "fusedopt")  # every comparison is with fusedopt
     return runner.Settings(
@@ -140,6 +158,8 @@ def settings_from(args: argparse.Namespace) -> runner.Settings:
         seconds=args.seconds or defaults["seconds"],
         min_samples=args.min_samples or defaults["min_samples"],
         seed=args.seed,
+        contention=args.contention,
+        contention_kind=args.contention_kind,
     )
 
 
@@ -183,13 +203,18 @@ def main(args: argparse.Namespace, command: str | None = None) -> int:
     features = machine["fusedopt"]
     print(f"fusedopt {features['version']} on {features['cpu']}: targets {', '.join(settings.targets)}, "
           f"threads {', '.join(map(str, settings.threads))}; numpy {machine['numpy']}, "
-          f"torch {machine['torch'] or 'not installed'}")
+          f"torch {machine['torch'] or 'not installed'}, deepspeed {machine['deepspeed'] or 'not installed'}")
     if "load_average" in machine:
         load, cpus = machine["load_average"][0], machine.get("cpus_usable") or machine["cpu_count"] or 1
         print(f"load average {load:.2f} on {cpus} CPUs")
         if load > 0.5 * cpus:
-            print("warning: this machine is busy: expect slow, noisy numbers, and multi-threaded steps "
-                  "that wait for a core (milliseconds) whenever fewer cores are idle than threads run")
+            print("warning: this machine is busy: expect slow, noisy numbers; fusedopt at its default "
+                  "thread count steps back to one thread while a second one waits for a core, a fixed "
+                  "count (--threads) may wait milliseconds")
+    print(f"contention: {report.contention_text(settings)}")
+    if "deepspeed" in settings.families:
+        print("deepspeed: DeepSpeed builds its CPU Adam on first use with -march=native (its own build, "
+              "for this CPU only; minutes the first time)")
     print(f"command: {command}\n", flush=True)
 
     bar = ProgressBar(not args.no_progress)
@@ -213,7 +238,7 @@ def main(args: argparse.Namespace, command: str | None = None) -> int:
         report.write_json(args.json, rows, settings, machine, command, duration)
         print(f"wrote {args.json}")
     if args.plot:
-        report.plot(args.plot, rows)
+        report.plot(args.plot, rows, report.plot_title(machine, settings))
         print(f"wrote {args.plot}")
     if args.markdown:
         with open(args.markdown, "w") as out:

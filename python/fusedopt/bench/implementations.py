@@ -1,18 +1,23 @@
 """Everything the benchmark compares, behind one interface.
 
 An implementation says whether it can run a rule here (``unavailable``
-returns the reason it cannot) and, given params and grads, prepares a
-step: a callable that does one optimizer step over all params, with its
-threads and SIMD target set for as long as the ``prepared`` context lasts.
+returns the reason it cannot) and, given params and grad sets, prepares a
+step: a callable that does one optimizer step over all params, with the
+grad sets in turn (see ``workloads.grad_sets``), with its threads and SIMD
+target set for as long as the ``prepared`` context lasts. A peer that finds
+it cannot run an array raises ``Unsupported`` there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import inspect
+import itertools
+import os
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -22,9 +27,28 @@ from fusedopt import _core
 from .baselines import tuned_numpy_class
 from .rules import BenchRule
 
-__all__ = ["Implementation", "FAMILIES", "FAMILY_KEYS", "make"]
+__all__ = ["Implementation", "Unsupported", "FAMILIES", "FAMILY_KEYS", "PEERS", "make"]
 
 Step = Callable[[], object]
+GradSets = Sequence[list[np.ndarray]]
+
+
+class Unsupported(Exception):
+    """A peer cannot run these arrays (a dtype it lacks): reported, not raised."""
+
+
+def _each_in_turn(step_with: Callable[[list[np.ndarray]], object], grad_sets: GradSets) -> Step:
+    """A step with grad_sets[0], then [1], ...; with one set, no overhead at all."""
+    if len(grad_sets) == 1:
+        return functools.partial(step_with, grad_sets[0])
+    steps = itertools.cycle([functools.partial(step_with, grads) for grads in grad_sets])
+    return lambda: next(steps)()
+
+
+def _threads(count: int):
+    """fusedopt at its default count runs as a user gets it (on a busy machine
+    it steps back to one thread); any other count is fixed."""
+    return contextlib.nullcontext() if count == fusedopt.get_num_threads() else fusedopt.threads(count)
 
 # The roof kernel (csrc/kernels.cpp) handles a param, its grad and up to
 # three state arrays.
@@ -52,7 +76,7 @@ class Implementation:
         return None
 
     @contextlib.contextmanager
-    def prepared(self, rule: BenchRule, params: list[np.ndarray], grads: list[np.ndarray]) -> Iterator[Step]:
+    def prepared(self, rule: BenchRule, params: list[np.ndarray], grad_sets: GradSets) -> Iterator[Step]:
         raise NotImplementedError
         yield
 
@@ -71,10 +95,10 @@ class Fusedopt(Implementation):
     description = "fusedopt's optimizer: opt.step(grads), one call into C++"
 
     @contextlib.contextmanager
-    def prepared(self, rule, params, grads):
-        with _on_target(self.target), fusedopt.threads(self.threads):
+    def prepared(self, rule, params, grad_sets):
+        with _on_target(self.target), _threads(self.threads):
             optimizer = getattr(fusedopt, rule.optimizer)(params, **rule.kwargs)
-            yield functools.partial(optimizer.step, grads)
+            yield _each_in_turn(optimizer.step, grad_sets)
 
 
 class Roof(Implementation):
@@ -93,11 +117,11 @@ class Roof(Implementation):
         return None
 
     @contextlib.contextmanager
-    def prepared(self, rule, params, grads):
-        states = len(rule.state_keys)
-        tensors = [[p, *(np.zeros_like(p) for _ in range(states)), g] for p, g in zip(params, grads)]
-        with _on_target(self.target), fusedopt.threads(self.threads):
-            yield functools.partial(_core.roof, tensors)
+    def prepared(self, rule, params, grad_sets):
+        states = [[np.zeros_like(p) for _ in rule.state_keys] for p in params]
+        tensor_sets = [[[p, *s, g] for p, s, g in zip(params, states, grads)] for grads in grad_sets]
+        with _on_target(self.target), _threads(self.threads):
+            yield _each_in_turn(_core.roof, tensor_sets)
 
 
 class NumpyReference(Implementation):
@@ -113,9 +137,9 @@ class NumpyReference(Implementation):
         return None
 
     @contextlib.contextmanager
-    def prepared(self, rule, params, grads):
+    def prepared(self, rule, params, grad_sets):
         optimizer = getattr(fusedopt.reference, rule.optimizer)(params, **rule.kwargs)
-        yield functools.partial(optimizer.step, grads)
+        yield _each_in_turn(optimizer.step, grad_sets)
 
 
 class NumpyTuned(Implementation):
@@ -131,9 +155,9 @@ class NumpyTuned(Implementation):
         return None
 
     @contextlib.contextmanager
-    def prepared(self, rule, params, grads):
+    def prepared(self, rule, params, grad_sets):
         optimizer = tuned_numpy_class(rule.optimizer)(params, **rule.kwargs)
-        yield functools.partial(optimizer.step, grads)
+        yield _each_in_turn(optimizer.step, grad_sets)
 
 
 class CythonLoop(Implementation):
@@ -154,10 +178,10 @@ class CythonLoop(Implementation):
         return None
 
     @contextlib.contextmanager
-    def prepared(self, rule, params, grads):
+    def prepared(self, rule, params, grad_sets):
         from . import cython_loop
         optimizer = cython_loop.cython_class(rule.optimizer)(params, **rule.kwargs)
-        yield functools.partial(optimizer.step, grads)
+        yield _each_in_turn(optimizer.step, grad_sets)
 
 
 class Torch(Implementation):
@@ -183,19 +207,100 @@ class Torch(Implementation):
         return None
 
     @contextlib.contextmanager
-    def prepared(self, rule, params, grads):
+    def prepared(self, rule, params, grad_sets):
         import torch
         name, kwargs = rule.torch
-        tensors = [torch.from_numpy(p) for p in params]
-        for tensor, grad in zip(tensors, grads):
-            tensor.grad = torch.from_numpy(grad)
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
+        with _torch_tensors(params, grad_sets, self.threads) as (tensors, step_with):
             optimizer = getattr(torch.optim, name)(tensors, **kwargs, **self.flavours[self.family])
-            yield optimizer.step
-        finally:
-            torch.set_num_threads(previous)
+            yield step_with(optimizer.step)
+
+
+@contextlib.contextmanager
+def _torch_tensors(params, grad_sets: GradSets, threads: int):
+    """Tensors sharing the params' memory with the first grads in ``.grad``,
+    torch's threads set, and a way to make a step that uses each grad set in
+    turn (setting ``.grad`` only when there are several)."""
+    import torch
+    tensors = [torch.from_numpy(p) for p in params]
+    grad_tensors = [[torch.from_numpy(g) for g in grads] for grads in grad_sets]
+    for tensor, grad in zip(tensors, grad_tensors[0]):
+        tensor.grad = grad
+
+    def step_with(optimizer_step: Step) -> Step:
+        if len(grad_tensors) == 1:
+            return optimizer_step
+
+        def with_grads(grads):
+            for tensor, grad in zip(tensors, grads):
+                tensor.grad = grad
+            return optimizer_step()
+        return _each_in_turn(with_grads, grad_tensors)
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield tensors, step_with
+    finally:
+        torch.set_num_threads(previous)
+
+
+class DeepSpeed(Implementation):
+    """DeepSpeed's CPU Adam, the peer CPU users of DeepSpeed pick (ZeRO-Offload)."""
+
+    description = ("DeepSpeed's DeepSpeedCPUAdam (DS_ACCELERATOR=cpu) on tensors sharing the arrays' memory; "
+                   "DeepSpeed builds its kernel on first use, with -march=native (its own build, not fusedopt's)")
+    # torch.optim's class -> DeepSpeedCPUAdam's adamw_mode.
+    MODES = {"Adam": False, "AdamW": True}
+    # The param dtypes DeepSpeedCPUAdam steps. The bench measures float32 and
+    # float64 today; bfloat16 and float16 rows need only the bench's dtypes
+    # to grow (params made with ml_dtypes, as torch.from_numpy cannot share
+    # bfloat16: convert with tensor.view(torch.bfloat16)).
+    DTYPES = {"float32"}
+
+    @property
+    def label(self):
+        return f"deepspeed {self.threads}t"
+
+    def unavailable(self, rule):
+        if rule.torch is None or rule.torch[0] not in self.MODES:
+            return f"DeepSpeed's CPU optimizer is Adam and AdamW only, not {rule.describe()}"
+        if set(rule.torch[1]) - {"lr", "betas", "eps", "weight_decay"}:
+            return f"DeepSpeedCPUAdam has no {', '.join(sorted(set(rule.torch[1]) - {'lr', 'betas', 'eps', 'weight_decay'}))}"
+        try:
+            deepspeed_adam()
+        except ImportError as error:
+            return f"deepspeed is not installed (pip install 'fusedopt[peers]'): {error}"
+        return None
+
+    @contextlib.contextmanager
+    def prepared(self, rule, params, grad_sets):
+        if params and params[0].dtype.name not in self.DTYPES:
+            raise Unsupported(f"DeepSpeedCPUAdam here steps {', '.join(sorted(self.DTYPES))}, not {params[0].dtype}")
+        name, kwargs = rule.torch
+        with _torch_tensors(params, grad_sets, self.threads) as (tensors, step_with):
+            optimizer = deepspeed_adam()(tensors, adamw_mode=self.MODES[name], **kwargs)
+            yield step_with(optimizer.step)
+
+
+@functools.lru_cache(maxsize=None)
+def deepspeed_adam():
+    """DeepSpeedCPUAdam, imported once with DeepSpeed's CPU accelerator.
+
+    torch keeps the kernels it builds for DeepSpeed in one directory per
+    user, keyed by name only: two DeepSpeed installations (two virtual
+    environments) rebuild each other's kernel on every first use, minutes
+    each. Unless TORCH_EXTENSIONS_DIR says otherwise, each installation gets
+    its own directory in fusedopt's cache."""
+    import importlib.util
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    spec = importlib.util.find_spec("deepspeed")
+    if spec is None or spec.origin is None:
+        raise ImportError("No module named 'deepspeed'")
+    from .cython_loop import cache_dir
+    installation = hashlib.sha256(os.path.dirname(spec.origin).encode()).hexdigest()[:12]
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions" / installation))
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+    return DeepSpeedCPUAdam
 
 
 # Families in the order of the table; the torch ones in increasing speed.
@@ -208,7 +313,11 @@ FAMILIES: dict[str, type[Implementation]] = {
     "torch for": Torch,
     "torch foreach": Torch,
     "torch fused": Torch,
+    "deepspeed": DeepSpeed,
 }
+
+# The families that run on torch tensors: their refusals are reported, not raised.
+PEERS = (Torch, DeepSpeed)
 
 # The short names the command line accepts.
 FAMILY_KEYS = {family.replace(" ", "-"): family for family in FAMILIES}

@@ -4,6 +4,8 @@ written as JSON and drawn as a plot."""
 
 from __future__ import annotations
 
+import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -15,14 +17,16 @@ import numpy as np
 
 import fusedopt
 
+from . import contention
 from .implementations import FAMILIES
 from .runner import Result, Settings
 
-__all__ = ["derive", "format_section", "format_summary", "machine_info", "write_json", "plot",
+__all__ = ["derive", "format_section", "format_summary", "machine_info", "write_json", "plot", "plot_title",
+           "contention_text",
            "PEER_FAMILIES"]
 
 # The peers fusedopt is compared with, in the order of the summary's columns.
-PEER_FAMILIES = ["numpy", "numpy tuned", "cython loop", "torch for", "torch foreach", "torch fused"]
+PEER_FAMILIES = ["numpy", "numpy tuned", "cython loop", "torch for", "torch foreach", "torch fused", "deepspeed"]
 
 
 def derive(results: Iterable[Result], settings: Settings) -> list[dict[str, Any]]:
@@ -181,12 +185,19 @@ def machine_info() -> dict[str, Any]:
     if hasattr(os, "getloadavg"):
         info["load_average"] = list(os.getloadavg())
     info["environment"] = {name: os.environ[name] for name in ENVIRONMENT if name in os.environ}
-    for name in ("torch", "Cython"):
+    for name in ("torch", "Cython", "deepspeed"):  # from the metadata: importing deepspeed takes seconds
         try:
-            info[name.lower()] = __import__(name).__version__
-        except ImportError:
+            info[name.lower()] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             info[name.lower()] = None
     return info
+
+
+def contention_text(settings: Settings) -> str:
+    """What ran beside the measurement, for the header, the plot and the JSON."""
+    if not settings.contention:
+        return "no busy processes started"
+    return f"{settings.contention} busy processes beside it ({contention.KINDS[settings.contention_kind]})"
 
 
 def write_json(path: str, rows: list[dict[str, Any]], settings: Settings, machine: dict[str, Any],
@@ -204,6 +215,8 @@ def write_json(path: str, rows: list[dict[str, Any]], settings: Settings, machin
             "headline": {"target": settings.headline[0], "threads": settings.headline[1]},
             "seconds_per_measurement": settings.seconds, "min_samples": settings.min_samples,
             "seed": settings.seed,
+            "contention": {"processes": settings.contention, "kind": settings.contention_kind,
+                           "description": contention_text(settings)},
         },
         "implementations": {family: FAMILIES[family].description for family in settings.families},
         "results": rows,
@@ -215,9 +228,21 @@ def write_json(path: str, rows: list[dict[str, Any]], settings: Settings, machin
 
 # -------------------------------------------------------------------- plot
 
-def plot(path: str, rows: list[dict[str, Any]]) -> None:
+def plot_title(machine: dict[str, Any], settings: Settings, when: datetime.datetime | None = None) -> str:
+    """Which machine, when, on how many threads, beside what: the plot says it all itself."""
+    features = machine["fusedopt"]
+    when = when or datetime.datetime.now().astimezone()
+    cpus = machine.get("cpus_usable") or machine["cpu_count"]
+    target, threads = settings.headline
+    return (f"fusedopt {features['version']} on {features['cpu']} ({cpus} CPUs), {when:%Y-%m-%d %H:%M %Z}\n"
+            f"fusedopt {target}, threads {', '.join(map(str, settings.threads))} (headline {threads}); "
+            f"{contention_text(settings)}")
+
+
+def plot(path: str, rows: list[dict[str, Any]], title: str) -> None:
     """GB/s of minimal traffic against size, one panel per (rule, dtype),
-    a line per implementation, the roofs dashed."""
+    a line per implementation, the roofs dashed; ``title`` on top (and in
+    the PNG's Title field), the legend right under the panels."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -233,10 +258,12 @@ def plot(path: str, rows: list[dict[str, Any]]) -> None:
     dtypes = list(dict.fromkeys(dtype for _, dtype in panels))
     columns = len(dtypes) if len(dtypes) > 1 else min(3, len(panels))
     grid_rows = -(-len(panels) // columns)
-    legend_width = 2.2  # inches on the right
-    width = 5.0 * columns + legend_width
-    figure, axes = plt.subplots(grid_rows, columns, figsize=(width, 3.3 * grid_rows + 0.3), squeeze=False)
     labels = list(dict.fromkeys(row["implementation"] for group in panels.values() for row in group))
+    legend_columns = min(len(labels), 2 * columns + 1)
+    title_height, legend_height = 0.5, 0.25 * -(-len(labels) // legend_columns) + 0.2  # inches
+    width, panels_height = 5.0 * columns, 3.3 * grid_rows
+    height = title_height + panels_height + legend_height
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(width, height), squeeze=False)
     roof_rows = [row for group in panels.values() for row in group if row["family"] == "roof"]
     widest_roof = max(roof_rows, key=lambda row: row["threads"])["implementation"] if roof_rows else None
     colours = {label: f"C{i % 10}" for i, label in enumerate(l for l in labels if not l.startswith("roof"))}
@@ -266,7 +293,8 @@ def plot(path: str, rows: list[dict[str, Any]]) -> None:
             if name not in names:
                 handles.append(handle)
                 names.append(name)
-    figure.legend(handles, names, loc="center right", fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0, 1 - legend_width / width, 1))
-    figure.savefig(path, dpi=110)
+    figure.suptitle(title, fontsize=10)
+    figure.legend(handles, names, loc="lower center", ncol=legend_columns, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, legend_height / height, 1, 1 - title_height / height))
+    figure.savefig(path, dpi=110, metadata={"Title": title})
     plt.close(figure)

@@ -19,15 +19,17 @@ import fusedopt
 
 from . import implementations as impls
 from .implementations import Implementation
+from .contention import busy_processes
 from .rules import BenchRule
 from .timing import Timing, measure
-from .workloads import Workload, available_memory_bytes, make_arrays
+from .workloads import Workload, available_memory_bytes, grad_sets, make_arrays
 
 __all__ = ["Settings", "Result", "run"]
 
 # Arrays that may be alive at once, per element, beyond the rule's own
 # streams: the master params and grads, a params copy, and temporaries of
-# the NumPy reference or torch's foreach lists.
+# the NumPy reference or torch's foreach lists (or the negated grads of
+# centered RMSprop, see workloads.grad_sets).
 EXTRA_ARRAYS = 5
 
 
@@ -36,12 +38,14 @@ class Settings:
     rules: list[BenchRule]
     dtypes: list[np.dtype]
     workloads: list[Workload]
-    threads: list[int]        # fusedopt and the roof run at each; torch at the largest
+    threads: list[int]        # fusedopt and the roof run at each; torch and deepspeed at the largest
     targets: list[str]        # fusedopt's SIMD targets; the first is the headline
     families: list[str]       # keys of implementations.FAMILIES
     seconds: float = 0.2      # per measurement
     min_samples: int = 5
     seed: int = 0
+    contention: int = 0       # busy processes beside the measurement (see contention.py)
+    contention_kind: str = "python"
 
     @property
     def headline(self) -> tuple[str, int]:
@@ -57,7 +61,7 @@ class Settings:
                 chosen += [impls.make("roof", n, best) for n in self.threads]
             elif family == "fusedopt":
                 chosen += [impls.make("fusedopt", n, target) for target in self.targets for n in self.threads]
-            elif family.startswith("torch"):
+            elif family.startswith("torch") or family == "deepspeed":
                 chosen.append(impls.make(family, max(self.threads)))
             else:  # NumPy and the plain loop run on one thread by nature
                 chosen.append(impls.make(family, 1))
@@ -105,6 +109,12 @@ def run(settings: Settings, progress: Progress | None = None,
         impls.make("cython loop").unavailable(settings.rules[0])  # builds it, or learns why it cannot
 
     reasons = {(rule.key, impl): impl.unavailable(rule) for rule in settings.rules for impl in chosen}
+    with busy_processes(settings.contention, settings.contention_kind):
+        return _run_all(settings, chosen, reasons, progress, on_section_done)
+
+
+def _run_all(settings: Settings, chosen: list[Implementation], reasons: dict, progress: Progress,
+             on_section_done: Callable[[list[Result]], None] | None) -> list[Result]:
     results: list[Result] = []
     for dtype in map(np.dtype, settings.dtypes):
         measured: list[Result] = []
@@ -138,12 +148,14 @@ def _measure_one(impl: Implementation, rule: BenchRule, params, grads,
                  settings: Settings) -> tuple[Timing | None, str | None]:
     own_params = [p.copy() for p in params]
     try:
-        with impl.prepared(rule, own_params, grads) as step:
+        with impl.prepared(rule, own_params, grad_sets(rule, grads)) as step:
             return measure(step, seconds=settings.seconds, min_samples=settings.min_samples), None
+    except impls.Unsupported as refusal:
+        return None, str(refusal)
     except Exception as error:  # noqa: BLE001 - only a peer's refusal is reported, not ours
-        if not isinstance(impl, impls.Torch):
+        if not isinstance(impl, impls.PEERS):
             raise
-        return None, f"torch raised {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        return None, f"{impl.family} raised {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 def _memory_shortfall(rule: BenchRule, dtype: np.dtype, workload: Workload) -> str | None:

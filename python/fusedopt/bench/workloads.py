@@ -136,6 +136,23 @@ def make_arrays(workload: Workload, dtype: np.dtype, seed: int = 0) -> tuple[lis
     return params, grads
 
 
+def grad_sets(rule, grads: list[np.ndarray]) -> list[list[np.ndarray]]:
+    """The grads an implementation steps with, one set per step in turn.
+
+    A gradient that never changes drives centered RMSprop's variance
+    estimate v - gbar^2 to zero: after a couple of thousand steps it is a
+    rounding error, half the time negative, and every implementation takes
+    the square root of a negative number (NaN params; NumPy warns "invalid
+    value encountered in sqrt"). For the rules that track the gradient's
+    variance the grads alternate with their negatives, which keeps the
+    variance at g^2 as a noisy gradient would; the others get the grads
+    alone, at no cost.
+    """
+    if not rule.kwargs.get("centered"):
+        return [grads]
+    return [grads, [np.negative(g) for g in grads]]
+
+
 def available_memory_bytes() -> int | None:
     """Memory the benchmark may still use (Linux's MemAvailable), or None if unknown."""
     try:
