@@ -96,6 +96,16 @@ def thread_override() -> int:
 def set_thread_override(count: int) -> int:
     """Fix the thread count (0 unfixes it); returns the previous override."""
 
+def scoped_thread_override() -> int:
+    """The thread count fixed for the calling thread only, 0 if none."""
+
+def set_scoped_thread_override(count: int) -> int:
+    """Fix the thread count of the calling thread's steps (0 unfixes it); returns the previous one."""
+
+def contention_stats() -> dict[str, int]:
+    """What the default thread count did about a busy machine: team_steps, serial_steps, stalls,
+    stall_streak, serial_budget_ns (see csrc/parallel.hpp)."""
+
 def last_team_size() -> int:
     """How many threads ran the most recent step (1 on the serial path)."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import hashlib
 import inspect
 import itertools
@@ -262,6 +263,8 @@ class DeepSpeed(Implementation):
         return f"deepspeed {self.threads}t"
 
     def unavailable(self, rule):
+        if importlib.util.find_spec("deepspeed") is None:
+            return "deepspeed is not installed (pip install 'fusedopt[peers]')"
         if rule.torch is None or rule.torch[0] not in self.MODES:
             return f"DeepSpeed's CPU optimizer is Adam and AdamW only, not {rule.describe()}"
         if set(rule.torch[1]) - {"lr", "betas", "eps", "weight_decay"}:
@@ -269,7 +272,7 @@ class DeepSpeed(Implementation):
         try:
             deepspeed_adam()
         except ImportError as error:
-            return f"deepspeed is not installed (pip install 'fusedopt[peers]'): {error}"
+            return f"deepspeed could not be loaded: {error}"
         return None
 
     @contextlib.contextmanager
