@@ -9,6 +9,8 @@ See ``fusedopt.functional`` for stateless kernels and ``fusedopt.reference``
 for the NumPy oracle.
 """
 
+import importlib.metadata
+
 from . import _core, optimizers
 from ._config import cpu_features, get_num_threads, set_num_threads, show_config, threads
 from .optimizer import Optimizer
@@ -18,7 +20,10 @@ from . import checkpoint, functional, lr_scheduler, reference, schedules
 from .checkpoint import load, save
 from .functional import clip_grad_norm_, clip_grad_value_, get_total_norm
 
-__version__ = _core.build_info()["version"]
+try:
+    __version__ = importlib.metadata.version("fusedopt")
+except importlib.metadata.PackageNotFoundError:  # a source tree run in place: the core's own
+    __version__ = _core.build_info()["version"]
 
 __all__ = [
     "Optimizer", *optimizers.__all__,

@@ -51,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
     from .bench import cli  # the bench's imports stay out of `import fusedopt`
 
     top = argparse.ArgumentParser(prog="python -m fusedopt", description="fusedopt's command line.")
+    top.add_argument("--version", action="version", version=f"fusedopt {fusedopt.__version__}")
     commands = top.add_subparsers(dest="command", metavar="COMMAND")
     bench = commands.add_parser(
         "bench", help="benchmark fusedopt against NumPy, PyTorch, a plain compiled loop and the memory roof")
