@@ -652,3 +652,52 @@ def test_state_dict_resumes_every_mode_bitwise(name, kwargs, precision):
     resumed, uninterrupted = resume_and_uninterrupted(name, options, start, grads, stop=3, carry_over=carry_over,
                                                       grad_scale=precision.grad_scale)
     assert_same_bits(resumed, uninterrupted, "resumed")
+
+
+# ------------------------------------------------------ bytes moved per element
+
+# docs/precision.md's table: (param dtype, options, Adam's bytes, SGD with momentum's bytes).
+BYTES_PER_ELEMENT = [
+    (FLOAT32, {}, 28, 20),
+    (bfloat16, {"state_dtype": np.float32}, 22, 14),
+    (FLOAT16, {"state_dtype": np.float32}, 22, 14),
+    (bfloat16, {"master_weights": True, "state_dtype": np.float32}, 28, 20),
+    (bfloat16, {"master_weights": True}, 20, 16),
+    (FLOAT32, {"state_dtype": bfloat16}, 20, 16),
+    (bfloat16, {}, 14, 10),
+    (bfloat16, {"rounding": "stochastic"}, 14, 10),
+    (FLOAT16, {}, 14, 10),
+    (bfloat16, {"kahan_sum": True}, 18, 14),
+    (np.dtype(np.float64), {}, 56, 40),
+]
+
+
+def bytes_per_element(name, dtype, options):
+    """The core's traffic count, read back through the serial cutoff: a step
+    of n elements runs on one thread exactly when the cutoff exceeds n * bytes."""
+    n = 4096
+    kwargs = {"momentum": 0.9} if name == "SGD" else {}
+
+    def serial(count):
+        opt = getattr(fusedopt, name)([np.ones(n, dtype)], **kwargs, **options)
+        previous = _core.set_serial_cutoff_bytes(n * count + 1)
+        try:
+            with fusedopt.threads(2):
+                opt.step([np.ones(n, dtype)])
+        finally:
+            _core.set_serial_cutoff_bytes(previous)
+        return _core.last_team_size() == 1
+
+    low, high = 0, 128  # serial(high), not serial(low): bisect to the first serial count
+    assert serial(high) and not serial(low)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if serial(middle) else (middle, high)
+    return high
+
+
+@pytest.mark.parametrize("dtype, options, adam, sgd", BYTES_PER_ELEMENT,
+                         ids=[f"{np.dtype(d).name}-{o}" for d, o, _, _ in BYTES_PER_ELEMENT])
+def test_bytes_per_element_are_the_table_above(dtype, options, adam, sgd):
+    assert bytes_per_element("Adam", dtype, options) == adam
+    assert bytes_per_element("SGD", dtype, options) == sgd
