@@ -5,7 +5,6 @@ against what it promises."""
 
 import copy
 
-import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -111,8 +110,10 @@ def float32_patterns():
     exponents = np.arange(256, dtype=np.uint32) << np.uint32(23)
     magnitudes = (exponents[:, None] | mantissas[None, :]).reshape(-1)
     named = np.array([
-        0x7F7F0000, 0x7F7F7FFF, 0x7F7F8000, 0x7F7FFFFF,  # bfloat16's max, just below its tie, the tie (to inf), float32's max
-        0x477FE000, 0x477FEFFF, 0x477FF000, 0x47800000,  # float16's max 65504, just below the tie, 65520 (to inf), 65536
+        # bfloat16's max, just below its tie with infinity, the tie (rounds to inf, even), float32's max
+        0x7F7F0000, 0x7F7F7FFF, 0x7F7F8000, 0x7F7FFFFF,
+        # float16's max 65504, just below its tie with infinity, the tie 65520 (to inf), 65536
+        0x477FE000, 0x477FEFFF, 0x477FF000, 0x47800000,
         0x38800000, 0x387FFFFF, 0x33800000, 0x33000000, 0x33000001, 0x32FFFFFF,  # 2**-14, 2**-24, 2**-25 (tie to 0)
         0x7F800001, 0x7FBFFFFF, 0x7FC00000, 0x7FFFFFFF, 0x7F808000, 0x7F800100,  # NaNs, the low-payload ones included
     ], np.uint32)
