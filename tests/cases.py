@@ -6,13 +6,15 @@ from RULES below; adding a rule means adding its entry here."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 import fusedopt
-from fusedopt import reference
+from fusedopt import _core, reference
+from fusedopt.precision import bfloat16
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,63 @@ RULES = (
 )
 
 
+# ------------------------------------------------------------ the precisions
+
+@dataclass(frozen=True)
+class Precision:
+    """One storage mode: the dtype of the params and grads, the storage
+    options every rule takes (docs/precision.md), and a loss scale."""
+
+    name: str
+    dtype: np.dtype
+    options: dict = field(default_factory=dict)
+    grad_scale: float | None = None  # the grads are multiplied by it, and step() divides
+    # A per-key state_dtype: the rule's first state key gets the first dtype,
+    # its second the second, any other keeps the param's dtype.
+    per_key_state_dtypes: tuple = ()
+
+    def kwargs(self, name):
+        """The storage options for rule ``name`` (the per-key dict names its keys)."""
+        if not self.per_key_state_dtypes:
+            return dict(self.options)
+        keys = RULE_INFO[name].state_keys
+        return {**self.options, "state_dtype": dict(zip(keys, self.per_key_state_dtypes))}
+
+    def params(self, rng, sizes):
+        """Params of about 1e-3: below 2**-8, where a bfloat16 ulp (<= 2**-15)
+        is far smaller than any rule's first step, so every element must move."""
+        return [(rng.standard_normal(n) * 1e-3).astype(self.dtype) for n in sizes]
+
+    def grads(self, rng, sizes):
+        """Gradients at least 0.1 in magnitude (never zero), times the loss scale."""
+        out = []
+        for n in sizes:
+            g = rng.standard_normal(n)
+            out.append(((g + np.copysign(0.1, g)) * (self.grad_scale or 1.0)).astype(self.dtype))
+        return out
+
+
+FLOAT16, FLOAT32 = np.dtype(np.float16), np.dtype(np.float32)
+
+PRECISIONS = (
+    Precision("bfloat16", bfloat16),                                   # torch's fused kernels: state in the param dtype
+    Precision("float16", FLOAT16),
+    Precision("bfloat16-state-float32", bfloat16, {"state_dtype": np.float32}),  # DeepSpeed's fp32 optimizer states
+    Precision("float16-state-float32", FLOAT16, {"state_dtype": np.float32}),
+    Precision("float32-state-bfloat16", FLOAT32, {"state_dtype": bfloat16}),
+    Precision("float32-state-float16", FLOAT32, {"state_dtype": np.float16}),
+    Precision("bfloat16-master-weights", bfloat16, {"master_weights": True}),
+    Precision("bfloat16-kahan", bfloat16, {"kahan_sum": True}),
+    Precision("float16-kahan", FLOAT16, {"kahan_sum": True}),
+    Precision("bfloat16-stochastic", bfloat16, {"rounding": "stochastic", "seed": 1234}),
+    Precision("float16-stochastic", FLOAT16, {"rounding": "stochastic", "seed": 2**63 + 5}),  # the key's high half
+    Precision("bfloat16-state-per-key", bfloat16, per_key_state_dtypes=(np.float32, np.float16)),
+    Precision("float32-grad-scale", FLOAT32, grad_scale=1000.0),      # not a power of two: the division rounds
+    Precision("bfloat16-grad-scale", bfloat16, grad_scale=256.0),
+)
+PRECISION_IDS = [p.name for p in PRECISIONS]
+
+
 # ------------------------------------------------------ lists derived from RULES
 
 def case_id(name, kwargs):
@@ -300,6 +359,39 @@ def make_pair(name, kwargs, params, second_group=None):
     return getattr(fusedopt, name)(fused_params, **kwargs), getattr(reference, name)(reference_params, **kwargs)
 
 
+@contextlib.contextmanager
+def on_target(name):
+    """Run the block on SIMD target ``name``, then restore the chosen one
+    (the ``target`` fixture, for a test that visits every target itself)."""
+    chosen = fusedopt.cpu_features()["isa"]
+    _core.select_target(name)
+    try:
+        yield
+    finally:
+        _core.select_target(chosen)
+
+
+def bits(array):
+    """The raw bits of a float array: NaNs, signed zeros and every 16-bit
+    format compare exactly."""
+    return array.view(f"u{array.itemsize}")
+
+
+def assert_same_bits(got, want, where):
+    """Params, every state array and every step count of two optimizers, bit for bit."""
+    got, want = all_arrays(got), all_arrays(want)
+    assert got.keys() == want.keys(), f"{where}: state keys differ"
+    for label, value in want.items():
+        if not isinstance(value, np.ndarray):
+            assert got[label] == value, f"{label}, {where}"
+            continue
+        assert got[label].dtype == value.dtype, f"{label}, {where}: dtype {got[label].dtype}, want {value.dtype}"
+        differ = np.flatnonzero(bits(got[label]) != bits(value))
+        assert differ.size == 0, (
+            f"{label}, {where}: {differ.size} of {value.size} elements differ, the first at {differ[0]}: "
+            f"{got[label].reshape(-1)[differ[0]]!r}, want {value.reshape(-1)[differ[0]]!r}")
+
+
 def random_arrays(rng, sizes, dtype, scale=1.0):
     return [(rng.standard_normal(n) * scale).astype(dtype) for n in sizes]
 
@@ -338,22 +430,23 @@ def two_groups(params):
     return [{"params": params[:1]}, {"params": params[1:], "lr": 0.05}]
 
 
-def resume_and_uninterrupted(name, kwargs, start, grads, stop, carry_over):
+def resume_and_uninterrupted(name, kwargs, start, grads, stop, carry_over, grad_scale=None):
     """Runs ``name`` over copies of ``start`` in two_groups twice: once through
     every grad list, once stopped after ``stop`` of them, carried over by
     ``carry_over(stopped, fresh)`` into a fresh optimizer over copies of the
-    stopped params, then continued. Returns (resumed, uninterrupted)."""
+    stopped params, then continued. Every step gets ``grad_scale``. Returns
+    (resumed, uninterrupted)."""
     cls = getattr(fusedopt, name)
     uninterrupted = cls(two_groups([p.copy() for p in start]), **kwargs)
     for g in grads:
-        uninterrupted.step(g)
+        uninterrupted.step(g, grad_scale=grad_scale)
 
     first_params = [p.copy() for p in start]
     first = cls(two_groups(first_params), **kwargs)
     for g in grads[:stop]:
-        first.step(g)
+        first.step(g, grad_scale=grad_scale)
     resumed = cls(two_groups([p.copy() for p in first_params]), **kwargs)
     carry_over(first, resumed)
     for g in grads[stop:]:
-        resumed.step(g)
+        resumed.step(g, grad_scale=grad_scale)
     return resumed, uninterrupted

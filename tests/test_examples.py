@@ -81,3 +81,22 @@ def test_torch_adamw(tmp_path):
     # differ by far more within a few steps. test_torch_adapter.py compares
     # every state tensor.
     assert summary["largest_relative_loss_gap"] < 1e-4
+
+
+def test_precision_digits(tmp_path):
+    """The known result: bfloat16 with round to nearest stalls, stochastic
+    rounding, Kahan summation and master weights track float32."""
+    run_example("precision_digits.py", tmp_path)
+    assert_pngs(tmp_path, ["precision_loss_curves.png"])
+    summary = json.loads((tmp_path / "precision_summary.json").read_text())
+    runs = summary["runs"]
+    assert len(runs) == 5
+    for name, run in runs.items():
+        assert len(run["train"]) == len(run["test"]) == summary["epochs"] + 1
+        assert all(math.isfinite(x) for x in run["train"] + run["test"]), name
+        assert run["train"][-1] < run["train"][0], name
+    float32 = runs["float32 (reference)"]["train"][-1]
+    nearest = runs["bfloat16, round to nearest"]["train"][-1]
+    assert nearest > 1.2 * float32, (nearest, float32)
+    for name in ("bfloat16, stochastic rounding", "bfloat16, Kahan summation", "bfloat16, float32 master weights"):
+        assert abs(runs[name]["train"][-1] / float32 - 1) < 0.02, (name, runs[name]["train"][-1], float32)

@@ -44,7 +44,7 @@ def dtype_name(value: Any, name: str = "state_dtype") -> str:
     except TypeError:
         dtype = None
     for key, known in DTYPES.items():
-        if dtype == known:
+        if dtype is not None and dtype == known:  # a dtype compares equal to None as float64 does
             return key
     raise ValueError(f"{name} must be one of {', '.join(DTYPES)} (or None), got {value!r}")
 
