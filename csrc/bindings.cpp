@@ -35,7 +35,7 @@ RuleBinding bind(const char* name, const char* summary) {
           [](py::handle group, std::int64_t index) {
             const fusedopt::GroupReader reader(group, index);
             Rule::read(reader);
-            fusedopt::read_storage_options(reader);
+            fusedopt::read_storage_options(reader).template check_keys<Rule>();
           }};
 }
 
@@ -84,13 +84,14 @@ void bind_rule_class(py::module_& m) {
           "({array key: initial element value}, {scalar key: initial value}).")
       .def(
           "initial_state",
-          [](const RuleBinding& r, py::handle group, py::handle param_object) {
+          [](const RuleBinding& r, py::handle group, py::handle param_object, std::int64_t index) {
             const fusedopt::StateKeys keys = r.state_keys(group);
-            const fusedopt::StorageOptions storage = fusedopt::read_storage_options(fusedopt::GroupReader(group, 0));
+            const fusedopt::StorageOptions storage =
+                fusedopt::read_storage_options(fusedopt::GroupReader(group, index));
             const fusedopt::ArrayLabel label{"params", 0};
             const py::array param = fusedopt::as_array(param_object, label);
             const fusedopt::Dtype dtype = fusedopt::check_param(param, label).dtype;
-            storage.check_param(dtype, 0);
+            storage.check_param(dtype, static_cast<std::size_t>(index));
             py::dict state;
             state["step"] = 0;
             for (int k = 0; k < keys.array_count; ++k) {
@@ -102,8 +103,8 @@ void bind_rule_class(py::module_& m) {
             if (storage.kahan_sum) state["kahan_comp"] = fusedopt::filled_like(param, dtype, 0.0);
             return state;
           },
-          "group"_a, "param"_a,
-          "One param's state before its first step: {'step': 0, every state array shaped and laid\n"
+          "group"_a, "param"_a, "index"_a = 0,
+          "One param's state before its first step (errors name param group `index`): {'step': 0, every state array shaped and laid\n"
           "out like param (in the group's state_dtype) and every scalar at its initial value, and\n"
           "the master copy or Kahan compensation the group's storage options keep}.")
       .def("__repr__", [](const RuleBinding& r) { return std::string("<fusedopt._core.Rule ") + r.name + ">"; });

@@ -236,7 +236,9 @@ StorageOptions read_storage_options(const GroupReader& group) {
   if (group.optional("kahan_sum")) o.kahan_sum = group.flag("kahan_sum");
   if (group.optional("rounding")) o.stochastic = group.choice("rounding", {"nearest", "stochastic"}) == "stochastic";
   if (PyObject* seed = group.optional("seed")) {
-    if (PyBool_Check(seed) || !PyLong_Check(seed)) group.fail("seed must be an int in [0, 2**64)");
+    if (PyBool_Check(seed) || !PyLong_Check(seed))
+      throw py::type_error("seed (param group " + std::to_string(o.group_index) + ") must be an int, got " +
+                           type_name(seed));
     o.seed = PyLong_AsUnsignedLongLong(seed);
     if (PyErr_Occurred()) {
       PyErr_Clear();
@@ -272,6 +274,20 @@ Dtype StorageOptions::state_dtype(const char* key, Dtype param_dtype) const {
   for (const KeyDtype& entry : state_dtype_per_key)
     if (entry.key == key) return entry.dtype;
   return state_dtype_given ? state_dtype_all : param_dtype;
+}
+
+void StorageOptions::check_keys(const char* const* names, int count) const {
+  for (const KeyDtype& entry : state_dtype_per_key) {
+    std::string known;
+    bool found = false;
+    for (int k = 0; k < count; ++k) {
+      found = found || entry.key == names[k];
+      known += std::string(k ? ", " : "") + "'" + names[k] + "'";
+    }
+    if (!found)
+      throw py::value_error("state_dtype names '" + entry.key + "', a state array this rule never keeps (param group " +
+                            std::to_string(group_index) + "; its state arrays are " + known + ")");
+  }
 }
 
 void StorageOptions::check_param(Dtype param_dtype, std::size_t group) const {

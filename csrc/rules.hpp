@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <iterator>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -62,7 +63,8 @@ struct StepContext {
 
 struct MomentumRule {
   static constexpr RuleId id = kMomentum;
-  static constexpr int max_state_arrays = 1;  // with every option on
+  // Every state array the rule may keep, whatever its settings.
+  static constexpr const char* state_array_names[] = {"velocity"};
   struct Hyper { double lr, momentum; };
   using Scalars = MomentumScalars;
   static Hyper read(const GroupReader& group);
@@ -72,7 +74,8 @@ struct MomentumRule {
 
 struct SgdRule {
   static constexpr RuleId id = kSgd;
-  static constexpr int max_state_arrays = 1;  // with every option on
+  // Every state array the rule may keep, whatever its settings.
+  static constexpr const char* state_array_names[] = {"momentum_buffer"};
   struct Hyper { double lr, momentum, dampening, weight_decay; bool nesterov, maximize; };
   using Scalars = SgdScalars;
   static Hyper read(const GroupReader& group);
@@ -82,7 +85,8 @@ struct SgdRule {
 
 struct AdadeltaRule {
   static constexpr RuleId id = kAdadelta;
-  static constexpr int max_state_arrays = 2;  // with every option on
+  // Every state array the rule may keep, whatever its settings.
+  static constexpr const char* state_array_names[] = {"square_avg", "acc_delta", "square_weight_avg"};
   struct Hyper { double lr, rho, eps, weight_decay; bool maximize, scale_by_weights; };
   using Scalars = AdadeltaScalars;
   static Hyper read(const GroupReader& group);
@@ -92,7 +96,8 @@ struct AdadeltaRule {
 
 struct AdamRule {
   static constexpr RuleId id = kAdam;
-  static constexpr int max_state_arrays = 3;  // with every option on
+  // Every state array the rule may keep, whatever its settings.
+  static constexpr const char* state_array_names[] = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
   struct Hyper {
     double lr, beta1, beta2, eps, weight_decay;
     bool amsgrad, maximize, decoupled_weight_decay;
@@ -105,7 +110,8 @@ struct AdamRule {
 
 struct RmspropRule {
   static constexpr RuleId id = kRmsprop;
-  static constexpr int max_state_arrays = 3;  // with every option on
+  // Every state array the rule may keep, whatever its settings.
+  static constexpr const char* state_array_names[] = {"square_avg", "momentum_buffer", "grad_avg"};
   struct Hyper { double lr, alpha, eps, weight_decay, momentum; bool centered, maximize; };
   using Scalars = RmspropScalars;
   static Hyper read(const GroupReader& group);
@@ -115,7 +121,8 @@ struct RmspropRule {
 
 struct AdagradRule {
   static constexpr RuleId id = kAdagrad;
-  static constexpr int max_state_arrays = 1;  // with every option on
+  // Every state array the rule may keep, whatever its settings.
+  static constexpr const char* state_array_names[] = {"sum"};
   struct Hyper { double lr, lr_decay, weight_decay, initial_accumulator_value, eps; bool maximize; };
   using Scalars = AdagradScalars;
   static Hyper read(const GroupReader& group);
@@ -125,7 +132,8 @@ struct AdagradRule {
 
 struct NadamRule {
   static constexpr RuleId id = kNadam;
-  static constexpr int max_state_arrays = 2;  // with every option on
+  // Every state array the rule may keep, whatever its settings.
+  static constexpr const char* state_array_names[] = {"exp_avg", "exp_avg_sq"};
   struct Hyper {
     double lr, beta1, beta2, eps, weight_decay, momentum_decay;
     bool decoupled_weight_decay, maximize;
@@ -138,7 +146,8 @@ struct NadamRule {
 
 struct RadamRule {
   static constexpr RuleId id = kRadam;
-  static constexpr int max_state_arrays = 2;  // with every option on
+  // Every state array the rule may keep, whatever its settings.
+  static constexpr const char* state_array_names[] = {"exp_avg", "exp_avg_sq"};
   struct Hyper { double lr, beta1, beta2, eps, weight_decay; bool decoupled_weight_decay, maximize; };
   using Scalars = RadamScalars;
   static Hyper read(const GroupReader& group);
@@ -148,7 +157,8 @@ struct RadamRule {
 
 struct AdamaxRule {
   static constexpr RuleId id = kAdamax;
-  static constexpr int max_state_arrays = 2;  // with every option on
+  // Every state array the rule may keep, whatever its settings.
+  static constexpr const char* state_array_names[] = {"exp_avg", "exp_inf"};
   struct Hyper { double lr, beta1, beta2, eps, weight_decay; bool maximize; };
   using Scalars = AdamaxScalars;
   static Hyper read(const GroupReader& group);
@@ -158,7 +168,8 @@ struct AdamaxRule {
 
 struct LionRule {
   static constexpr RuleId id = kLion;
-  static constexpr int max_state_arrays = 1;  // with every option on
+  // Every state array the rule may keep, whatever its settings.
+  static constexpr const char* state_array_names[] = {"exp_avg"};
   struct Hyper { double lr, beta1, beta2, weight_decay; bool maximize; };
   using Scalars = LionScalars;
   static Hyper read(const GroupReader& group);
@@ -186,12 +197,18 @@ struct StorageOptions {
   Dtype state_dtype(const char* key, Dtype param_dtype) const;
   // ValueError when an option makes no sense for a param of this dtype.
   void check_param(Dtype param_dtype, std::size_t group) const;
+  // ValueError when a per-key state_dtype names a state array the rule never keeps.
+  template <class Rule>
+  void check_keys() const {
+    check_keys(Rule::state_array_names, static_cast<int>(std::size(Rule::state_array_names)));
+  }
+  void check_keys(const char* const* names, int count) const;
 };
 StorageOptions read_storage_options(const GroupReader& group);
 
 // Every rule's streams fit a Task: w, g and at most kMaxStateArrays more.
 #define FUSEDOPT_CHECK_STREAMS(Type, name, summary)                                \
-  static_assert(Type##Rule::max_state_arrays <= kMaxStateArrays,                   \
+  static_assert(std::size(Type##Rule::state_array_names) <= kMaxStateArrays,       \
                 #Type "Rule keeps more state arrays than kMaxStreams allows");    \
   static_assert(Type##Rule::id == k##Type, #Type "Rule has the id of another rule");
 FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_CHECK_STREAMS)

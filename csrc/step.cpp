@@ -119,6 +119,7 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
     const GroupReader reader(param_groups[g], static_cast<std::int64_t>(g));
     const auto hyper = Rule::read(reader);
     settings.push_back({hyper, Rule::state_keys(hyper), read_storage_options(reader)});
+    settings.back().storage.template check_keys<Rule>();
   }
 
   std::vector<ParamStep<Rule>> steps;

@@ -498,9 +498,9 @@ BAD_OPTIONS = [
     ("master-weights-not-bool", bfloat16, {"master_weights": 1}, TypeError, r"master_weights .* bool"),
     ("seed-negative", bfloat16, {"rounding": "stochastic", "seed": -1}, ValueError, r"seed must be an int in \[0"),
     ("seed-too-large", bfloat16, {"rounding": "stochastic", "seed": 2**64}, ValueError, r"seed must be an int"),
-    ("seed-str", bfloat16, {"rounding": "stochastic", "seed": "1"}, TypeError, r"seed must be an int"),
-    ("seed-float", bfloat16, {"rounding": "stochastic", "seed": 1.0}, TypeError, r"seed must be an int"),
-    ("seed-bool", bfloat16, {"rounding": "stochastic", "seed": True}, TypeError, r"seed must be an int"),
+    ("seed-str", bfloat16, {"rounding": "stochastic", "seed": "1"}, TypeError, r"seed \(param group 0\) must be an int"),
+    ("seed-float", bfloat16, {"rounding": "stochastic", "seed": 1.0}, TypeError, r"seed \(param group 0\) must be an int"),
+    ("seed-bool", bfloat16, {"rounding": "stochastic", "seed": True}, TypeError, r"seed \(param group 0\) must be an int"),
 ]
 
 

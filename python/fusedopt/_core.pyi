@@ -40,7 +40,7 @@ class Rule:
         """The names of the state arrays the rule keeps for a group's params, in stream order."""
     def state_spec(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
         """({state array key: initial element value}, {scalar state key: initial value})."""
-    def initial_state(self, group: dict[str, Any], param: np.ndarray) -> dict[str, Any]:
+    def initial_state(self, group: dict[str, Any], param: np.ndarray, index: int = 0) -> dict[str, Any]:
         """One param's state before its first step: "step" 0 and every state at its initial value."""
 
 momentum: Rule

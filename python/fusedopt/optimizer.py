@@ -161,9 +161,11 @@ class Optimizer:
             except TypeError as error:
                 _raise_if_torch(known + params, "params", error)
                 raise
-            self.rule.check_group(group, len(self.param_groups))
+            index = len(self.param_groups)
+            self.rule.check_group(group, index)
+            state = [self.rule.initial_state(group, p, index) for p in params]  # may still refuse a param
             self.param_groups.append(group)
-            self.state.extend(self.rule.initial_state(group, p) for p in params)
+            self.state.extend(state)
 
     def _normalized(self, group: dict[str, Any]) -> dict[str, Any]:
         """Bring hyperparameters into one form; subclasses may add to it."""
