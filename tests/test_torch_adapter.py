@@ -36,6 +36,7 @@ import io
 import math
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -1069,3 +1070,23 @@ def test_scalar_state_edited_in_place_is_read_again():
                 opt.step()
             assert_same_as_torch(mine, theirs, step, f"after step {step}")
         assert mine.state[p]["step"].item() == 6
+
+
+def test_a_step_keeps_no_gradient_alive():
+    """torch frees the gradients at ``zero_grad()`` (or ``model.zero_grad()``):
+    what fusedopt.torch keeps between steps must not hold them, or a
+    backward would need memory for two sets."""
+    w = torch.nn.Parameter(torch.zeros(1000))
+    opt = ft.Adam([w])
+    for step in range(3):
+        w.grad = torch.ones(1000)
+        opt.step()
+    gradient = weakref.ref(w.grad)
+    w.grad = None  # as Module.zero_grad() does
+    assert gradient() is None
+    w.grad = torch.ones(1000)
+    opt.step()  # a gradient again: the step takes it
+    assert opt.state[w]["step"].item() == 4
+    gradient = weakref.ref(w.grad)
+    opt.zero_grad()
+    assert gradient() is None

@@ -55,11 +55,13 @@ both compute it in float64).
 
 from __future__ import annotations
 
+import ctypes
 import inspect
 import operator
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import chain, compress, repeat
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import numpy as np
@@ -294,7 +296,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         plan = self._plan
         try:
             if plan is None or not plan.fits(self):
-                plan = self._plan = None  # dropped first: building may raise
+                self._plan = None  # building may raise
                 plan = self._plan = _Plan(self)
             bad = self.row.rule.step(plan.core_groups(self), plan.grad_views, plan.entries,
                                      self.nonfinite != "apply")
@@ -302,14 +304,18 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._plan = None
             self._raise_for_unusable_tensor()  # a clearer error naming the param, if one is
             raise
-        if bad is not None:  # nothing changed; the state made for the step is dropped
+        error = None
+        if bad is None:
+            plan.record(self)
+        else:  # nothing changed; the state made for the step is dropped
             self.skipped_steps += 1
             if plan.pending:
                 self._plan = None
             if self.nonfinite == "raise":
-                raise _nonfinite_grad_error(plan.grad_views[bad], bad, f"the gradient of {self._label_at(bad)}")
-            return loss
-        plan.record(self)
+                error = _nonfinite_grad_error(plan.grad_views[bad], bad, f"the gradient of {self._label_at(bad)}")
+        plan.step_grads = None  # the plan keeps no gradient alive between steps: zero_grad() frees them
+        if error is not None:
+            raise error
         return loss
 
     # ------------------------------------------------------------ state_dict
@@ -439,17 +445,24 @@ class _Plan:
       settings ask for (``amsgrad`` turned on needs one more array);
     - each param's gradient: which params have one (a change rebuilds) and
       the gradient objects (a new one, as after ``zero_grad()`` and
-      ``backward()``, gets a new view);
-    - ``opt.state``: its keys and dicts, and the tensors under the rule's
-      keys (state replaced by hand or by ``load_state_dict``);
-    - the memory of every tensor the step reads or writes (``data_ptr()``:
-      ``.data`` reassigned, ``share_memory_()``, ``set_()``);
+      ``backward()``, gets a new view). The plan holds gradients weakly
+      (torch frees them at ``zero_grad()``, and so must the plan) and their
+      views do not own their memory: a view is used only while its gradient
+      is alive, is ``param.grad``, and has the same ``data_ptr()`` and size;
+    - ``opt.state``: its keys and dicts (state replaced by hand or by
+      ``load_state_dict``);
+    - the memory (``data_ptr()``) of every tensor the step reads or writes,
+      found where torch keeps it (``param.grad``, ``opt.state[param][key]``):
+      a tensor replaced, ``.data`` reassigned, ``share_memory_()``, ``set_()``;
     - the values of the 0-d state tensors (``step``, ``mu_product``), which
       the core is given as numbers: one edited in place is read again.
 
     Anything else rebuilds the plan. The plan holds every tensor it has a
     view of and its storage, so memory it points into is not freed and
-    reused while it exists: an unchanged ``data_ptr()`` is the same memory.
+    reused while it exists: an unchanged ``data_ptr()`` is the same memory
+    (a tensor replaced by another view of its own memory is not noticed, and
+    needs not be; one replaced by a view of it in another dtype or shape is
+    not supported).
     The core keeps the step counts in the plan's dicts and the plan copies
     them into torch's tensors after each step.
     """
@@ -462,17 +475,16 @@ class _Plan:
         self.param_ids = [list(map(id, params)) for params in self.param_lists]
         self.specs = [row.rule.state_spec(opt._core_group(group)) for group in self.groups]
         self.params = [p for params in self.param_lists for p in params]
-        self.grads = list(map(_GRAD, self.params))
-        self.grad_ids = list(map(id, self.grads))
-        self.without_grad = [g is None for g in self.grads]
+        self.step_grads = list(map(_GRAD, self.params))  # held during a step only
+        self.has_grad = [g is not None for g in self.step_grads]
         self.group_views: list[list[np.ndarray | None]] = []
         self.grad_views: list[np.ndarray | None] = []  # aligned with params, for the core
         self.entries: list[dict[str, Any] | None] = []  # the core's state dicts, likewise
         self.active: list[torch.Tensor] = []  # the params the step updates
-        self.active_grads: list[torch.Tensor] = []
-        self.grad_ptrs: list[int] = []
-        self.grad_storages: list[Any] = []  # keep the gradients' memory allocated
-        self.watched: list[torch.Tensor] = []  # params and state tensors the step uses
+        self.grad_refs: list[weakref.ref] = []  # aligned with params
+        self.grad_ptrs: list[int] = []  # of the gradients there are
+        self.grad_sizes: list[int] = []
+        self.watched: list[torch.Tensor] = []  # the params the step updates
         self.pending: list[tuple[torch.Tensor, str, torch.Tensor]] = []  # state to store once the step succeeds
         # torch's 0-d state tensors (step, mu_product) and the core's numbers.
         self.mirror_tensors: list[torch.Tensor] = []
@@ -480,8 +492,9 @@ class _Plan:
         self.mirror_entries: list[dict[str, Any]] = []
         self.mirror_keys: list[str] = []
         self.mirror_labels: list[str] = []
-        # (param index, the torch state dict's key) of every state tensor, for the identity check
+        # (param, torch's state key) of every state tensor the step uses, for the memory check
         self.state_slots: list[tuple[torch.Tensor, str]] = []
+        self.state_held: list[Any] = []  # their storages, kept allocated
 
         index = 0
         for params, (arrays, scalars) in zip(self.param_lists, self.specs):
@@ -491,8 +504,7 @@ class _Plan:
                 scalar_keys.insert(0, ("step", "step", 0.0))
             views: list[np.ndarray | None] = []
             for param in params:
-                grad = self.grads[index]
-                if grad is None:  # skipped, as torch skips it
+                if not self.has_grad[index]:  # skipped, as torch skips it
                     views.append(None)
                     self.grad_views.append(None)
                     self.entries.append(None)
@@ -529,7 +541,7 @@ class _Plan:
             else:
                 self.state_slots.append((param, torch_key))
             entry[core_key] = _view(tensor)
-            self.watched.append(tensor)
+            self.state_held.append(tensor.untyped_storage())
         for core_key, torch_key, initial in scalar_keys:
             tensor = state.get(torch_key)
             label = f"state[{torch_key!r}] of params[{index}]"
@@ -544,7 +556,7 @@ class _Plan:
             self.mirror_entries.append(entry)
             self.mirror_keys.append(core_key)
             self.mirror_labels.append(label)
-            self.watched.append(tensor)
+            self.state_held.append(tensor.untyped_storage())
         if not opt.row.counts_steps:
             # The core counts steps to know when a momentum buffer is new (it
             # then starts as a copy of the gradient); torch instead looks for
@@ -553,12 +565,13 @@ class _Plan:
         return entry
 
     def _take_grads(self) -> None:
-        """Views of the gradients of the params the step updates."""
-        self.active_grads = [g for g in self.grads if g is not None]
-        self.grad_ptrs = list(map(_DATA_PTR, self.active_grads))
-        self.grad_storages = [g.untyped_storage() for g in self.active_grads]
-        views = iter([(g.detach() if g.requires_grad else g).numpy() for g in self.active_grads])
-        self.grad_views = [None if without else next(views) for without in self.without_grad]
+        """Views of this step's gradients (``step_grads``)."""
+        grads = self.step_grads
+        self.grad_refs = [_NO_GRAD if g is None else weakref.ref(g) for g in grads]
+        present = list(compress(grads, self.has_grad))
+        self.grad_ptrs = list(map(_DATA_PTR, present))
+        self.grad_sizes = list(map(_NBYTES, present))
+        self.grad_views = [None if g is None else _unowned_view(g) for g in grads]
 
     def _snapshot_state(self, opt: FusedOptimizer) -> None:
         """What the identity check of ``opt.state`` compares with."""
@@ -567,8 +580,7 @@ class _Plan:
         self.state_dict_ids = [id(entry) for _, entry in self.state_items]
         self.slot_dicts = [opt.state[param] for param, _ in self.state_slots]
         self.slot_keys = [key for _, key in self.state_slots]
-        self.slot_tensors = list(map(_GET, self.slot_dicts, self.slot_keys))
-        self.slot_ids = list(map(id, self.slot_tensors))
+        self.slot_ptrs = list(map(_DATA_PTR, map(_GET, self.slot_dicts, self.slot_keys)))
 
     # ------------------------------------------------------------ each step
     def fits(self, opt: FusedOptimizer) -> bool:
@@ -587,22 +599,25 @@ class _Plan:
         if list(map(id, state)) != self.state_key_ids or list(map(id, state.values())) != self.state_dict_ids:
             return False
         try:
-            if list(map(id, map(_GET, self.slot_dicts, self.slot_keys))) != self.slot_ids:
+            if list(map(_DATA_PTR, map(_GET, self.slot_dicts, self.slot_keys))) != self.slot_ptrs:
                 return False
-        except (KeyError, TypeError):  # a key deleted, or a dict replaced by another mapping
+        except (KeyError, TypeError):  # a key deleted, a tensor replaced by a number, a dict by another mapping
             return False
         if list(map(_DATA_PTR, self.watched)) != self.watched_ptrs:
             return False
 
-        grads = list(map(_GRAD, self.params))
-        grad_ids = list(map(id, grads))
-        if grad_ids != self.grad_ids:
-            if [g is None for g in grads] != self.without_grad:
+        grads = self.step_grads = list(map(_GRAD, self.params))
+        if not all(map(operator.is_, map(_DEREF, self.grad_refs), grads)):  # new gradient objects
+            if [g is not None for g in grads] != self.has_grad:
                 return False
-            self.grads, self.grad_ids = grads, grad_ids
             self._take_grads()
-        elif list(map(_DATA_PTR, self.active_grads)) != self.grad_ptrs:
-            self._take_grads()
+        else:
+            present = list(compress(grads, self.has_grad))
+            try:
+                if list(map(_DATA_PTR, present)) != self.grad_ptrs or list(map(_NBYTES, present)) != self.grad_sizes:
+                    self._take_grads()
+            except TypeError:  # a None: the gradient was freed (zero_grad()) and none came since
+                return False
 
         if list(map(_ITEM, self.mirror_views)) != self.mirror_values:
             self._reread_mirrors()
@@ -638,6 +653,28 @@ class _Plan:
         # their version counters, so a graph that saved them refuses to
         # backward through stale values, as after torch's in-place updates.
         _increment_versions(self.active)
+
+
+class _Gone:
+    pass
+
+
+_NO_GRAD = weakref.ref(_Gone())  # a dead reference: where a param has no gradient
+_DEREF = weakref.ref.__call__
+_NBYTES = operator.attrgetter("nbytes")
+_CTYPES = {torch.float32: (ctypes.c_float, np.float32), torch.float64: (ctypes.c_double, np.float64)}
+
+
+def _unowned_view(grad: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a gradient's memory that does not keep it allocated
+    (the plan checks before each use that the gradient still owns it); any
+    gradient the core would refuse gets an ordinary view, for its error."""
+    types = _CTYPES.get(grad.dtype)
+    if (types is None or grad.device.type != "cpu" or grad.layout != torch.strided or not grad.is_contiguous()
+            or grad.numel() == 0):
+        return (grad.detach() if grad.requires_grad else grad).numpy()
+    memory = (types[0] * grad.numel()).from_address(grad.data_ptr())
+    return np.frombuffer(memory, types[1]).reshape(grad.shape)
 
 
 def _view(tensor: torch.Tensor) -> np.ndarray:
