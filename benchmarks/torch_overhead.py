@@ -37,6 +37,7 @@ from fusedopt.bench.report import format_time
 from fusedopt.bench.timing import measure
 
 LR, WEIGHT_DECAY = 1e-3, 1e-2
+SIZE = 1000  # elements per tensor: the step is almost all overhead
 
 IMPLEMENTATIONS = ["fusedopt.torch", "torch fused", "DeepSpeed CPU Adam", "NumPy API"]
 FLOOR = "NumPy API"
@@ -81,6 +82,14 @@ def stepper(name: str, params: list[torch.nn.Parameter]) -> Callable[[], object]
     raise ValueError(f"unknown implementation {name!r}; choose from {IMPLEMENTATIONS}")
 
 
+def set_threads(count: int) -> int:
+    """Every implementation's thread count (fusedopt's and torch's; DeepSpeed's
+    OpenMP loop takes OMP_NUM_THREADS); returns the previous one."""
+    previous = fusedopt.set_num_threads(count)
+    torch.set_num_threads(count)
+    return previous
+
+
 def compare(names: list[str], count: int, size: int, rounds: int, seconds: float) -> dict[str, list[float]]:
     """Seconds per step of each implementation, one median per round."""
     params = make_params(count, size)
@@ -98,7 +107,7 @@ def compare(names: list[str], count: int, size: int, rounds: int, seconds: float
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", default="1,10,100,400", help="numbers of tensors (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=1000, help="elements per tensor (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=SIZE, help="elements per tensor (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="threads of every implementation (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=7, help="turns of each implementation (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=0.1, help="length of one turn (default: %(default)s)")
@@ -113,8 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     if "DeepSpeed CPU Adam" in names and (why := deepspeed_unavailable()) is not None:
         names.remove("DeepSpeed CPU Adam")
         notes.append(f"DeepSpeed CPU Adam skipped ({why})")
-    fusedopt.set_num_threads(args.threads)
-    torch.set_num_threads(args.threads)  # torch fused; DeepSpeed's OpenMP loop takes OMP_NUM_THREADS
+    set_threads(args.threads)
 
     features = fusedopt.cpu_features()
     print(f"AdamW float32, {args.size:,} elements per tensor, {args.threads} threads; "
