@@ -17,7 +17,19 @@ How a step works: the params, their gradients and the state tensors are
 handed to fusedopt's compiled core as NumPy views of the tensors' own memory
 (``Tensor.numpy()`` never copies a CPU tensor), so the core updates them in
 place. The params must be dense, C-contiguous float32 or float64 tensors on
-the CPU; anything else is refused with an error naming the param.
+the CPU; anything else is refused with an error naming the param. (A param
+may be on the meta device until its first step, for
+``with torch.device("meta"): model = ...`` then ``model.to_empty(...)``
+with ``torch.__future__.set_swap_module_params_on_conversion(True)``, which
+keeps the param objects the optimizer holds.)
+
+The views and the core's dicts are made at the first step and kept (see
+:class:`_Plan`); each later step checks, at C speed over lists, that
+nothing they depend on changed (param groups, gradients, ``opt.state``, the
+tensors' memory, the 0-d state values) and makes them again if it did, so
+edits between steps work as with ``torch.optim``. The step runs torch's
+step hooks itself (torch's ``Optimizer.step`` wrapper would cost more than
+a small step) and is labelled for torch's profiler while one records.
 
 torch's implementation switches are accepted so that code written for
 ``torch.optim`` runs unchanged: ``foreach`` and ``fused`` are stored in the
@@ -27,10 +39,13 @@ param groups and otherwise ignored (fusedopt has one implementation, fused);
 State is kept as torch keeps it: ``state["step"]`` and NAdam's
 ``state["mu_product"]`` are 0-d float tensors (of torch's default dtype, as
 torch makes them), the arrays are tensors shaped like their param. Each step
-hands the core their values as numbers and writes the new ones back.
-Adagrad's state is made by the constructor, as torch makes it (a group
-added later gets its state at its first step, as in torch); every other
-rule makes a param's state at its first step. Adagrad's ``sum`` starts at
+hands the core their values as numbers and writes the new ones back; a
+``state["step"]`` that is not a one-element tensor holding a whole number
+is refused with an error naming the param. Every rule makes a param's state
+at its first step, except Adagrad, whose state torch 2.13's constructor
+makes (on the param's device, the meta device included, where torch's step
+then fails and fusedopt's says which tensor is on meta); a group added
+later gets its state at its first step, as in torch. Adagrad's ``sum`` starts at
 the param group's ``initial_accumulator_value``, where torch takes the
 constructor's for every group (the two differ only for a group given its
 own value).
@@ -41,6 +56,11 @@ gradients hold a NaN or an infinity changes nothing (params, state, step
 counts) and adds one to ``opt.skipped_steps``; ``"raise"`` does the same and
 raises :class:`fusedopt.NonFiniteGradError` naming the param. ``step()``
 still returns what the closure returned, as torch's does.
+
+``fusedopt.torch.Adadelta`` is torch's rule with torch's param groups;
+``scale="weights"`` (keyword-only) chooses the course's variant, which torch
+lacks, and only then do the groups carry a ``"scale"`` key. A tensor ``lr``
+must have one element (a ``ValueError``, as torch's).
 
 The rules differ from ``torch.optim``'s by float rounding only: the core
 never fuses a multiply and an add into one FMA (so it is bitwise identical to
@@ -61,7 +81,7 @@ import operator
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
-from itertools import chain, compress, repeat
+from itertools import chain, compress
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import numpy as np
@@ -427,7 +447,7 @@ _NO_STATE: Mapping[str, Any] = {}
 _GRAD = operator.attrgetter("grad")
 _DATA_PTR = torch.Tensor.data_ptr
 _ITEM = np.ndarray.item
-_SET_ITEM = np.ndarray.__setitem__
+_FILL = np.ndarray.fill
 _GET = dict.__getitem__
 # Bounds the step counts the core is given (it counts in 64-bit ints).
 _MAX_STEP = 2**62
@@ -448,7 +468,10 @@ class _Plan:
       ``backward()``, gets a new view). The plan holds gradients weakly
       (torch frees them at ``zero_grad()``, and so must the plan) and their
       views do not own their memory: a view is used only while its gradient
-      is alive, is ``param.grad``, and has the same ``data_ptr()`` and size;
+      is alive, is ``param.grad`` and has the same ``data_ptr()`` (its memory
+      cannot have been freed and reused then: memory a tensor is given is
+      allocated while it still has its old memory, so the address differs
+      unless it is a view of that same memory);
     - ``opt.state``: its keys and dicts (state replaced by hand or by
       ``load_state_dict``);
     - the memory (``data_ptr()``) of every tensor the step reads or writes,
@@ -483,7 +506,6 @@ class _Plan:
         self.active: list[torch.Tensor] = []  # the params the step updates
         self.grad_refs: list[weakref.ref] = []  # aligned with params
         self.grad_ptrs: list[int] = []  # of the gradients there are
-        self.grad_sizes: list[int] = []
         self.watched: list[torch.Tensor] = []  # the params the step updates
         self.pending: list[tuple[torch.Tensor, str, torch.Tensor]] = []  # state to store once the step succeeds
         # torch's 0-d state tensors (step, mu_product) and the core's numbers.
@@ -570,7 +592,6 @@ class _Plan:
         self.grad_refs = [_NO_GRAD if g is None else weakref.ref(g) for g in grads]
         present = list(compress(grads, self.has_grad))
         self.grad_ptrs = list(map(_DATA_PTR, present))
-        self.grad_sizes = list(map(_NBYTES, present))
         self.grad_views = [None if g is None else _unowned_view(g) for g in grads]
 
     def _snapshot_state(self, opt: FusedOptimizer) -> None:
@@ -614,7 +635,7 @@ class _Plan:
         else:
             present = list(compress(grads, self.has_grad))
             try:
-                if list(map(_DATA_PTR, present)) != self.grad_ptrs or list(map(_NBYTES, present)) != self.grad_sizes:
+                if list(map(_DATA_PTR, present)) != self.grad_ptrs:
                     self._take_grads()
             except TypeError:  # a None: the gradient was freed (zero_grad()) and none came since
                 return False
@@ -642,12 +663,11 @@ class _Plan:
         counts into torch's 0-d tensors, tell autograd the params changed."""
         if self.pending:
             for param, key, tensor in self.pending:
-                opt.state[param][key] = tensor
+                opt.state.setdefault(param, {})[key] = tensor
                 self.state_slots.append((param, key))
             self.pending = []
             self._snapshot_state(opt)
-        values = list(map(_GET, self.mirror_entries, self.mirror_keys))
-        deque(map(_SET_ITEM, self.mirror_views, repeat(()), values), maxlen=0)
+        deque(map(_FILL, self.mirror_views, map(_GET, self.mirror_entries, self.mirror_keys)), maxlen=0)
         self.mirror_values = list(map(_ITEM, self.mirror_views))
         # The params changed through NumPy, which autograd does not see: bump
         # their version counters, so a graph that saved them refuses to
@@ -661,7 +681,6 @@ class _Gone:
 
 _NO_GRAD = weakref.ref(_Gone())  # a dead reference: where a param has no gradient
 _DEREF = weakref.ref.__call__
-_NBYTES = operator.attrgetter("nbytes")
 _CTYPES = {torch.float32: (ctypes.c_float, np.float32), torch.float64: (ctypes.c_double, np.float64)}
 
 
