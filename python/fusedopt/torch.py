@@ -318,8 +318,10 @@ class FusedOptimizer(torch.optim.Optimizer):
             if plan is None or not plan.fits(self):
                 self._plan = None  # building may raise
                 plan = self._plan = _Plan(self)
-            bad = self.row.rule.step(plan.core_groups(self), plan.grad_views, plan.entries,
-                                     self.nonfinite != "apply")
+            # This frame holds the gradients while the core reads them (their
+            # views do not), even if another thread steps or zeroes meanwhile.
+            step_grads, grad_views = plan.step_grads, plan.grad_views  # noqa: F841 (held)
+            bad = self.row.rule.step(plan.core_groups(self), grad_views, plan.entries, self.nonfinite != "apply")
         except (TypeError, ValueError, RuntimeError):
             self._plan = None
             self._raise_for_unusable_tensor()  # a clearer error naming the param, if one is
@@ -332,7 +334,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             if plan.pending:
                 self._plan = None
             if self.nonfinite == "raise":
-                error = _nonfinite_grad_error(plan.grad_views[bad], bad, f"the gradient of {self._label_at(bad)}")
+                error = _nonfinite_grad_error(grad_views[bad], bad, f"the gradient of {self._label_at(bad)}")
         plan.step_grads = None  # the plan keeps no gradient alive between steps: zero_grad() frees them
         if error is not None:
             raise error
