@@ -76,6 +76,7 @@ both compute it in float64).
 from __future__ import annotations
 
 import ctypes
+import functools
 import inspect
 import operator
 import weakref
@@ -683,19 +684,23 @@ class _Gone:
 
 _NO_GRAD = weakref.ref(_Gone())  # a dead reference: where a param has no gradient
 _DEREF = weakref.ref.__call__
-_CTYPES = {torch.float32: (ctypes.c_float, np.float32), torch.float64: (ctypes.c_double, np.float64)}
+_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
+@functools.lru_cache(maxsize=4096)
+def _bytes_at(size: int) -> type[ctypes.Array]:
+    return ctypes.c_char * size
 
 
 def _unowned_view(grad: torch.Tensor) -> np.ndarray:
     """A NumPy view of a gradient's memory that does not keep it allocated
     (the plan checks before each use that the gradient still owns it); any
     gradient the core would refuse gets an ordinary view, for its error."""
-    types = _CTYPES.get(grad.dtype)
-    if (types is None or grad.device.type != "cpu" or grad.layout != torch.strided or not grad.is_contiguous()
+    dtype = _NUMPY_DTYPES.get(grad.dtype)
+    if (dtype is None or grad.device.type != "cpu" or grad.layout != torch.strided or not grad.is_contiguous()
             or grad.numel() == 0):
         return (grad.detach() if grad.requires_grad else grad).numpy()
-    memory = (types[0] * grad.numel()).from_address(grad.data_ptr())
-    return np.frombuffer(memory, types[1]).reshape(grad.shape)
+    return np.ndarray(grad.shape, dtype, _bytes_at(grad.nbytes).from_address(grad.data_ptr()))
 
 
 def _view(tensor: torch.Tensor) -> np.ndarray:
