@@ -7,7 +7,9 @@ the cases of ``benchmarks/torch_overhead.py`` (AdamW, float32, tensors of
 
 Each group compares fusedopt.torch with the NumPy API on the same memory
 (the floor: the adapter's overhead is the difference), torch's fused AdamW
-and DeepSpeed's CPU Adam (when importable) at one count of tensors.
+and DeepSpeed's CPU Adam (when importable) at one count of tensors. The
+cases belong to the ``adamw`` rule: a ``--fusedopt-bench`` choosing other
+rules (``--rules sgd``) leaves them out, as it leaves out AdamW's others.
 """
 
 from __future__ import annotations
@@ -21,8 +23,15 @@ import torch_overhead  # noqa: E402  (benchmarks/ is on sys.path: pytest's rootd
 THREADS = 2
 
 
-@pytest.mark.parametrize("count", [1, 10, 100, 400])
-@pytest.mark.parametrize("name", torch_overhead.IMPLEMENTATIONS)
+COUNTS = [1, 10, 100, 400]
+
+
+def pytest_generate_tests(metafunc):
+    chosen = {rule.key for rule in metafunc.config._fusedopt_bench_settings.rules}
+    cases = [(name, count) for name in torch_overhead.IMPLEMENTATIONS for count in COUNTS] if "adamw" in chosen else []
+    metafunc.parametrize("name, count", cases, ids=[f"{name.replace(' ', '_')}-{count}" for name, count in cases])
+
+
 def test_torch_adapter_step(benchmark, name, count):
     if name == "DeepSpeed CPU Adam" and (why := torch_overhead.deepspeed_unavailable()) is not None:
         pytest.skip(f"DeepSpeed CPU Adam is not importable here: {why}")
