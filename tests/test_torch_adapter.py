@@ -37,10 +37,12 @@ import math
 import subprocess
 import sys
 import types
+import weakref
 
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import fusedopt
 import fusedopt.torch as ft
@@ -251,10 +253,7 @@ def test_trains_like_torch(dtype, name, kwargs):
     mine, theirs = fused_opt.state_dict(), torch_opt.state_dict()
     for g, (group, torch_group) in enumerate(zip(mine["param_groups"], theirs["param_groups"])):
         torch_group["foreach"] = None  # torch's was told foreach=False, to take its for-loop
-        assert group.items() >= torch_group.items(), f"param_groups[{g}]"
-        fusedopt_options = (set(inspect.signature(getattr(ft, name)).parameters)
-                            - set(inspect.signature(getattr(torch.optim, name)).parameters))
-        assert set(group) - set(torch_group) <= fusedopt_options, f"param_groups[{g}]"
+        assert group == torch_group, f"param_groups[{g}]"  # torch's keys only (no fusedopt option at its default)
     assert {i: set(s) for i, s in mine["state"].items()} == {i: set(s) for i, s in theirs["state"].items()}
 
 
@@ -615,6 +614,54 @@ def test_an_updated_param_invalidates_graphs_that_saved_it():
         loss.backward()
 
 
+def test_step_hooks_and_the_profiler_label_as_torchs_wrapper():
+    """fusedopt.torch's step runs the hooks itself (torch's wrapper costs more
+    than a small step): the global and the optimizer's own, in torch's order,
+    a pre-hook's new arguments used, and under torch's profiler the step is
+    labelled as torch labels it. A subclass's own step, which torch wraps,
+    runs each hook once."""
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = ft.SGD([w], lr=0.5)
+    seen = []
+    handles = [
+        register_optimizer_step_pre_hook(lambda o, a, k: seen.append("global pre")),
+        register_optimizer_step_post_hook(lambda o, a, k: seen.append("global post")),
+        opt.register_step_pre_hook(lambda o, a, k: seen.append(("pre", o is opt, a, k))),
+        opt.register_step_post_hook(lambda o, a, k: seen.append(("post", a[1:], k))),
+    ]
+    closure = lambda: seen.append("closure") or 7.0  # noqa: E731
+    try:
+        w.grad = torch.ones(2)
+        assert opt.step(closure) == 7.0
+        assert seen == ["global pre", ("pre", True, (opt, closure), {}), "closure", ("post", (closure,), {}),
+                        "global post"]
+        seen.clear()
+        # A pre-hook may replace the arguments: here, the closure.
+        handles.append(opt.register_step_pre_hook(lambda o, a, k: ((o,), {"closure": lambda: 8.0})))
+        assert opt.step(closure) == 8.0 and "closure" not in seen
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.testing.assert_close(w.detach(), torch.tensor([0.0, -3.0]))  # two steps of 0.5
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        opt.step()
+    assert "Optimizer.step#SGD.step" in {event.name for event in profile.events()}
+
+    class CountingSGD(ft.SGD):
+        def step(self, closure=None):
+            self.calls = getattr(self, "calls", 0) + 1
+            return super().step(closure)
+
+    mine = CountingSGD([w], lr=0.5)
+    counted = []
+    mine.register_step_pre_hook(lambda o, a, k: counted.append("pre"))
+    mine.register_step_post_hook(lambda o, a, k: counted.append("post"))
+    mine.step()
+    assert counted == ["pre", "post"] and mine.calls == 1
+    torch.testing.assert_close(w.detach(), torch.tensor([-1.0, -4.0]))  # (it still steps)
+
+
 def test_closure_zero_grad_and_hooks():
     w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     opt = ft.SGD([w], lr=0.5)
@@ -708,7 +755,6 @@ def test_constructor_is_torchs():
 def test_unusable_params_are_refused_by_name():
     good = torch.nn.Parameter(torch.zeros(2))
     for param, error, message in [
-        (torch.zeros(3, device="meta"), TypeError, r"params\[1\] \(shape \(3,\)\) is on meta"),
         (torch.zeros(3, dtype=torch.complex64), TypeError, r"params\[1\].*complex dtype torch.complex64"),
         (torch.zeros(3, dtype=torch.float16), TypeError, r"params\[1\].*dtype torch.float16.*float32 and float64"),
         (torch.zeros(3, dtype=torch.bfloat16), TypeError, r"dtype torch.bfloat16"),
@@ -786,3 +832,264 @@ def test_importing_without_torch_says_how_to_install_it():
     assert result.returncode != 0
     assert "ImportError: fusedopt.torch needs PyTorch" in result.stderr
     assert 'pip install "fusedopt[torch]"' in result.stderr
+
+
+# --------------------------------------------------------------------------- state made lazily (issue 10)
+
+
+@pytest.fixture
+def swapping_module_params():
+    """``Module.to_empty`` keeps the param objects (swapping their contents,
+    so an optimizer made before it sees the real tensors) only with this
+    flag; by default it makes new params, which no optimizer made earlier
+    (torch's included) would update."""
+    previous = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    yield
+    torch.__future__.set_swap_module_params_on_conversion(previous)
+
+
+def test_a_model_made_on_the_meta_device_trains_after_to_empty(swapping_module_params):
+    """As with torch.optim: params on the meta device at construction (no
+    memory yet), made real by ``to_empty``, then trained; the state is made
+    at the first step, on the CPU."""
+    def build(optimizer):
+        with torch.device("meta"):
+            net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+        opt = optimizer(net.parameters())
+        net.to_empty(device="cpu")
+        assert all_params(opt)[0] is net[0].weight
+        torch.manual_seed(3)
+        for p in net.parameters():
+            torch.nn.init.normal_(p)
+        return net, opt
+
+    torch_net, torch_opt = build(lambda ps: torch.optim.AdamW(ps, lr=1e-2, foreach=False))
+    fused_net, fused_opt = build(lambda ps: ft.AdamW(ps, lr=1e-2))
+    assert not fused_opt.state
+    for step, (x, y) in enumerate(batches(torch.float32, 4), start=1):
+        torch_opt.zero_grad()
+        fused_opt.zero_grad()
+        torch.nn.functional.mse_loss(torch_net(x), y).backward()
+        for p, q in zip(torch_net.parameters(), fused_net.parameters()):
+            q.grad = p.grad.clone()
+        torch_opt.step()
+        fused_opt.step()
+        assert_same_as_torch(fused_opt, torch_opt, step, f"after step {step}")
+
+
+def test_a_meta_param_still_on_meta_at_the_step_is_refused_by_name():
+    w = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    opt = ft.Adam([w])
+    w.grad = torch.zeros(3, device="meta")
+    with pytest.raises(TypeError, match=r"params\[0\] \(shape \(3,\)\) is on meta: fusedopt.torch updates CPU"):
+        opt.step()
+    assert not opt.state
+
+
+def test_adagrad_makes_its_state_in_the_constructor_on_meta_too_as_torch(swapping_module_params):
+    """torch 2.13's Adagrad makes its state in the constructor, on the
+    param's device: a meta model's state stays on meta after ``to_empty``,
+    and torch's step then fails. fusedopt.torch does the same, and says
+    which tensor is on meta."""
+    with torch.device("meta"):
+        net = torch.nn.Linear(3, 2)
+    torch_opt, fused_opt = torch.optim.Adagrad(net.parameters()), ft.Adagrad(net.parameters())
+    for opt in (torch_opt, fused_opt):
+        assert {key: value.device.type for key, value in opt.state[net.weight].items()} == \
+            {"step": "cpu", "sum": "meta"}
+    net.to_empty(device="cpu")
+    for p in net.parameters():
+        p.grad = torch.ones_like(p)
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        torch_opt.step()
+    with pytest.raises(TypeError, match=r"state\['sum'\] of params\[0\] \(shape \(2, 3\)\) is on meta"):
+        fused_opt.step()
+
+
+# --------------------------------------------------------------------------- torch's layout and errors (issue 10)
+
+
+def test_adadelta_keeps_torchs_param_group_layout():
+    """No ``scale`` key in the groups (nor in state_dict) for torch's rule;
+    the course's form, which torch lacks, keeps its choice in the groups."""
+    w = torch.nn.Parameter(torch.zeros(2))
+    mine, theirs = ft.Adadelta([w]), torch.optim.Adadelta([torch.nn.Parameter(torch.zeros(2))])
+    assert mine.param_groups[0].keys() == theirs.param_groups[0].keys()
+    assert mine.state_dict()["param_groups"][0].keys() == theirs.state_dict()["param_groups"][0].keys()
+    assert "scale" not in mine.defaults
+    course = ft.Adadelta([w], scale="weights", lr=0.1)
+    assert course.param_groups[0]["scale"] == "weights"
+    w.grad = torch.ones(2)
+    course.step()
+    assert set(course.state[w]) == {"step", "square_avg", "square_weight_avg"}
+    with pytest.raises(ValueError, match=r"scale \(param group 0\) must be one of"):
+        ft.Adadelta([w], scale="biases")
+
+
+def test_a_tensor_lr_with_more_than_one_element_is_a_value_error_as_in_torch():
+    w = torch.nn.Parameter(torch.zeros(2))
+    for name in ("Adam", "AdamW", "SGD"):
+        with pytest.raises(ValueError, match="Tensor lr must be 1-element"):
+            getattr(torch.optim, name)([torch.nn.Parameter(torch.zeros(2))], lr=torch.tensor([0.1, 0.2]))
+        with pytest.raises(ValueError, match=r"Tensor lr must be 1-element, got shape \(2,\)"):
+            getattr(ft, name)([w], lr=torch.tensor([0.1, 0.2]))
+    # A one-element tensor works, as in torch.
+    q = torch.nn.Parameter(torch.zeros(2))
+    mine, theirs = ft.SGD([w], lr=torch.tensor(0.5)), torch.optim.SGD([q], lr=torch.tensor(0.5))
+    for p, opt in ((w, mine), (q, theirs)):
+        p.grad = torch.tensor([1.0, -2.0])
+        opt.step()
+    assert torch.equal(w.detach(), q.detach())
+
+
+@pytest.mark.parametrize("value, error, message", [
+    ("3", TypeError, r"state\['step'\] of params\[1\] must be a one-element tensor \(torch keeps the count in a "
+                     r"0-d float tensor\), got str '3'"),
+    (3, TypeError, r"state\['step'\] of params\[1\] must be a one-element tensor .*got int 3"),
+    (torch.zeros(3), ValueError, r"state\['step'\] of params\[1\] must be a one-element tensor, got one of "
+                                 r"shape \(3,\)"),
+    (torch.tensor(-1.0), ValueError, r"state\['step'\] of params\[1\] must be a non-negative whole number"),
+    (torch.tensor(2.0**62), ValueError, r"state\['step'\] of params\[1\] must be a non-negative whole number"),
+], ids=["str", "int", "3-element", "negative", "too-large"])
+def test_a_live_step_of_the_wrong_kind_is_refused_by_name(value, error, message):
+    params = [torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))]
+    opt = ft.Adam(params, lr=0.1)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    before = copy.deepcopy(opt.state_dict()), [p.detach().clone() for p in params]
+    opt.state[params[1]]["step"] = value
+    with pytest.raises(error, match=message):
+        opt.step()
+    for p, was in zip(params, before[1]):
+        assert torch.equal(p.detach(), was)
+    assert opt.state[params[0]]["step"].item() == 1
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(opt.state[params[0]][key], before[0]["state"][0][key])
+
+
+# --------------------------------------------------------------------------- what a step keeps between steps (issue 15)
+
+# Edits a training loop (or its user) makes between steps, each applied alike
+# to torch's optimizer and net and to fusedopt's: fusedopt.torch keeps the
+# core's arguments between steps and must notice every one.
+EDITS = [
+    ("nothing", lambda opt, net: None),
+    ("lr changed", lambda opt, net: opt.param_groups[0].update(lr=0.03)),
+    ("betas and weight_decay changed",
+     lambda opt, net: opt.param_groups[1].update(betas=(0.8, 0.99), weight_decay=0.1)),
+    ("a param's .data reassigned", lambda opt, net: setattr(net.body[2].weight, "data",
+                                                            net.body[2].weight.data.clone())),
+    ("a gradient's .data reassigned", lambda opt, net: setattr(net.body[0].weight.grad, "data",
+                                                               net.body[0].weight.grad.data.clone())),
+    ("a state tensor replaced", lambda opt, net: opt.state[net.body[0].weight].update(
+        exp_avg=opt.state[net.body[0].weight]["exp_avg"] * 0.5)),
+    ("a state tensor edited in place", lambda opt, net: opt.state[net.body[4].weight]["exp_avg"].mul_(2)),
+    ("a state tensor moved to shared memory",
+     lambda opt, net: opt.state[net.body[2].bias]["exp_avg_sq"].share_memory_()),
+    ("a step count edited in place", lambda opt, net: opt.state[net.body[0].bias]["step"].fill_(10)),
+    ("a step count replaced", lambda opt, net: opt.state[net.body[0].bias].__setitem__("step", torch.tensor(3.0))),
+    ("a param's state deleted", lambda opt, net: opt.state.pop(net.body[4].bias)),
+    ("a param's state dict replaced", lambda opt, net: opt.state.__setitem__(
+        net.body[2].weight, {k: v.clone() for k, v in opt.state[net.body[2].weight].items()})),
+    ("a group added", lambda opt, net: opt.add_param_group({"params": [net.extra], "lr": 0.05})),
+    ("load_state_dict", lambda opt, net: opt.load_state_dict(checkpoint(opt))),
+    ("every state cleared", lambda opt, net: opt.state.clear()),
+]
+
+
+def test_every_edit_between_steps_is_seen():
+    """A step after each edit, then one more, torch against fusedopt, the
+    params and every state tensor compared after each; gradients alternate
+    between new tensors (``zero_grad()``) and the same tensors written in
+    place (``zero_grad(set_to_none=False)``); one param gets a gradient on
+    odd steps only, one never."""
+    dtype = torch.float64
+    with default_dtype(dtype):
+        nets = Net(dtype), Net(dtype)
+        for net in nets:
+            net.extra = torch.nn.Parameter(torch.linspace(-1, 1, 7, dtype=dtype))  # for "a group added"
+        groups = [param_groups(net, 1e-2) for net in nets]
+        for group, net in zip(groups, nets):
+            group[1]["params"] = [p for p in group[1]["params"] if p is not net.extra]
+        torch_opt = torch.optim.Adam(groups[0], lr=1e-2, foreach=False)
+        fused_opt = ft.Adam(groups[1], lr=1e-2)
+        data = batches(dtype, 2 * len(EDITS) + 1)
+        for step, batch in enumerate(data, start=1):
+            edit_name, edit = EDITS[(step - 1) // 2] if step % 2 == 0 else ("nothing", EDITS[0][1])
+            torch_opt.zero_grad()
+            torch.nn.functional.mse_loss(nets[0](batch[0], step), batch[1]).backward()
+            nets[0].extra.grad = torch.full((7,), 0.1 * step, dtype=dtype)
+            in_place = step % 4 in (0, 1)
+            if not in_place:
+                fused_opt.zero_grad()
+            for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+                if p.grad is None:
+                    q.grad = None
+                elif in_place and q.grad is not None:
+                    q.grad.copy_(p.grad)
+                else:
+                    q.grad = p.grad.clone()
+            for opt, net in ((torch_opt, nets[0]), (fused_opt, nets[1])):
+                edit(opt, net)
+            torch_opt.step()
+            fused_opt.step()
+            assert_same_as_torch(fused_opt, torch_opt, step, f"after step {step} ({edit_name})")
+    assert len(fused_opt.param_groups) == 3 and fused_opt.state[nets[1].extra]["step"].item() > 0
+
+
+def test_new_memory_is_updated_and_the_old_left_alone():
+    """After ``.data`` is reassigned (a param's, a gradient's) or a state
+    tensor moves to shared memory, the step writes the new memory, reads the
+    new gradient, and leaves the memory the tensors had before unchanged."""
+    w = torch.nn.Parameter(torch.ones(4))
+    opt = ft.SGD([w], lr=0.5, momentum=0.5)
+    w.grad = torch.ones(4)
+    opt.step()  # w = 0.5, buffer = 1
+    old_param, old_grad = w.data, w.grad.data
+    w.data = torch.full((4,), 2.0)
+    w.grad.data = torch.full((4,), 4.0)
+    opt.state[w]["momentum_buffer"].share_memory_()  # new memory under the same tensor
+    opt.step()  # buffer = 0.5 * 1 + 4 = 4.5; w = 2 - 0.5 * 4.5
+    assert torch.equal(old_param, torch.full((4,), 0.5)) and torch.equal(old_grad, torch.ones(4))
+    assert torch.equal(opt.state[w]["momentum_buffer"], torch.full((4,), 4.5))
+    assert torch.equal(w.detach(), torch.full((4,), 2.0 - 0.5 * 4.5))
+
+
+def test_scalar_state_edited_in_place_is_read_again():
+    """NAdam's mu_product and the step count are numbers for the core: an
+    edit in place between steps is seen, as torch sees it (in float64, where
+    torch keeps mu_product as precisely as the core)."""
+    with default_dtype(torch.float64):
+        p, q = (torch.nn.Parameter(torch.linspace(-1, 1, 5)) for _ in range(2))
+        mine, theirs = ft.NAdam([p]), torch.optim.NAdam([q], foreach=False)
+        for step in range(1, 5):
+            for param, opt in ((p, mine), (q, theirs)):
+                param.grad = torch.linspace(0.5, -0.3, 5) * step
+                if step == 3:
+                    opt.state[param]["mu_product"].mul_(0.5)
+                    opt.state[param]["step"].add_(2)
+                opt.step()
+            assert_same_as_torch(mine, theirs, step, f"after step {step}")
+        assert mine.state[p]["step"].item() == 6
+
+
+def test_a_step_keeps_no_gradient_alive():
+    """torch frees the gradients at ``zero_grad()`` (or ``model.zero_grad()``):
+    what fusedopt.torch keeps between steps must not hold them, or a
+    backward would need memory for two sets."""
+    w = torch.nn.Parameter(torch.zeros(1000))
+    opt = ft.Adam([w])
+    for step in range(3):
+        w.grad = torch.ones(1000)
+        opt.step()
+    gradient = weakref.ref(w.grad)
+    w.grad = None  # as Module.zero_grad() does
+    assert gradient() is None
+    w.grad = torch.ones(1000)
+    opt.step()  # a gradient again: the step takes it
+    assert opt.state[w]["step"].item() == 4
+    gradient = weakref.ref(w.grad)
+    opt.zero_grad()
+    assert gradient() is None

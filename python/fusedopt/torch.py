@@ -17,7 +17,19 @@ How a step works: the params, their gradients and the state tensors are
 handed to fusedopt's compiled core as NumPy views of the tensors' own memory
 (``Tensor.numpy()`` never copies a CPU tensor), so the core updates them in
 place. The params must be dense, C-contiguous float32 or float64 tensors on
-the CPU; anything else is refused with an error naming the param.
+the CPU; anything else is refused with an error naming the param. (A param
+may be on the meta device until its first step, for
+``with torch.device("meta"): model = ...`` then ``model.to_empty(...)``
+with ``torch.__future__.set_swap_module_params_on_conversion(True)``, which
+keeps the param objects the optimizer holds.)
+
+The views and the core's dicts are made at the first step and kept (see
+:class:`_Plan`); each later step checks, at C speed over lists, that
+nothing they depend on changed (param groups, gradients, ``opt.state``, the
+tensors' memory, the 0-d state values) and makes them again if it did, so
+edits between steps work as with ``torch.optim``. The step runs torch's
+step hooks itself (torch's ``Optimizer.step`` wrapper would cost more than
+a small step) and is labelled for torch's profiler while one records.
 
 torch's implementation switches are accepted so that code written for
 ``torch.optim`` runs unchanged: ``foreach`` and ``fused`` are stored in the
@@ -27,10 +39,13 @@ param groups and otherwise ignored (fusedopt has one implementation, fused);
 State is kept as torch keeps it: ``state["step"]`` and NAdam's
 ``state["mu_product"]`` are 0-d float tensors (of torch's default dtype, as
 torch makes them), the arrays are tensors shaped like their param. Each step
-hands the core their values as numbers and writes the new ones back.
-Adagrad's state is made by the constructor, as torch makes it (a group
-added later gets its state at its first step, as in torch); every other
-rule makes a param's state at its first step. Adagrad's ``sum`` starts at
+hands the core their values as numbers and writes the new ones back; a
+``state["step"]`` that is not a one-element tensor holding a whole number
+is refused with an error naming the param. Every rule makes a param's state
+at its first step, except Adagrad, whose state torch 2.13's constructor
+makes (on the param's device, the meta device included, where torch's step
+then fails and fusedopt's says which tensor is on meta); a group added
+later gets its state at its first step, as in torch. Adagrad's ``sum`` starts at
 the param group's ``initial_accumulator_value``, where torch takes the
 constructor's for every group (the two differ only for a group given its
 own value).
@@ -41,6 +56,11 @@ gradients hold a NaN or an infinity changes nothing (params, state, step
 counts) and adds one to ``opt.skipped_steps``; ``"raise"`` does the same and
 raises :class:`fusedopt.NonFiniteGradError` naming the param. ``step()``
 still returns what the closure returned, as torch's does.
+
+``fusedopt.torch.Adadelta`` is torch's rule with torch's param groups;
+``scale="weights"`` (keyword-only) chooses the course's variant, which torch
+lacks, and only then do the groups carry a ``"scale"`` key. A tensor ``lr``
+must have one element (a ``ValueError``, as torch's).
 
 The rules differ from ``torch.optim``'s by float rounding only: the core
 never fuses a multiply and an add into one FMA (so it is bitwise identical to
@@ -55,8 +75,14 @@ both compute it in float64).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import inspect
+import operator
+import weakref
+from collections import deque
 from dataclasses import dataclass, field
+from itertools import chain, compress
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import numpy as np
@@ -70,6 +96,9 @@ except ImportError as error:  # torch is an optional dependency
         "(on a machine without a GPU, install torch's CPU-only build first,\n"
         "from PyTorch's own package index, to avoid several GB of CUDA packages)"
     ) from error
+
+from torch.optim.optimizer import _global_optimizer_post_hooks as _global_step_post_hooks
+from torch.optim.optimizer import _global_optimizer_pre_hooks as _global_step_pre_hooks
 
 import fusedopt
 from fusedopt import _core
@@ -121,6 +150,16 @@ _IGNORED_SWITCHES = {"foreach", "fused"}
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
+def _with_nonfinite(signature: inspect.Signature) -> inspect.Signature:
+    """A fusedopt class's signature with its shared ``**options`` spelled out
+    as the one option fusedopt.torch takes today, ``nonfinite``. (The storage
+    options of 16-bit params are the NumPy API's for now.)"""
+    parameters = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    if len(parameters) < len(signature.parameters):
+        parameters.append(inspect.Parameter("nonfinite", inspect.Parameter.KEYWORD_ONLY, default="apply"))
+    return signature.replace(parameters=parameters)
+
+
 class FusedOptimizer(torch.optim.Optimizer):
     """Base of the torch-facing optimizers: a subclass names its :class:`Row`
     (``class Adam(FusedOptimizer, row=Row(fusedopt.Adam, "Adam"))``) and gets
@@ -132,14 +171,19 @@ class FusedOptimizer(torch.optim.Optimizer):
     _signature: ClassVar[inspect.Signature]
     _torch_only: ClassVar[dict[str, Any]]  # torch's arguments fusedopt lacks, with their defaults
     _fixed: ClassVar[dict[str, Any]]  # hyperparameters the class fixes (AdamW's decoupled decay)
+    # fusedopt's own options at their defaults (Adadelta's scale="updates"):
+    # the core reads them, torch's param groups do not have them.
+    _core_defaults: ClassVar[dict[str, Any]]
+    _plan: _Plan | None  # the core's arguments, kept between steps
 
     def __init_subclass__(cls, row: Row | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if row is None:  # a subclass of a rule's class keeps its row
             return
         cls.row = row
-        fused_signature = inspect.signature(row.fused)
+        fused_signature = _with_nonfinite(inspect.signature(row.fused))
         fused_names = set(fused_signature.parameters)
+        cls._core_defaults = {}
         if row.torch_class is None:
             cls._signature, cls._torch_only = fused_signature, {}
         else:
@@ -153,6 +197,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             cls._torch_only = {
                 p.name: p.default for p in torch_parameters if p.name not in fused_names
             }
+            cls._core_defaults = {p.name: p.default for p in extra if p.name != "nonfinite"}
         cls.__signature__ = cls._signature
         probe = row.fused([np.zeros(1, np.float32)])
         cls._fixed = {k: v for k, v in probe.defaults.items() if k not in fused_names}
@@ -164,10 +209,14 @@ class FusedOptimizer(torch.optim.Optimizer):
             )
 
     def __init__(self, params: Iterable, *args: Any, **kwargs: Any) -> None:
+        self._plan = None
         bound = self._signature.bind(params, *args, **kwargs)  # TypeError as torch's would
         bound.apply_defaults()
         arguments = dict(bound.arguments)
         arguments.pop("params")
+        lr = arguments.get("lr")
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)}")  # as torch's
         switches = {name: arguments.pop(name) for name in self._torch_only}
         for name, value in switches.items():
             default = self._torch_only[name]
@@ -182,16 +231,23 @@ class FusedOptimizer(torch.optim.Optimizer):
         probe = self.row.fused([np.zeros(1, np.float32)], **arguments)
         self.nonfinite = probe.nonfinite
         self.skipped_steps = 0
-        defaults = {k: v for k, v in probe.param_groups[0].items() if k != "params"}
+        # torch's layout for torch's rule: fusedopt's own options stay out of
+        # the groups unless they choose a form torch lacks (scale="weights").
+        defaults = {k: v for k, v in probe.param_groups[0].items()
+                    if k != "params" and not (k in self._core_defaults and v == self._core_defaults[k])}
         defaults.update(switches)
         super().__init__(params, defaults)
         if self.row.state_at_construction:  # as torch's Adagrad; a group added later gets it at its first step
             for group in self.param_groups:
                 self._make_state(group)
 
+    def _core_group(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        """A param group as the core reads it: with fusedopt's own options."""
+        return {**self._core_defaults, **group}
+
     def _make_state(self, group: dict[str, Any]) -> None:
         """Every param's state before its first step: step 0 and the rule's initial values."""
-        arrays, scalars = self.row.rule.state_spec(group)
+        arrays, scalars = self.row.rule.state_spec(self._core_group(group))
         for param in group["params"]:
             state = self.state[param]
             if self.row.counts_steps:
@@ -204,17 +260,20 @@ class FusedOptimizer(torch.optim.Optimizer):
         """torch's ``add_param_group``, then the checks fusedopt needs: every
         param a dense, C-contiguous float32/float64 CPU tensor, not sharing
         memory with another, and valid hyperparameters. On an error the
-        group is not added."""
+        group is not added. A param may also be on the meta device, as in
+        ``with torch.device("meta"): model = ...``, until its first step
+        (``model.to_empty(device="cpu")`` in between)."""
         super().add_param_group(param_group)
         try:
             index = len(self.param_groups) - 1
             group = self.param_groups[index]
             first = sum(len(g["params"]) for g in self.param_groups[:-1])
             for k, param in enumerate(group["params"]):
-                _check_param(param, self._label(first + k, group, k))
-            views = [p.detach().numpy() for g in self.param_groups for p in g["params"]]
-            _core.check_params(views, 0)  # also rejects params sharing memory
-            self.row.rule.check_group(group, index)
+                _check_param(param, self._label(first + k, group, k), meta_allowed=True)
+            params = [p for g in self.param_groups for p in g["params"]]
+            if all(p.device.type == "cpu" for p in params):  # (the step checks meta params once they are real)
+                _core.check_params([p.detach().numpy() for p in params], 0)  # also rejects params sharing memory
+            self.row.rule.check_group(self._core_group(group), index)
         except Exception:
             self.param_groups.pop()
             raise
@@ -227,89 +286,70 @@ class FusedOptimizer(torch.optim.Optimizer):
 
         With ``nonfinite="skip"``, a step whose gradients hold a NaN or an
         infinity changes nothing and adds one to ``skipped_steps``;
-        ``"raise"`` then raises :class:`fusedopt.NonFiniteGradError`."""
+        ``"raise"`` then raises :class:`fusedopt.NonFiniteGradError`.
+
+        The step hooks (``register_step_pre_hook``, ``register_step_post_hook``
+        and the global ones) run as torch's ``Optimizer.step`` wrapper runs
+        them, and the step is labelled for torch's profiler while it records:
+        this method is that wrapper (torch's would cost more than the step)."""
+        if type(self).step is not FusedOptimizer.step:  # a subclass's own step, which torch wrapped
+            return self._fused_step(closure)
+        args = (self,) if closure is None else (self, closure)
+        if not torch._C._autograd._profiler_enabled():
+            return self._step_with_hooks(args, {})
+        with torch.autograd.profiler.record_function(f"Optimizer.step#{type(self).__name__}.step"):
+            return self._step_with_hooks(args, {})
+
+    step.hooked = True  # type: ignore[attr-defined]  # torch's Optimizer then leaves it unwrapped
+
+    def _step_with_hooks(self, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """What torch's ``Optimizer.profile_hook_step`` wrapper does around a step."""
+        if _global_step_pre_hooks or self._optimizer_step_pre_hooks:
+            for pre_hook in chain(_global_step_pre_hooks.values(), self._optimizer_step_pre_hooks.values()):
+                result = pre_hook(self, args, kwargs)
+                if result is not None:
+                    if not (isinstance(result, tuple) and len(result) == 2):
+                        raise RuntimeError(f"{FusedOptimizer.step} must return None or a tuple of "
+                                           f"(new_args, new_kwargs), but got {result}.")
+                    args, kwargs = result
+        out = FusedOptimizer._fused_step(*args, **kwargs)
+        self._optimizer_step_code()  # where torch's profiler, when it traces Python, looks
+        if self._optimizer_step_post_hooks or _global_step_post_hooks:
+            for post_hook in chain(self._optimizer_step_post_hooks.values(), _global_step_post_hooks.values()):
+                post_hook(self, args, kwargs)
+        return out
+
+    def _fused_step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        plan = self._plan
         try:
-            call = self._core_arguments()
-            bad = self.row.rule.step(call.groups, call.grads, call.states, self.nonfinite != "apply")
+            if plan is None or not plan.fits(self):
+                self._plan = None  # building may raise
+                plan = self._plan = _Plan(self)
+            # This frame holds the gradients while the core reads them (their
+            # views do not), even if another thread steps or zeroes meanwhile.
+            step_grads, grad_views = plan.step_grads, plan.grad_views  # noqa: F841 (held)
+            bad = self.row.rule.step(plan.core_groups(self), grad_views, plan.entries, self.nonfinite != "apply")
         except (TypeError, ValueError, RuntimeError):
+            self._plan = None
             self._raise_for_unusable_tensor()  # a clearer error naming the param, if one is
             raise
-        if bad is not None:  # nothing changed; the state made for the step is dropped
+        error = None
+        if bad is None:
+            plan.record(self)
+        else:  # nothing changed; the state made for the step is dropped
             self.skipped_steps += 1
+            if plan.pending:
+                self._plan = None
             if self.nonfinite == "raise":
-                raise _nonfinite_grad_error(call.grads[bad], bad, f"the gradient of {self._label_at(bad)}")
-            return loss
-        call.record(self.state)
+                error = _nonfinite_grad_error(grad_views[bad], bad, f"the gradient of {self._label_at(bad)}")
+        plan.step_grads = None  # the plan keeps no gradient alive between steps: zero_grad() frees them
+        if error is not None:
+            raise error
         return loss
-
-    def _core_arguments(self) -> _CoreCall:
-        """The core's view of this step: groups with NumPy views of the params,
-        grads and state as NumPy views, the step counts as ints and scalar
-        state as floats. State a param needs and lacks is made here (at the
-        rule's initial values) but stored only after the core succeeds.
-
-        This runs on every step, so it does only what it must per param;
-        everything the core checks (dtypes, shapes, layout, overlap) it
-        leaves to the core, and an error is explained afterwards.
-        """
-        call = _CoreCall()
-        grads, states, updated = call.grads, call.states, call.updated
-        counts_steps = self.row.counts_steps
-        all_state = self.state
-        for group in self.param_groups:
-            arrays, scalars = self.row.rule.state_spec(group)
-            array_keys = [(key, self.row.torch_key(key), value) for key, value in arrays.items()]
-            scalar_keys = [(key, self.row.torch_key(key), value) for key, value in scalars.items()]
-            views = []
-            for param in group["params"]:
-                grad = param.grad
-                if grad is None:  # skipped, as torch skips it
-                    views.append(None)
-                    grads.append(None)
-                    states.append(None)
-                    continue
-                views.append(param.detach().numpy())
-                grads.append((grad.detach() if grad.requires_grad else grad).numpy())
-                updated.append(param)
-                state = all_state.get(param, _NO_STATE)
-                entry: dict[str, Any] = {}
-                if counts_steps:
-                    step = state.get("step")
-                    if step is None:
-                        step = _new_scalar(0.0)
-                        call.new_state.append((param, "step", step))
-                    value = step.item()  # torch counts in a float tensor
-                    if not 0 <= value < 2**62 or int(value) != value:
-                        raise _bad_step(step, f"state['step'] of params[{len(grads) - 1}]")
-                    entry["step"] = int(value)
-                    call.scalars.append((step, entry, "step"))
-                created = False
-                for core_key, torch_key, initial in array_keys:
-                    tensor = state.get(torch_key)
-                    if tensor is None:  # a new param, or a setting turned on (amsgrad)
-                        tensor = _new_array(param, initial)
-                        call.new_state.append((param, torch_key, tensor))
-                        created = True
-                    entry[core_key] = tensor.numpy()
-                for core_key, torch_key, initial in scalar_keys:
-                    tensor = state.get(torch_key)
-                    if tensor is None:
-                        tensor = _new_scalar(initial)
-                        call.new_state.append((param, torch_key, tensor))
-                    entry[core_key] = _scalar_state(tensor, f"state[{torch_key!r}] of params[{len(grads) - 1}]")
-                    call.scalars.append((tensor, entry, core_key))
-                if not counts_steps:
-                    # The core counts steps to know when a momentum buffer is
-                    # new (it then starts as a copy of the gradient); torch
-                    # instead looks for the buffer. Tell the core the same.
-                    entry["step"] = 0 if created else 1
-                states.append(entry)
-            call.groups.append({**group, "params": views})
-        return call
 
     # ------------------------------------------------------------ state_dict
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -327,6 +367,7 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self._plan = None  # (load_state_dict comes here too)
         self.__dict__.setdefault("nonfinite", "apply")  # pickled before fusedopt.torch had it
         self.__dict__.setdefault("skipped_steps", 0)
         for group in self.param_groups:
@@ -337,7 +378,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             group.update(self._fixed)  # as torch's AdamW forces decoupled decay
             # Old checkpoints kept the step count and scalar state (NAdam's
             # mu_product) in Python numbers; torch's optimizers keep 0-d tensors.
-            numbers = [self.row.torch_key(key) for key in self.row.rule.state_spec(group)[1]]
+            numbers = [self.row.torch_key(key) for key in self.row.rule.state_spec(self._core_group(group))[1]]
             if self.row.counts_steps:
                 numbers.append("step")
             for param in group["params"]:
@@ -363,7 +404,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                     f"state_dict['param_groups'][{g}] has {len(saved['params'])} params, the "
                     f"optimizer's group {g} has {len(group['params'])}"
                 )
-            merged = {**self.defaults, **saved, **self._fixed, "params": group["params"]}
+            merged = {**self._core_defaults, **self.defaults, **saved, **self._fixed, "params": group["params"]}
             self.row.rule.check_group(merged, g)
             arrays, scalars = self.row.rule.state_spec(merged)
             array_keys = [self.row.torch_key(k) for k in arrays]
@@ -399,7 +440,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         index = 0
         for group in self.param_groups:
             try:
-                arrays = [self.row.torch_key(key) for key in self.row.rule.state_spec(group)[0]]
+                arrays = [self.row.torch_key(key) for key in self.row.rule.state_spec(self._core_group(group))[0]]
             except (TypeError, ValueError):
                 return  # the group's hyperparameters are wrong: the core's error says which
             for k, param in enumerate(group["params"]):
@@ -416,32 +457,278 @@ class FusedOptimizer(torch.optim.Optimizer):
 
 
 _NO_STATE: Mapping[str, Any] = {}
+_GRAD = operator.attrgetter("grad")
+_DATA_PTR = torch.Tensor.data_ptr
+_ITEM = np.ndarray.item
+_FILL = np.ndarray.fill
+_GET = dict.__getitem__
+# Bounds the step counts the core is given (it counts in 64-bit ints).
+_MAX_STEP = 2**62
 
 
-class _CoreCall:
-    """The arguments of one core step, and what to record once it succeeds."""
+class _Plan:
+    """The core's arguments for this optimizer's steps, built once and kept
+    while they still describe the optimizer.
 
-    def __init__(self) -> None:
-        self.groups: list[dict[str, Any]] = []
-        self.grads: list[np.ndarray | None] = []
-        self.states: list[dict[str, Any] | None] = []
-        self.updated: list[torch.Tensor] = []  # params the step changes
-        self.new_state: list[tuple[torch.Tensor, str, torch.Tensor]] = []
-        # torch's 0-d tensors (step, mu_product), each with the core's state
-        # dict and key, which the step updates.
-        self.scalars: list[tuple[torch.Tensor, dict[str, Any], str]] = []
+    Building them costs microseconds per param (a NumPy view of every
+    tensor, the core's dicts, the state checked); checking them costs a few
+    C-speed passes over lists (``map``), so a step does only that:
 
-    def record(self, state: Mapping[torch.Tensor, dict[str, Any]]) -> None:
-        for param, key, tensor in self.new_state:
-            state[param][key] = tensor
-        for tensor, entry, key in self.scalars:
-            tensor.fill_(entry[key])  # the core's new value, in torch's 0-d tensor
+    - the param groups, their ``params`` lists and the state layout their
+      settings ask for (``amsgrad`` turned on needs one more array);
+    - each param's gradient: which params have one (a change rebuilds) and
+      the gradient objects (a new one, as after ``zero_grad()`` and
+      ``backward()``, gets a new view). The plan holds gradients weakly
+      (torch frees them at ``zero_grad()``, and so must the plan) and their
+      views do not own their memory: a view is used only while its gradient
+      is alive, is ``param.grad`` and has the same ``data_ptr()`` (its memory
+      cannot have been freed and reused then: memory a tensor is given is
+      allocated while it still has its old memory, so the address differs
+      unless it is a view of that same memory);
+    - ``opt.state``: its keys and dicts (state replaced by hand or by
+      ``load_state_dict``);
+    - the memory (``data_ptr()``) of every tensor the step reads or writes,
+      found where torch keeps it (``param.grad``, ``opt.state[param][key]``):
+      a tensor replaced, ``.data`` reassigned, ``share_memory_()``, ``set_()``;
+    - the values of the 0-d state tensors (``step``, ``mu_product``), which
+      the core is given as numbers: one edited in place is read again.
+
+    Anything else rebuilds the plan. The plan holds every tensor it has a
+    view of and its storage, so memory it points into is not freed and
+    reused while it exists: an unchanged ``data_ptr()`` is the same memory
+    (a tensor replaced by another view of its own memory is not noticed, and
+    needs not be; one replaced by a view of it in another dtype or shape is
+    not supported).
+    The core keeps the step counts in the plan's dicts and the plan copies
+    them into torch's tensors after each step.
+    """
+
+    def __init__(self, opt: FusedOptimizer) -> None:
+        row = opt.row
+        self.state_map = opt.state
+        self.groups = list(opt.param_groups)
+        self.param_lists = [group["params"] for group in self.groups]
+        self.param_ids = [list(map(id, params)) for params in self.param_lists]
+        self.specs = [row.rule.state_spec(opt._core_group(group)) for group in self.groups]
+        self.params = [p for params in self.param_lists for p in params]
+        self.step_grads = list(map(_GRAD, self.params))  # held during a step only
+        self.has_grad = [g is not None for g in self.step_grads]
+        self.group_views: list[list[np.ndarray | None]] = []
+        self.grad_views: list[np.ndarray | None] = []  # aligned with params, for the core
+        self.entries: list[dict[str, Any] | None] = []  # the core's state dicts, likewise
+        self.active: list[torch.Tensor] = []  # the params the step updates
+        self.grad_refs: list[weakref.ref] = []  # aligned with params
+        self.grad_ptrs: list[int] = []  # of the gradients there are
+        self.watched: list[torch.Tensor] = []  # the params the step updates
+        self.pending: list[tuple[torch.Tensor, str, torch.Tensor]] = []  # state to store once the step succeeds
+        # torch's 0-d state tensors (step, mu_product) and the core's numbers.
+        self.mirror_tensors: list[torch.Tensor] = []
+        self.mirror_views: list[np.ndarray] = []
+        self.mirror_entries: list[dict[str, Any]] = []
+        self.mirror_keys: list[str] = []
+        self.mirror_labels: list[str] = []
+        # (param, torch's state key) of every state tensor the step uses, for the memory check
+        self.state_slots: list[tuple[torch.Tensor, str]] = []
+        self.state_held: list[Any] = []  # their storages, kept allocated
+
+        index = 0
+        for params, (arrays, scalars) in zip(self.param_lists, self.specs):
+            array_keys = [(key, row.torch_key(key), value) for key, value in arrays.items()]
+            scalar_keys = [(key, row.torch_key(key), value) for key, value in scalars.items()]
+            if row.counts_steps:
+                scalar_keys.insert(0, ("step", "step", 0.0))
+            views: list[np.ndarray | None] = []
+            for param in params:
+                if not self.has_grad[index]:  # skipped, as torch skips it
+                    views.append(None)
+                    self.grad_views.append(None)
+                    self.entries.append(None)
+                else:
+                    views.append(_view(param))
+                    self.active.append(param)
+                    self.watched.append(param)
+                    self.entries.append(self._entry(opt, param, index, array_keys, scalar_keys))
+                    self.grad_views.append(None)  # filled by _take_grads
+                index += 1
+            self.group_views.append(views)
+        self._take_grads()
+        self.watched_ptrs = list(map(_DATA_PTR, self.watched))
+        self.mirror_values = list(map(_ITEM, self.mirror_views))
+        if not self.pending:
+            self._snapshot_state(opt)
+
+    def _entry(self, opt: FusedOptimizer, param: torch.Tensor, index: int, array_keys: list, scalar_keys: list
+               ) -> dict[str, Any]:
+        """One param's state for the core, from torch's (made at the rule's
+        initial values where it is missing, and stored only after the step)."""
+        state = opt.state.get(param, _NO_STATE)
+        entry: dict[str, Any] = {}
+        created = False
+        for core_key, torch_key, initial in array_keys:
+            tensor = state.get(torch_key)
+            if tensor is None:  # a new param, or a setting turned on (amsgrad)
+                tensor = _new_array(param, initial)
+                self.pending.append((param, torch_key, tensor))
+                created = True
+            elif not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"state[{torch_key!r}] of params[{index}] must be a torch.Tensor, got "
+                                f"{type(tensor).__name__}")
+            else:
+                self.state_slots.append((param, torch_key))
+            entry[core_key] = _view(tensor)
+            self.state_held.append(tensor.untyped_storage())
+        for core_key, torch_key, initial in scalar_keys:
+            tensor = state.get(torch_key)
+            label = f"state[{torch_key!r}] of params[{index}]"
+            if tensor is None:
+                tensor = _new_scalar(initial)
+                self.pending.append((param, torch_key, tensor))
+            else:
+                self.state_slots.append((param, torch_key))
+            entry[core_key] = _mirrored_value(tensor, core_key, label)
+            self.mirror_tensors.append(tensor)
+            self.mirror_views.append(_view(tensor))
+            self.mirror_entries.append(entry)
+            self.mirror_keys.append(core_key)
+            self.mirror_labels.append(label)
+            self.state_held.append(tensor.untyped_storage())
+        if not opt.row.counts_steps:
+            # The core counts steps to know when a momentum buffer is new (it
+            # then starts as a copy of the gradient); torch instead looks for
+            # the buffer. Tell the core the same: it counts on from here.
+            entry["step"] = 0 if created else 1
+        return entry
+
+    def _take_grads(self) -> None:
+        """Views of this step's gradients (``step_grads``)."""
+        grads = self.step_grads
+        self.grad_refs = [_NO_GRAD if g is None else weakref.ref(g) for g in grads]
+        present = list(compress(grads, self.has_grad))
+        self.grad_ptrs = list(map(_DATA_PTR, present))
+        self.grad_views = [None if g is None else _unowned_view(g) for g in grads]
+
+    def _snapshot_state(self, opt: FusedOptimizer) -> None:
+        """What the identity check of ``opt.state`` compares with."""
+        self.state_items = list(opt.state.items())  # held: their ids stay theirs
+        self.state_key_ids = [id(key) for key, _ in self.state_items]
+        self.state_dict_ids = [id(entry) for _, entry in self.state_items]
+        self.slot_dicts = [opt.state[param] for param, _ in self.state_slots]
+        self.slot_keys = [key for _, key in self.state_slots]
+        self.slot_ptrs = list(map(_DATA_PTR, map(_GET, self.slot_dicts, self.slot_keys)))
+
+    # ------------------------------------------------------------ each step
+    def fits(self, opt: FusedOptimizer) -> bool:
+        """Whether the plan still describes ``opt`` (after taking in new
+        gradient objects and re-reading edited 0-d state)."""
+        groups = opt.param_groups
+        if opt.state is not self.state_map or len(groups) != len(self.groups):
+            return False
+        for group, cached, params, ids, spec in zip(groups, self.groups, self.param_lists, self.param_ids,
+                                                    self.specs):
+            if group is not cached or group["params"] is not params or list(map(id, params)) != ids:
+                return False
+            if opt.row.rule.state_spec(opt._core_group(group)) != spec:
+                return False
+        state = opt.state
+        if list(map(id, state)) != self.state_key_ids or list(map(id, state.values())) != self.state_dict_ids:
+            return False
+        try:
+            if list(map(_DATA_PTR, map(_GET, self.slot_dicts, self.slot_keys))) != self.slot_ptrs:
+                return False
+        except (KeyError, TypeError):  # a key deleted, a tensor replaced by a number, a dict by another mapping
+            return False
+        if list(map(_DATA_PTR, self.watched)) != self.watched_ptrs:
+            return False
+
+        grads = self.step_grads = list(map(_GRAD, self.params))
+        if not all(map(operator.is_, map(_DEREF, self.grad_refs), grads)):  # new gradient objects
+            if [g is not None for g in grads] != self.has_grad:
+                return False
+            self._take_grads()
+        else:
+            present = list(compress(grads, self.has_grad))
+            try:
+                if list(map(_DATA_PTR, present)) != self.grad_ptrs:
+                    self._take_grads()
+            except TypeError:  # a None: the gradient was freed (zero_grad()) and none came since
+                return False
+
+        if list(map(_ITEM, self.mirror_views)) != self.mirror_values:
+            self._reread_mirrors()
+        return True
+
+    def _reread_mirrors(self) -> None:
+        """The 0-d state tensors edited in place since the last step, read again."""
+        values = list(map(_ITEM, self.mirror_views))
+        for k, (value, cached) in enumerate(zip(values, self.mirror_values)):
+            if value != cached:
+                key = self.mirror_keys[k]
+                self.mirror_entries[k][key] = _mirrored_value(self.mirror_tensors[k], key, self.mirror_labels[k])
+        self.mirror_values = values
+
+    def core_groups(self, opt: FusedOptimizer) -> list[dict[str, Any]]:
+        """The groups as the core reads them: hyperparameters as they are
+        now (a scheduler edits them between steps), views for params."""
+        return [{**opt._core_group(group), "params": views} for group, views in zip(opt.param_groups, self.group_views)]
+
+    def record(self, opt: FusedOptimizer) -> None:
+        """After a step the core made: store the state it needed, copy its
+        counts into torch's 0-d tensors, tell autograd the params changed."""
+        if self.pending:
+            for param, key, tensor in self.pending:
+                opt.state.setdefault(param, {})[key] = tensor
+                self.state_slots.append((param, key))
+            self.pending = []
+            self._snapshot_state(opt)
+        deque(map(_FILL, self.mirror_views, map(_GET, self.mirror_entries, self.mirror_keys)), maxlen=0)
+        self.mirror_values = list(map(_ITEM, self.mirror_views))
         # The params changed through NumPy, which autograd does not see: bump
         # their version counters, so a graph that saved them refuses to
         # backward through stale values, as after torch's in-place updates.
-        # (One call per tensor: torch before 2.5 takes no list here.)
-        for param in self.updated:
-            torch.autograd.graph.increment_version(param)
+        _increment_versions(self.active)
+
+
+class _Gone:
+    pass
+
+
+_NO_GRAD = weakref.ref(_Gone())  # a dead reference: where a param has no gradient
+_DEREF = weakref.ref.__call__
+_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
+@functools.lru_cache(maxsize=4096)
+def _bytes_at(size: int) -> type[ctypes.Array]:
+    return ctypes.c_char * size
+
+
+def _unowned_view(grad: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a gradient's memory that does not keep it allocated
+    (the plan checks before each use that the gradient still owns it); any
+    gradient the core would refuse gets an ordinary view, for its error."""
+    dtype = _NUMPY_DTYPES.get(grad.dtype)
+    if (dtype is None or grad.device.type != "cpu" or grad.layout != torch.strided or not grad.is_contiguous()
+            or grad.numel() == 0):
+        return (grad.detach() if grad.requires_grad else grad).numpy()
+    return np.ndarray(grad.shape, dtype, _bytes_at(grad.nbytes).from_address(grad.data_ptr()))
+
+
+def _view(tensor: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a tensor's memory, whose base (a detached alias)
+    keeps that memory allocated even if the tensor's ``.data`` is replaced."""
+    return tensor.detach().numpy()
+
+
+def _increment_versions(tensors: list[torch.Tensor]) -> None:
+    torch.autograd.graph.increment_version(tensors)
+
+
+try:
+    torch.autograd.graph.increment_version([])  # a list: torch >= 2.5
+except TypeError:  # earlier torch takes one tensor at a time
+    def _increment_versions(tensors: list[torch.Tensor]) -> None:  # noqa: F811
+        for tensor in tensors:
+            torch.autograd.graph.increment_version(tensor)
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -479,7 +766,34 @@ def _scalar_state(value: Any, label: str) -> float:
     if number is None:
         raise ValueError(f"{label} must be a one-element floating-point tensor holding a finite "
                          f"number, got {value!r:.60}")
+    _check_on_cpu(value, label)
     return number
+
+
+def _live_step(step: Any, label: str) -> int:
+    """A live ``state["step"]`` (torch's 0-d tensor) as the core's int, or
+    an error naming it."""
+    if not isinstance(step, torch.Tensor):
+        raise TypeError(f"{label} must be a one-element tensor (torch keeps the count in a 0-d float "
+                        f"tensor), got {type(step).__name__} {step!r:.60}")
+    if step.numel() != 1:
+        raise ValueError(f"{label} must be a one-element tensor, got one of shape {tuple(step.shape)}")
+    _check_on_cpu(step, label)
+    count = _step_count(step)
+    if count is None or count >= _MAX_STEP:
+        raise _bad_step(step, label)
+    return count
+
+
+def _mirrored_value(tensor: Any, core_key: str, label: str) -> int | float:
+    """The core's number for a 0-d state tensor: the step count, or scalar state."""
+    return _live_step(tensor, label) if core_key == "step" else _scalar_state(tensor, label)
+
+
+def _check_on_cpu(tensor: torch.Tensor, label: str) -> None:
+    if tensor.device.type != "cpu" or tensor.layout != torch.strided:
+        raise TypeError(f"{label} is a {tensor.layout} tensor on {tensor.device}: fusedopt.torch works on "
+                        "dense CPU tensors only")
 
 
 def _step_count(step: Any) -> int | None:
@@ -497,11 +811,12 @@ def _bad_step(step: Any, label: str) -> ValueError:
     return ValueError(f"{label} must be a non-negative whole number, got {step!r}")
 
 
-def _check_param(param: Any, label: str) -> None:
-    """A param fusedopt can update in place through a NumPy view."""
+def _check_param(param: Any, label: str, meta_allowed: bool = False) -> None:
+    """A param fusedopt can update in place through a NumPy view (or, with
+    ``meta_allowed``, one that can be made real before the first step)."""
     if not isinstance(param, torch.Tensor):
         raise TypeError(f"{label} must be a torch.Tensor, got {type(param).__name__}")
-    if param.device.type != "cpu":
+    if param.device.type != "cpu" and not (meta_allowed and param.device.type == "meta"):
         raise TypeError(f"{label} is on {param.device}: fusedopt.torch updates CPU tensors only")
     if param.layout != torch.strided:
         raise TypeError(f"{label} is {param.layout}: fusedopt.torch updates dense tensors only")
