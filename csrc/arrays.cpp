@@ -22,7 +22,10 @@ py::ssize_t length(py::handle sequence, const char* name) {
 
 py::tuple snapshot(py::handle sequence, const char* name) {
   length(sequence, name);
-  auto copy = py::reinterpret_steal<py::tuple>(PySequence_Tuple(sequence.ptr()));
+  // PyList_AsTuple copies a list (or a list subclass such as Optimizer's
+  // StateList) without calling back into Python.
+  PyObject* tuple = PyList_Check(sequence.ptr()) ? PyList_AsTuple(sequence.ptr()) : PySequence_Tuple(sequence.ptr());
+  auto copy = py::reinterpret_steal<py::tuple>(tuple);
   if (!copy) throw py::error_already_set();
   return copy;
 }

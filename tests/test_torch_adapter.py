@@ -758,7 +758,7 @@ def test_unusable_params_are_refused_by_name():
         (torch.zeros(3, dtype=torch.complex64), TypeError, r"params\[1\].*complex dtype torch.complex64"),
         (torch.zeros(3, dtype=torch.float16), TypeError, r"params\[1\].*dtype torch.float16.*float32 and float64"),
         (torch.zeros(3, dtype=torch.bfloat16), TypeError, r"dtype torch.bfloat16"),
-        (torch.zeros(4, 3).t(), ValueError, r"params\[1\] \(shape \(3, 4\)\) is not contiguous.*contiguous\(\)"),
+        (torch.zeros(4, 6)[:, ::2], ValueError, r"params\[1\] \(shape \(4, 3\)\) is not dense.*contiguous\(\)"),
         (torch.sparse_coo_tensor([[0]], [1.0], (3,), check_invariants=True), TypeError, r"params\[1\].*torch.sparse_coo"),
     ]:
         with pytest.raises(error, match=message):
@@ -783,8 +783,10 @@ def test_a_param_broken_after_construction_fails_the_step_and_changes_nothing():
     opt.zero_grad()
     torch.nn.functional.mse_loss(net(batch[0], 1), batch[1]).backward()
     layer = net.body[2]
-    layer.weight.data = layer.weight.data.t().contiguous().t()  # same shape, transposed layout
-    with pytest.raises(ValueError, match=r"params\[4\] 'body.2.weight' \(shape \(16, 16\)\) is not contiguous"):
+    broken = torch.zeros(16, 32)[:, ::2]  # same shape and values, every other element of a block
+    broken.copy_(layer.weight.data)
+    layer.weight.data = broken
+    with pytest.raises(ValueError, match=r"params\[4\] 'body.2.weight' \(shape \(16, 16\)\) is not dense"):
         opt.step()
     after = opt.state_dict()
     for i, entry in before[0]["state"].items():
@@ -792,6 +794,32 @@ def test_a_param_broken_after_construction_fails_the_step_and_changes_nothing():
             assert torch.equal(after["state"][i][key], value), (i, key)
     for p, was in zip(net.parameters(), before[1]):
         assert torch.equal(p.detach(), was)
+
+
+def test_channels_last_and_transposed_params_train_like_torch():
+    """Dense layouts other than contiguous (torch's recommended channels_last
+    for CPU convolutions, a transposed weight) are updated in place, in their
+    layout, as torch.optim updates them."""
+    torch.manual_seed(0)
+    make = lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3))
+    ours, theirs = make().to(memory_format=torch.channels_last), make().to(memory_format=torch.channels_last)
+    theirs.load_state_dict(ours.state_dict())
+    extra = torch.nn.Parameter(torch.randn(6, 5).t())  # a transpose: Fortran order
+    extra_theirs = torch.nn.Parameter(extra.detach().clone().t().contiguous().t())
+    assert not ours[0].weight.is_contiguous() and ours[0].weight.is_contiguous(memory_format=torch.channels_last)
+    opt = ft.AdamW([*ours.parameters(), extra], lr=1e-2)
+    reference_opt = torch.optim.AdamW([*theirs.parameters(), extra_theirs], lr=1e-2, foreach=False)
+    x = torch.randn(2, 3, 9, 9).to(memory_format=torch.channels_last)
+    for _ in range(4):
+        for net, e, o in ((ours, extra, opt), (theirs, extra_theirs, reference_opt)):
+            o.zero_grad()
+            (net(x).square().mean() + (e * e).sum()).backward()
+            o.step()
+    pointers_kept = ours[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert pointers_kept
+    for a, b in zip([*ours.parameters(), extra], [*theirs.parameters(), extra_theirs]):
+        assert a.stride() == b.stride()
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_sparse_and_mistyped_gradients_are_refused_by_name():
@@ -803,7 +831,7 @@ def test_sparse_and_mistyped_gradients_are_refused_by_name():
     w = torch.nn.Parameter(torch.zeros(4))
     opt = ft.Adam([w])
     w.grad = torch.zeros(8)[::2]
-    with pytest.raises(ValueError, match=r"the gradient of params\[0\] \(shape \(4,\)\) is not contiguous"):
+    with pytest.raises(ValueError, match=r"the gradient of params\[0\] \(shape \(4,\)\) has strides \(2,\)"):
         opt.step()
     assert not opt.state  # no state was made by the failed step
 

@@ -16,7 +16,8 @@ learning-rate schedulers, step hooks and ``zero_grad`` work unchanged.
 How a step works: the params, their gradients and the state tensors are
 handed to fusedopt's compiled core as NumPy views of the tensors' own memory
 (``Tensor.numpy()`` never copies a CPU tensor), so the core updates them in
-place. The params must be dense, C-contiguous float32 or float64 tensors on
+place. The params must be dense float32 or float64 tensors (any layout that
+fills one block of memory: contiguous, channels_last, a transpose) on
 the CPU; anything else is refused with an error naming the param. (A param
 may be on the meta device until its first step, for
 ``with torch.device("meta"): model = ...`` then ``model.to_empty(...)``
@@ -258,7 +259,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     # ---------------------------------------------------------- param groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's ``add_param_group``, then the checks fusedopt needs: every
-        param a dense, C-contiguous float32/float64 CPU tensor, not sharing
+        param a dense float32/float64 CPU tensor (any dense layout), not sharing
         memory with another, and valid hyperparameters. On an error the
         group is not added. A param may also be on the meta device, as in
         ``with torch.device("meta"): model = ...``, until its first step
@@ -826,12 +827,28 @@ def _check_param(param: Any, label: str, meta_allowed: bool = False) -> None:
             f"{label} has {kind}dtype {param.dtype}: fusedopt.torch updates float32 and "
             "float64 tensors only"
         )
-    if not param.is_contiguous():
+    if not _is_dense(param):
         raise ValueError(
-            f"{label} is not contiguous (strides {param.stride()}): fusedopt updates params "
-            "in place and never copies; make it contiguous first: "
-            "param.data = param.data.contiguous()"
+            f"{label} is not dense (strides {param.stride()}): fusedopt updates params in place "
+            "and never copies; any layout whose elements fill one block of memory will do (contiguous, "
+            "channels_last, a transpose): param.data = param.data.contiguous()"
         )
+
+
+def _is_dense(tensor: torch.Tensor) -> bool:
+    """Non-overlapping and dense: the elements fill one block of memory, in
+    some order (contiguous, channels_last, a transpose), as the core needs."""
+    expected = 1
+    for stride, size in sorted((abs(st), n) for st, n in zip(tensor.stride(), tensor.shape) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _same_layout(tensor: torch.Tensor, param: torch.Tensor) -> bool:
+    """Element k of the one block is element k of the other (strides of the axes longer than 1 agree)."""
+    return all(a == b for a, b, n in zip(tensor.stride(), param.stride(), param.shape) if n != 1)
 
 
 def _check_like_param(tensor: Any, param: torch.Tensor, label: str) -> None:
@@ -846,8 +863,9 @@ def _check_like_param(tensor: Any, param: torch.Tensor, label: str) -> None:
         raise TypeError(f"{label} has dtype {tensor.dtype}, the param has {param.dtype}")
     if tensor.shape != param.shape:
         raise ValueError(f"{label} has shape {tuple(tensor.shape)}, the param has {tuple(param.shape)}")
-    if not tensor.is_contiguous():
-        raise ValueError(f"{label} is not contiguous (strides {tensor.stride()})")
+    if not _is_dense(tensor) or not _same_layout(tensor, param):
+        raise ValueError(f"{label} has strides {tensor.stride()}, the param {param.stride()}: the update pairs "
+                         "elements by their place in memory, so both need one dense layout")
 
 
 def _check_saved_state(entry: Any, param: torch.Tensor, array_keys: list[str], scalar_keys: list[str],
@@ -873,8 +891,8 @@ def _check_saved_state(entry: Any, param: torch.Tensor, array_keys: list[str], s
             raise TypeError(f"{where}[{key!r}] must be a floating-point torch.Tensor, got {value!r:.60}")
         if value.shape != param.shape:
             raise ValueError(f"{where}[{key!r}] has shape {tuple(value.shape)}, the param has {tuple(param.shape)}")
-        if value.layout != torch.strided or not value.is_contiguous():
-            raise ValueError(f"{where}[{key!r}] must be a dense, contiguous tensor")
+        if value.layout != torch.strided or not _is_dense(value):
+            raise ValueError(f"{where}[{key!r}] must be a dense tensor")
 
 
 # ---------------------------------------------------------------------------
