@@ -46,56 +46,25 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 import fusedopt
 import fusedopt.torch as ft
+import cases
 from cases import RTOL
 from fusedopt import reference
 
-# (class name, kwargs): every rule torch.optim has, with every option that
-# changes its arithmetic or its state.
-TORCH_CASES = [
-    ("SGD", {"lr": 0.1}),
-    ("SGD", {"lr": 0.1, "momentum": 0.9}),
-    ("SGD", {"lr": 0.1, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01}),
-    ("SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
-    ("SGD", {"lr": 0.05, "momentum": 0.5, "maximize": True}),
-    ("SGD", {"lr": 0.05, "weight_decay": 0.1, "maximize": True}),
-    ("Adadelta", {}),
-    ("Adadelta", {"lr": 0.5, "rho": 0.5, "eps": 1e-4, "weight_decay": 0.1, "maximize": True}),
-    ("Adam", {"lr": 1e-2}),
-    ("Adam", {"lr": 1e-2, "amsgrad": True}),
-    ("Adam", {"lr": 1e-2, "weight_decay": 0.1}),
-    ("Adam", {"lr": 1e-2, "betas": (0.5, 0.9), "eps": 1e-3, "maximize": True, "amsgrad": True,
-              "weight_decay": 0.05}),
-    ("Adam", {"lr": 1e-2, "decoupled_weight_decay": True, "weight_decay": 0.1}),
-    ("AdamW", {"lr": 1e-2}),
-    ("AdamW", {"lr": 1e-2, "amsgrad": True, "weight_decay": 0.5, "maximize": True}),
-    ("RMSprop", {}),
-    ("RMSprop", {"momentum": 0.9}),
-    ("RMSprop", {"centered": True}),
-    ("RMSprop", {"momentum": 0.5, "centered": True, "alpha": 0.9, "eps": 1e-3, "weight_decay": 0.01,
-                 "maximize": True}),
-    ("Adagrad", {}),
-    ("Adagrad", {"lr_decay": 0.1, "initial_accumulator_value": 0.3, "weight_decay": 0.01}),
-    ("Adagrad", {"eps": 1e-3, "maximize": True}),
-    ("NAdam", {}),
-    ("NAdam", {"lr": 1e-2, "weight_decay": 0.1, "momentum_decay": 0.1}),
-    ("NAdam", {"decoupled_weight_decay": True, "weight_decay": 0.1, "maximize": True, "betas": (0.5, 0.9),
-               "eps": 1e-3}),
-    ("RAdam", {}),  # beta2 = 0.999: unrectified for t <= 5, rectified after
-    ("RAdam", {"lr": 1e-2, "betas": (0.5, 0.9), "weight_decay": 0.1, "maximize": True}),
-    ("RAdam", {"decoupled_weight_decay": True, "weight_decay": 0.1, "eps": 1e-3}),
-    ("Adamax", {}),
-    ("Adamax", {"betas": (0.5, 0.9), "eps": 1e-3, "weight_decay": 0.1, "maximize": True}),
-]
+# The table's cases (tests/cases.py), each trained on a small network. A
+# rule whose default lr barely moves that network in STEPS steps trains at
+# the lr below, unless its case sets one.
+TRAINING_LR = {"SGD": 0.1, "Adam": 1e-2, "AdamW": 1e-2, "NAdam": 1e-2, "RAdam": 1e-2, "Momentum": 0.05}
 
-# Forms torch lacks: checked against fusedopt's NumPy reference instead.
-FUSED_ONLY_CASES = [
-    ("Momentum", {"lr": 0.05}),
-    ("Momentum", {"lr": 0.02, "momentum": 0.5}),
-    ("Adadelta", {"scale": "weights", "lr": 0.1}),
-    ("Adadelta", {"scale": "weights", "rho": 0.95, "weight_decay": 0.01, "maximize": True}),
-    ("Lion", {}),
-    ("Lion", {"lr": 1e-3, "betas": (0.5, 0.9), "weight_decay": 0.1, "maximize": True}),
-]
+
+def _training_case(name, kwargs):
+    return name, ({"lr": TRAINING_LR[name], **kwargs} if name in TRAINING_LR else dict(kwargs))
+
+
+# Every case of a rule torch.optim has, against torch's for-loop.
+TORCH_CASES = [_training_case(name, kwargs) for name, kwargs in cases.TORCH_CASES]
+# Forms torch lacks (Momentum, Lion, Adadelta's scale="weights"): against fusedopt's NumPy reference.
+FUSED_ONLY_CASES = [_training_case(name, kwargs) for name, kwargs in cases.CASES
+                    if (name, kwargs) not in cases.TORCH_CASES]
 
 
 def case_id(name, kwargs):
