@@ -35,7 +35,9 @@ CORE=$("$VENV/bin/python" -c "import fusedopt._core as c; print(c.__file__)" 2>/
        || LD_PRELOAD="$PRELOAD" ASAN_OPTIONS=detect_leaks=0 \
           "$VENV/bin/python" -c "import fusedopt._core as c; print(c.__file__)")
 case "$CORE" in "$VENV"/*) ;; *) echo "sanitize.sh: imported $CORE, not the venv's build" >&2; exit 1 ;; esac
-ldd "$CORE" | grep -q libasan || { echo "sanitize.sh: $CORE is not linked with libasan" >&2; exit 1; }
+# (Through a file: with pipefail, `ldd | grep -q` fails when grep stops reading early.)
+ldd "$CORE" > "$DIR/ldd.txt"
+grep -q libasan "$DIR/ldd.txt" || { echo "sanitize.sh: $CORE is not linked with libasan" >&2; exit 1; }
 cd "$ROOT"
 
 # The default subset: every file that drives the C++ core. Left out:
@@ -48,7 +50,8 @@ DEFAULT_TESTS=(
   tests/test_state.py tests/test_state_dict.py tests/test_checkpoint.py tests/test_nonfinite.py
   tests/test_clip.py tests/test_determinism.py tests/test_functional.py tests/test_rules.py
   tests/test_runtime.py tests/test_lr_scheduler.py tests/test_schedules.py tests/test_package.py
-  tests/test_table.py tests/test_against_torch.py tests/test_torch_adapter.py
+  tests/test_table.py tests/test_against_torch.py tests/test_torch_adapter.py tests/test_precision.py
+  tests/test_packaging.py
 )
 if [ $# -eq 0 ]; then set -- "${DEFAULT_TESTS[@]}"; fi
 
