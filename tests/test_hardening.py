@@ -491,7 +491,7 @@ def test_the_first_bad_element_is_found_without_a_full_size_temporary():
 
 # ------------------------------------------------------ a newcomer's first hour
 def test_torch_tensors_point_to_fusedopt_torch():
-    torch = pytest.importorskip("torch")
+    import torch  # in the test extra: its absence is a failure, not a skip
     with pytest.raises(TypeError, match=r"params\[1\] is a torch.Tensor.*use fusedopt.torch"):
         fusedopt.Adam([np.zeros(3, np.float32), torch.zeros(3)])
     with pytest.raises(TypeError, match=r"params\[0\] is a torch.nn.parameter.Parameter.*fusedopt.torch"):
