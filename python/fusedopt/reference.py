@@ -200,7 +200,6 @@ class _Staging:
                 continue
             is_array = isinstance(value, np.ndarray)
             working[key] = to_float32(value) if is_array and value.dtype != self.compute else value
-        self.loaded = dict(working)
         return w, g, working
 
     def store(self, w: np.ndarray, working: dict[str, Any]) -> None:
