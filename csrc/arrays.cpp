@@ -192,9 +192,41 @@ Stream check_like_param(const py::array& a, const py::array& param, Dtype param_
 }
 
 void OverlapCheck::add(const Stream& stream, const ArrayLabel& label, bool written) {
-  if (stream.size == 0) return;
-  const auto begin = reinterpret_cast<std::uintptr_t>(stream.data);
-  ranges_.push_back({begin, begin + static_cast<std::uintptr_t>(stream.bytes()), written, label});
+  add(stream.data, stream.bytes(), label, written);
+}
+
+void OverlapCheck::add(const void* data, std::int64_t bytes, const ArrayLabel& label, bool written) {
+  if (bytes == 0) return;
+  const auto begin = reinterpret_cast<std::uintptr_t>(data);
+  ranges_.push_back({begin, begin + static_cast<std::uintptr_t>(bytes), written, label});
+}
+
+void* check_codes_like_param(const py::array& a, const py::array& param, const ArrayLabel& label,
+                             const ArrayLabel& param_label, const std::string& what) {
+  if (a.dtype().kind() != 'u' || a.itemsize() != 1)
+    throw py::type_error(label.text() + " has dtype " + dtype_text(a) + ": 8-bit state is uint8 codes (" + what +
+                         "; fusedopt never converts dtypes)");
+  const bool same_shape = a.ndim() == param.ndim() && std::equal(a.shape(), a.shape() + a.ndim(), param.shape());
+  if (!same_shape)
+    throw py::value_error(label.text() + " has shape " + shape_text(a) + " but " + param_label.text() +
+                          " has shape " + shape_text(param));
+  char* block = dense_block(a);
+  if (block == nullptr) throw py::value_error(label.text() + " must be dense: one block of memory in any order");
+  if (!a.writeable()) throw py::value_error(label.text() + " is read-only");
+  if (!same_layout(a, param))
+    throw py::value_error(label.text() + " lays out its elements differently from " + param_label.text() +
+                          " (other strides): the update pairs elements by their place in memory");
+  return block;
+}
+
+float* check_absmax(const py::array& a, std::int64_t blocks, const ArrayLabel& label, const std::string& what) {
+  Dtype dtype;
+  if (!stream_dtype(a, &dtype) || dtype != kFloat32)
+    throw py::type_error(label.text() + " has dtype " + dtype_text(a) + ": the scales of 8-bit state are float32");
+  if (a.ndim() != 1 || a.shape(0) != blocks)
+    throw py::value_error(label.text() + " has shape " + shape_text(a) + ", want (" + std::to_string(blocks) +
+                          ",): one scale per block (" + what + ")");
+  return static_cast<float*>(static_cast<void*>(checked_stream(a, kFloat32, label, /*written=*/true).data));
 }
 
 // Sorted by start, a range overlaps an earlier one exactly when it starts
@@ -220,9 +252,9 @@ namespace {
 // A new array shaped and laid out like `param` (the same strides in
 // elements, signs included, so that the two pair their elements by place in
 // memory), of `dtype`, uninitialised.
-py::array empty_like_layout(const py::array& param, Dtype dtype) {
-  py::array flat(numpy_dtype(dtype), std::vector<py::ssize_t>{param.size()});
-  const py::ssize_t item = itemsize(dtype);
+py::array empty_like_layout(const py::array& param, const py::dtype& dtype) {
+  py::array flat(dtype, std::vector<py::ssize_t>{param.size()});
+  const py::ssize_t item = dtype.itemsize();
   std::vector<py::ssize_t> shape(param.shape(), param.shape() + param.ndim()), strides;
   py::ssize_t origin = 0;  // element [0, 0, ...], in elements from the block's start
   for (py::ssize_t k = 0; k < param.ndim(); ++k) {
@@ -231,13 +263,13 @@ py::array empty_like_layout(const py::array& param, Dtype dtype) {
     if (stride < 0) origin -= stride * (param.shape(k) - 1);
   }
   char* data = static_cast<char*>(flat.mutable_data()) + origin * item;
-  return py::array(numpy_dtype(dtype), shape, strides, data, flat);
+  return py::array(dtype, shape, strides, data, flat);
 }
 
 }  // namespace
 
 py::array filled_like(const py::array& param, Dtype dtype, double initial) {
-  py::array a = empty_like_layout(param, dtype);
+  py::array a = empty_like_layout(param, numpy_dtype(dtype));
   const std::int64_t size = a.size();
   void* block = dense_block(a);
   if (initial == 0.0) {
@@ -258,8 +290,14 @@ py::array filled_like(const py::array& param, Dtype dtype, double initial) {
   return a;
 }
 
+py::array codes_like(const py::array& param, std::uint8_t fill) {
+  py::array a = empty_like_layout(param, py::dtype("uint8"));
+  std::memset(dense_block(a), fill, static_cast<std::size_t>(a.size()));
+  return a;
+}
+
 py::array float32_copy(const py::array& param, Dtype param_dtype) {
-  py::array copy = empty_like_layout(param, kFloat32);
+  py::array copy = empty_like_layout(param, numpy_dtype(kFloat32));
   active_kernels().to_float32[param_dtype](dense_block(param), static_cast<float*>(static_cast<void*>(dense_block(copy))),
                                            param.size());
   return copy;

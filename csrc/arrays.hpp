@@ -69,11 +69,19 @@ Stream check_like_param(const py::array& a, const py::array& param, Dtype param_
 // A float32 or float64 array (the passes over grads).
 Stream check_float_array(const py::array& a, const ArrayLabel& label, bool written);
 
+// 8-bit state (quantize.hpp): uint8 codes with the param's shape and layout,
+// and a 1-D float32 absmax of `blocks` elements; both writeable and dense.
+// `what` says where a wrong size comes from (block_size, min_8bit_size).
+void* check_codes_like_param(const py::array& a, const py::array& param, const ArrayLabel& label,
+                             const ArrayLabel& param_label, const std::string& what);
+float* check_absmax(const py::array& a, std::int64_t blocks, const ArrayLabel& label, const std::string& what);
+
 // Arrays that one call writes must not share memory with any other array
 // of the call: the kernels read and write each element once, in place.
 class OverlapCheck {
  public:
   void add(const Stream& stream, const ArrayLabel& label, bool written);
+  void add(const void* data, std::int64_t bytes, const ArrayLabel& label, bool written);
   void check();  // ValueError naming the first overlapping pair
 
  private:
@@ -87,6 +95,8 @@ class OverlapCheck {
 
 // A new C-contiguous array shaped like `param`, in `dtype`, every element `initial`.
 py::array filled_like(const py::array& param, Dtype dtype, double initial);
+// A new uint8 array shaped and laid out like `param`, every element `fill`.
+py::array codes_like(const py::array& param, std::uint8_t fill);
 // A float32 copy of a 16-bit param (exact: every 16-bit value is a float32), in its layout.
 py::array float32_copy(const py::array& param, Dtype param_dtype);
 

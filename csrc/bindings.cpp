@@ -7,6 +7,7 @@
 #include "dispatch.hpp"
 #include "rule_list.hpp"
 #include "parallel.hpp"
+#include "quantize.hpp"
 #include "rules.hpp"
 #include "step.hpp"
 
@@ -31,7 +32,7 @@ struct RuleBinding {
 template <class Rule>
 RuleBinding bind(const char* name, const char* summary) {
   return {name, summary, &fusedopt::step<Rule>,
-          [](py::handle group) { return Rule::state_keys(Rule::read(fusedopt::GroupReader(group, 0))); },
+          [](py::handle group) { return fusedopt::state_keys_of<Rule>(Rule::read(fusedopt::GroupReader(group, 0))); },
           [](py::handle group, std::int64_t index) {
             const fusedopt::GroupReader reader(group, index);
             Rule::read(reader);
@@ -71,6 +72,16 @@ void bind_rule_class(py::module_& m) {
           },
           "group"_a, "The names of the state arrays the rule keeps for a group's params, in stream order.")
       .def(
+          "state_signs",
+          [](const RuleBinding& r, py::handle group) {
+            const fusedopt::StateKeys keys = r.state_keys(group);
+            py::dict signs;
+            for (int k = 0; k < keys.array_count; ++k)
+              signs[keys.arrays[k].name] = keys.arrays[k].sign == fusedopt::StateSign::kSigned;
+            return signs;
+          },
+          "group"_a, "{state array key: True if signed, False if never negative} (the 8-bit map each uses).")
+      .def(
           "state_spec",
           [](const RuleBinding& r, py::handle group) {
             const fusedopt::StateKeys keys = r.state_keys(group);
@@ -94,8 +105,16 @@ void bind_rule_class(py::module_& m) {
             storage.check_param(dtype, static_cast<std::size_t>(index));
             py::dict state;
             state["step"] = 0;
+            const bool quantized = storage.quantizes(param.size());
             for (int k = 0; k < keys.array_count; ++k) {
               const fusedopt::StateKey& key = keys.arrays[k];
+              if (quantized) {
+                fusedopt::QuantizedArrays q = fusedopt::quantized_filled(
+                    param, storage.block_size, key.sign == fusedopt::StateSign::kSigned, key.initial);
+                state[key.name] = q.codes;
+                state[fusedopt::absmax_key(key.name)] = q.absmax;
+                continue;
+              }
               state[key.name] = fusedopt::filled_like(param, storage.state_dtype(key.name, dtype), key.initial);
             }
             for (int k = 0; k < keys.scalar_count; ++k) state[keys.scalars[k].name] = keys.scalars[k].initial;
@@ -160,6 +179,64 @@ PYBIND11_MODULE(_core, m) {
       "source"_a, "destination"_a,
       "destination <- source, one of them float32, with the kernels' conversions (round to nearest\n"
       "even into 16-bit formats), in memory order (tests use it).");
+  m.def(
+      "quantization_map",
+      [](bool is_signed) {
+        const fusedopt::QuantMap& map = fusedopt::quant_map(is_signed);
+        py::array_t<float> codes(fusedopt::kQuantCodes), thresholds(fusedopt::kQuantCodes);
+        std::copy(map.codes, map.codes + fusedopt::kQuantCodes, codes.mutable_data());
+        std::copy(map.thresholds, map.thresholds + fusedopt::kQuantCodes, thresholds.mutable_data());
+        return py::make_tuple(codes, thresholds);
+      },
+      "signed"_a,
+      "(codes, thresholds) of the 8-bit state's map: the 256 ascending codes, and for each j the\n"
+      "smallest float32 nearer codes[j + 1] than codes[j] (ties up); the last is inf.");
+  m.def(
+      "keeps_8bit_state",
+      [](py::handle group, std::int64_t elements, std::int64_t index) {
+        return fusedopt::read_storage_options(fusedopt::GroupReader(group, index)).quantizes(elements);
+      },
+      "group"_a, "elements"_a, "index"_a = 0,
+      "Whether a param of `elements` elements in this group keeps 8-bit (block-quantized) state.");
+  // The test helpers below write into the arrays they are given: never into a converted copy.
+  const auto exact = [](const py::array& a, const py::dtype& dtype, const char* name, bool written) {
+    if (!a.dtype().is(dtype) || !(a.flags() & py::array::c_style) || (written && !a.writeable()))
+      throw py::type_error(std::string(name) + " must be a C-contiguous" + (written ? ", writeable " : " ") +
+                           py::str(dtype).cast<std::string>() + " array");
+  };
+  const auto check_blocks = [](const py::array& codes, const py::array& absmax, std::int64_t n, std::int64_t block_size) {
+    if (block_size <= 0 || codes.size() != n || absmax.size() != (n + block_size - 1) / block_size)
+      throw py::value_error("codes must have the size of values, absmax one element per block");
+  };
+  m.def(
+      "quantize",
+      [=](const py::array& values, py::array& codes, py::array& absmax, std::int64_t block_size, bool is_signed) {
+        exact(values, py::dtype("float32"), "values", false);
+        exact(codes, py::dtype("uint8"), "codes", true);
+        exact(absmax, py::dtype("float32"), "absmax", true);
+        const std::int64_t n = values.size();
+        check_blocks(codes, absmax, n, block_size);
+        fusedopt::active_kernels().quantize(&fusedopt::quant_map(is_signed), static_cast<const float*>(values.data()),
+                                            static_cast<std::uint8_t*>(codes.mutable_data()),
+                                            static_cast<float*>(absmax.mutable_data()), n, block_size);
+      },
+      "values"_a, "codes"_a, "absmax"_a, "block_size"_a, "signed"_a,
+      "codes, absmax <- float32 values encoded block by block with the active target's kernel (tests use it).");
+  m.def(
+      "dequantize",
+      [=](const py::array& codes, const py::array& absmax, py::array& values, std::int64_t block_size, bool is_signed) {
+        exact(codes, py::dtype("uint8"), "codes", false);
+        exact(absmax, py::dtype("float32"), "absmax", false);
+        exact(values, py::dtype("float32"), "values", true);
+        const std::int64_t n = values.size();
+        check_blocks(codes, absmax, n, block_size);
+        fusedopt::active_kernels().dequantize(&fusedopt::quant_map(is_signed),
+                                              static_cast<const std::uint8_t*>(codes.data()),
+                                              static_cast<const float*>(absmax.data()),
+                                              static_cast<float*>(values.mutable_data()), n, block_size);
+      },
+      "codes"_a, "absmax"_a, "values"_a, "block_size"_a, "signed"_a,
+      "values <- codes * absmax of their block, with the active target's kernel (tests use it).");
   m.def("roof", &fusedopt::roof, "tensors"_a,
         "Memory roof: for each [a_1, ..., a_k, b], a_i += b in place (benchmarks only).");
 

@@ -65,6 +65,37 @@ enum class ParamStore : int {
   kKahan,       // round to nearest, and carry what the rounding dropped in a compensation stream
 };
 
+// ------------------------------------------------- 8-bit block-quantized state
+// A state array kept in 8 bits: one uint8 code per element and a float32
+// absmax per block of `block_size` elements of the tensor's flat index
+// (the last block may be shorter). An element is codes[code] * absmax of its
+// block (bitsandbytes' dynamic tree map, signed for signed state, unsigned for
+// non-negative state; docs/precision.md). The tables are built once by the
+// driver (quantize.cpp) and the kernels read them through a pointer.
+constexpr int kQuantCodes = 256;
+// Every block size is a multiple of the widest SIMD block the kernels keep
+// whole, and at most kMaxQuantBlock (a block is staged as one tile).
+constexpr std::int64_t kQuantBlockMultiple = 64;
+constexpr std::int64_t kMaxQuantBlock = 4096;
+// Encoding looks up a bucket of |x|'s float bits (the exponent and the top
+// kQuantBucketMantissaBits of the mantissa, |x| <= 1) that holds at most one
+// threshold, then compares x with that one threshold. Magnitudes below
+// 2**(kQuantLowestExponent - 127) share bucket 0; negative x use the second half.
+constexpr int kQuantBucketMantissaBits = 7;
+constexpr int kQuantLowestExponent = 127 - 24;
+constexpr int kQuantBucketsPerSign = (127 - kQuantLowestExponent + 2) << kQuantBucketMantissaBits;
+
+struct QuantMap {
+  float codes[kQuantCodes];       // ascending
+  // thresholds[j]: the smallest float32 that is nearer codes[j + 1] than
+  // codes[j] (ties go to codes[j + 1]); thresholds[255] is +inf. The code of
+  // a normalized value x is the number of thresholds <= x.
+  float thresholds[kQuantCodes];
+  // The number of thresholds <= the lowest value of each bucket, for x >= 0
+  // then for x < 0.
+  std::uint8_t first_code[2 * kQuantBucketsPerSign];
+};
+
 // The scalars of a staged task: a rule kernel over compute-type streams, and
 // how each of the task's streams is stored. The staged kernel walks its
 // piece in tiles, loads every stream not stored in the compute type into a
@@ -84,7 +115,19 @@ struct StagedScalars {
   std::uint64_t random_key;     // kStochastic: hash of (seed, step, the param's position)
   void* param_copy;             // master weights: the param, written as the rounded streams[0]
   Dtype param_copy_dtype;
+  // 8-bit state: stream k is uint8 codes when quant_maps[k] is set, with
+  // absmax[k] its per-block scales. The piece then starts on a block boundary.
+  const QuantMap* quant_maps[kMaxStreams];
+  float* absmax[kMaxStreams];
+  std::int64_t block_size;
 };
+
+// values[0, count) <-> codes and per-block absmax (count may end inside a block):
+// the staged kernel's conversions, exposed for tests and the reference.
+using QuantizeKernel = void (*)(const QuantMap* map, const float* values, std::uint8_t* codes, float* absmax,
+                                std::int64_t count, std::int64_t block_size);
+using DequantizeKernel = void (*)(const QuantMap* map, const std::uint8_t* codes, const float* absmax,
+                                  float* values, std::int64_t count, std::int64_t block_size);
 
 struct KernelTable {
   const char* target;  // the name FUSEDOPT_ISA uses
@@ -98,6 +141,8 @@ struct KernelTable {
   // to_float32[d](src, dst, n) and from_float32[d](src, dst, n), round to nearest even.
   void (*to_float32[kDtypeCount])(const void* src, float* dst, std::int64_t count);
   void (*from_float32[kDtypeCount])(const float* src, void* dst, std::int64_t count);
+  QuantizeKernel quantize;
+  DequantizeKernel dequantize;
 };
 
 // Per-tensor, per-step scalars, computed once per call in double by rules.cpp

@@ -505,12 +505,73 @@ void float32_to_float64(const float* __restrict src, void* dst, int64_t count) {
   for (int64_t i = 0; i < count; ++i) out[i] = src[i];
 }
 
+// ------------------------------------------------------- 8-bit state
+// Block-wise quantization (kernel_types.hpp, QuantMap). Encoding is exact:
+// the nearest code of x (ties to the larger code) is the number of
+// thresholds <= x; the bucket of x's top float bits holds at most one
+// threshold (quantize.cpp checks this when it builds the map), so that
+// number is the bucket's first_code plus one comparison. Two table lookups
+// and no branch per element: the loops vectorise (gathers on AVX2/AVX-512).
+
+// x: a value divided by its block's absmax, so |x| <= 1.
+inline std::uint32_t quant_encode(const QuantMap& map, float x) {
+  const std::uint32_t u = bits_of(x);
+  const std::uint32_t a = u & 0x7FFFFFFFu;
+  const std::uint32_t exponent = a >> 23;
+  const std::uint32_t top = exponent > 127u ? 127u : exponent;  // |x| <= 1: only keeps the index in range
+  const std::uint32_t mantissa = (a >> (23 - kQuantBucketMantissaBits)) & ((1u << kQuantBucketMantissaBits) - 1u);
+  const std::uint32_t bucket = exponent < std::uint32_t(kQuantLowestExponent)
+                                   ? 0u
+                                   : ((top - kQuantLowestExponent + 1u) << kQuantBucketMantissaBits) | mantissa;
+  const std::uint32_t first = map.first_code[bucket + (u >> 31) * std::uint32_t(kQuantBucketsPerSign)];
+  return first + (map.thresholds[first] <= x ? 1u : 0u);
+}
+
+// One block: its absmax (NaN when it holds a NaN or an infinity, so that the
+// whole block decodes to NaN), then each element's code. A block of zeros,
+// or a NaN block, gets the code of 0 everywhere.
+inline void quantize_block(const QuantMap& map, const float* __restrict x, std::uint8_t* __restrict codes,
+                           float* absmax, int64_t n) {
+  std::uint32_t largest = 0;  // |x| as bits: for non-negative floats the integer order is the float order
+  for (int64_t i = 0; i < n; ++i) {
+    const std::uint32_t a = bits_of(x[i]) & 0x7FFFFFFFu;
+    largest = a > largest ? a : largest;
+  }
+  const float scale = largest >= 0x7F800000u ? __builtin_nanf("") : float_of(largest);
+  *absmax = scale;
+  const bool scaled = scale > 0.0f;  // false for 0 and NaN
+  const float divisor = scaled ? scale : 1.0f;
+  for (int64_t i = 0; i < n; ++i)
+    codes[i] = static_cast<std::uint8_t>(quant_encode(map, scaled ? x[i] / divisor : 0.0f));  // x / absmax
+}
+
+// values[0, count) into codes and absmax, blocks starting at 0.
+void quantize(const QuantMap* map, const float* values, std::uint8_t* codes, float* absmax, int64_t count,
+              int64_t block_size) {
+  for (int64_t lo = 0, b = 0; lo < count; lo += block_size, ++b)
+    quantize_block(*map, values + lo, codes + lo, absmax + b, count - lo < block_size ? count - lo : block_size);
+}
+
+void dequantize(const QuantMap* map, const std::uint8_t* codes, const float* absmax, float* values, int64_t count,
+                int64_t block_size) {
+  for (int64_t lo = 0, b = 0; lo < count; lo += block_size, ++b) {
+    const int64_t n = count - lo < block_size ? count - lo : block_size;
+    const float scale = absmax[b];
+    const float* __restrict table = map->codes;
+    const std::uint8_t* __restrict in = codes + lo;
+    float* __restrict out = values + lo;
+    for (int64_t i = 0; i < n; ++i) out[i] = table[in[i]] * scale;  // code * absmax
+  }
+}
+
 // ------------------------------------------------------ the staged kernel
 // Runs a rule's kernel on streams stored in other formats than its compute
 // type T (docs/architecture.md): tile by tile, each stream not stored as T
 // is loaded into a tile, the kernel runs on the tiles, and the written
 // streams are stored back. Elements are independent, so tiling changes no
-// result: a staged step is exactly "load, the T step, store".
+// result: a staged step is exactly "load, the T step, store". With 8-bit
+// state a tile is whole blocks (the piece starts on a block boundary):
+// each block is decoded, updated and re-encoded with its new absmax.
 constexpr int64_t kTile = 256;  // elements: a tile of every stream stays in L1
 
 template <class T>
@@ -577,20 +638,35 @@ template <class T>
 void staged(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
   const auto& s = *static_cast<const StagedScalars*>(scalars);
   constexpr Dtype kNative = sizeof(T) == sizeof(double) ? kFloat64 : kFloat32;
-  alignas(64) T tiles[kMaxStreams][kTile];
+  // Room for one block of the largest size (only float32 arithmetic has 8-bit state).
+  constexpr int64_t kCapacity = kMaxQuantBlock * int64_t(sizeof(float)) / int64_t(sizeof(T));
+  alignas(64) T tiles[kMaxStreams][kCapacity];
   void* operands[kMaxStreams] = {};
   bool in_tile[kMaxStreams] = {};
-  for (int k = 0; k < s.stream_count; ++k) in_tile[k] = s.dtypes[k] != kNative || (k == 1 && s.scale_grad);
+  bool quantized = false;
+  for (int k = 0; k < s.stream_count; ++k) {
+    in_tile[k] = s.dtypes[k] != kNative || (k == 1 && s.scale_grad) || s.quant_maps[k] != nullptr;
+    quantized = quantized || s.quant_maps[k] != nullptr;
+  }
+  const int64_t block = s.block_size;
+  const int64_t tile = !quantized ? kTile : block >= kTile ? block : kTile / block * block;
   const T grad_scale = T(s.grad_scale);
-  for (int64_t start = begin; start < end; start += kTile) {
-    const int64_t n = end - start < kTile ? end - start : kTile;
+  for (int64_t start = begin; start < end; start += tile) {
+    const int64_t n = end - start < tile ? end - start : tile;
     for (int k = 0; k < s.stream_count; ++k) {
       if (!in_tile[k]) {
         operands[k] = static_cast<T*>(streams[k]) + start;
         continue;
       }
-      load_tile(s.dtypes[k], streams[k], start, tiles[k], n);
       operands[k] = tiles[k];
+      if constexpr (kNative == kFloat32) {
+        if (s.quant_maps[k] != nullptr) {
+          dequantize(s.quant_maps[k], static_cast<const std::uint8_t*>(streams[k]) + start, s.absmax[k] + start / block,
+                     tiles[k], n, block);
+          continue;
+        }
+      }
+      load_tile(s.dtypes[k], streams[k], start, tiles[k], n);
     }
     if (s.scale_grad) {
       T* __restrict g = tiles[1];
@@ -600,7 +676,10 @@ void staged(const void* scalars, void* const* streams, int64_t begin, int64_t en
     if constexpr (kNative == kFloat32) {
       for (int k = 0; k < s.stream_count; ++k) {
         if (k == 1 || !in_tile[k]) continue;  // the grad is never written back
-        if (k > 0 || s.param_store == ParamStore::kNearest)
+        if (s.quant_maps[k] != nullptr)
+          quantize(s.quant_maps[k], tiles[k], static_cast<std::uint8_t*>(streams[k]) + start, s.absmax[k] + start / block,
+                   n, block);
+        else if (k > 0 || s.param_store == ParamStore::kNearest)
           store_nearest(s.dtypes[k], tiles[k], streams[k], start, n);
         else if (s.param_store == ParamStore::kStochastic)
           store_stochastic(s.dtypes[k], tiles[k], streams[k], start, n, s.random_key);
@@ -767,6 +846,8 @@ extern const KernelTable kernel_table = {
     {clamp<float>, clamp<double>},
     {float32_from_float32, float64_to_float32, bf16_to_float32, f16_to_float32},
     {float32_to_float32, float32_to_float64, float32_to_bf16, float32_to_f16},
+    quantize,
+    dequantize,
 };
 
 }  // namespace FUSEDOPT_TARGET

@@ -250,6 +250,12 @@ void for_each_piece(const std::vector<std::int64_t>& start, std::int64_t lo, std
   }
 }
 
+// A piece boundary inside a task, moved up to the next multiple of the task's alignment.
+std::int64_t aligned_up(std::int64_t index, const Task& task) {
+  const std::int64_t up = (index + task.alignment - 1) / task.alignment * task.alignment;
+  return up < task.size ? up : task.size;
+}
+
 double combined(Combine combine, double a, double b) {
   if (combine == Combine::kSum) return a + b;
   return (a < b || b != b) ? b : a;  // a NaN on either side wins
@@ -316,7 +322,15 @@ std::int64_t run_tasks(const std::vector<Task>& tasks, const FiniteCheck* checks
   };
   const auto update = [&](std::int64_t lo, std::int64_t hi) {
     for_each_piece(start, lo, hi, [&](std::size_t k, std::int64_t begin, std::int64_t end) {
-      tasks[k].kernel(tasks[k].scalars, tasks[k].streams, begin, end);
+      const Task& task = tasks[k];
+      if (task.alignment > 1) {
+        // Both ends up to the task's grid (or its end): neighbouring chunks
+        // move their shared boundary alike, so every element is still updated once.
+        begin = aligned_up(begin, task);
+        end = aligned_up(end, task);
+        if (begin == end) return;
+      }
+      task.kernel(task.scalars, task.streams, begin, end);
     });
   };
 

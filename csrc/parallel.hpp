@@ -17,6 +17,9 @@ struct Task {
   void* streams[kMaxStreams];
   std::int64_t size;            // elements
   std::int64_t bytes_per_element;  // minimal memory traffic: reads + writes
+  // The task's pieces start on multiples of this many of its own elements
+  // (the blocks of 8-bit state are never split between threads); 1: anywhere.
+  std::int64_t alignment = 1;
 };
 
 // Runs every task over all of its elements. The tensors are laid end to end
@@ -25,7 +28,9 @@ struct Task {
 // and a thread that starts late (waiting for a core on a busy machine) finds
 // its share done by the others. Each element is updated by exactly one
 // thread with the same arithmetic, so the result is the same for every
-// thread count and every split.
+// thread count and every split. A task with an alignment gets pieces that
+// start on multiples of it (each chunk boundary inside the task moves up to
+// the next multiple), so its blocks are never split.
 //
 // With `checks` (one FiniteCheck per task), each task's gradient (streams[1])
 // is checked first, in the same parallel region and chunk by chunk: the

@@ -140,6 +140,19 @@ bool GroupReader::flag(const char* name) const {
   throw py::type_error(where(name) + " must be a bool, got " + type_name(value));
 }
 
+std::int64_t GroupReader::integer(const char* name) const {
+  py::handle value = get(name);
+  if (is_bool(value) || !PyIndex_Check(value.ptr()))
+    throw py::type_error(where(name) + " must be an int, got " + type_name(value));
+  int overflow = 0;
+  const py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(value.ptr()));
+  if (!index) throw py::error_already_set();
+  const long long result = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+  if (result == -1 && PyErr_Occurred()) throw py::error_already_set();
+  if (overflow != 0) fail(std::string(name) + " is out of range, got " + py::repr(value).cast<std::string>());
+  return result;
+}
+
 std::string GroupReader::choice(const char* name, std::initializer_list<const char*> options) const {
   py::handle value = get(name);
   std::string allowed;

@@ -64,6 +64,7 @@ class GroupReader {
   // A pair such as betas, each element in [low, high).
   std::pair<double, double> pair_in_range(const char* name, double low, double high) const;
   bool flag(const char* name) const;
+  std::int64_t integer(const char* name) const;  // a Python int (not a bool), or a NumPy integer
   std::string choice(const char* name, std::initializer_list<const char*> options) const;
   [[noreturn]] void fail(const std::string& message) const;  // ValueError
   // The value of an optional key (a borrowed reference), or nullptr when absent or None.

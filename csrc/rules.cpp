@@ -248,6 +248,22 @@ StorageOptions read_storage_options(const GroupReader& group) {
   if (o.master_weights + o.kahan_sum + o.stochastic > 1)
     group.fail("master_weights, kahan_sum and rounding='stochastic' are three answers to the same problem: "
                "choose one");
+  if (group.optional("state_bits")) {
+    const std::int64_t bits = group.integer("state_bits");
+    if (bits != 8 && bits != 16 && bits != 32) group.fail("state_bits must be 8, 16 or 32, got " + std::to_string(bits));
+    o.state_bits = static_cast<int>(bits);
+  }
+  if (group.optional("block_size")) {
+    o.block_size = group.integer("block_size");
+    if (o.block_size <= 0 || o.block_size % kQuantBlockMultiple != 0 || o.block_size > kMaxQuantBlock)
+      group.fail("block_size must be a positive multiple of " + std::to_string(kQuantBlockMultiple) +
+                 " (the kernels' SIMD block) up to " + std::to_string(kMaxQuantBlock) + ", got " +
+                 std::to_string(o.block_size));
+  }
+  if (group.optional("min_8bit_size")) {
+    o.min_8bit_size = group.integer("min_8bit_size");
+    if (o.min_8bit_size < 0) group.fail("min_8bit_size must be an int >= 0, got " + std::to_string(o.min_8bit_size));
+  }
   if (PyObject* value = group.optional("state_dtype")) {
     const auto parse = [&group](py::handle name, const std::string& where) {
       Dtype dtype;
@@ -267,22 +283,30 @@ StorageOptions read_storage_options(const GroupReader& group) {
       o.state_dtype_all = parse(value, "state_dtype");
     }
   }
+  // 16-bit state is bfloat16 state: one machinery for both spellings.
+  if (o.state_bits == 16) {
+    if (o.state_dtype_given || !o.state_dtype_per_key.empty())
+      group.fail("state_bits=16 is state_dtype='bfloat16': give one of them");
+    o.state_dtype_given = true;
+    o.state_dtype_all = kBfloat16;
+  }
   return o;
 }
 
 Dtype StorageOptions::state_dtype(const char* key, Dtype param_dtype) const {
   for (const KeyDtype& entry : state_dtype_per_key)
     if (entry.key == key) return entry.dtype;
-  return state_dtype_given ? state_dtype_all : param_dtype;
+  if (state_dtype_given) return state_dtype_all;
+  return state_bits == 8 ? kFloat32 : param_dtype;  // an 8-bit group's small tensors keep 32-bit state, as bitsandbytes
 }
 
-void StorageOptions::check_keys(const char* const* names, int count) const {
+void StorageOptions::check_keys(const StateArray* arrays, int count) const {
   for (const KeyDtype& entry : state_dtype_per_key) {
     std::string known;
     bool found = false;
     for (int k = 0; k < count; ++k) {
-      found = found || entry.key == names[k];
-      known += std::string(k ? ", " : "") + "'" + names[k] + "'";
+      found = found || entry.key == arrays[k].name;
+      known += std::string(k ? ", " : "") + "'" + arrays[k].name + "'";
     }
     if (!found)
       throw py::value_error("state_dtype names '" + entry.key + "', a state array this rule never keeps (param group " +
@@ -298,6 +322,9 @@ void StorageOptions::check_param(Dtype param_dtype, std::size_t group) const {
                             (param_dtype == kFloat64 ? "float64 params keep float64 state"
                                                      : "its state may be float32, bfloat16 or float16") + ")");
   };
+  if (state_bits == 8 && param_dtype == kFloat64)
+    throw py::value_error("state_bits=8 is for float32, bfloat16 and float16 params, but param group " +
+                          std::to_string(group) + " holds a float64 param (its state is float64)");
   if (state_dtype_given) check_state(state_dtype_all, "state_dtype");
   for (const KeyDtype& entry : state_dtype_per_key) check_state(entry.dtype, "state_dtype['" + entry.key + "']");
   if (param_dtype == kBfloat16 || param_dtype == kFloat16) return;

@@ -16,10 +16,23 @@
 namespace fusedopt {
 namespace py = pybind11;
 
+// Every state array a rule may keep, with the sign of its values: 8-bit
+// state codes signed arrays (first moments, momentum) with bitsandbytes'
+// signed map and arrays that are never negative (second moments, sums of
+// squares, maxima of magnitudes) with the unsigned one, which spends all 256
+// codes on [0, 1].
+enum class StateSign : bool { kSigned, kNonNegative };
+struct StateArray {
+  const char* name;
+  StateSign sign;
+};
+constexpr StateSign kSigned = StateSign::kSigned, kNonNegative = StateSign::kNonNegative;
+
 // One piece of per-param state and the value it starts from.
 struct StateKey {
   const char* name;
   double initial;
+  StateSign sign = StateSign::kSigned;  // from the rule's state_arrays (state_keys_of fills it in)
 };
 
 constexpr int kMaxStateArrays = kMaxStreams - 2;  // the streams after w and g
@@ -63,8 +76,8 @@ struct StepContext {
 
 struct MomentumRule {
   static constexpr RuleId id = kMomentum;
-  // Every state array the rule may keep, whatever its settings.
-  static constexpr const char* state_array_names[] = {"velocity"};
+  // Every state array the rule may keep, whatever its settings, and its sign.
+  static constexpr StateArray state_arrays[] = {{"velocity", kSigned}};
   struct Hyper { double lr, momentum; };
   using Scalars = MomentumScalars;
   static Hyper read(const GroupReader& group);
@@ -74,8 +87,8 @@ struct MomentumRule {
 
 struct SgdRule {
   static constexpr RuleId id = kSgd;
-  // Every state array the rule may keep, whatever its settings.
-  static constexpr const char* state_array_names[] = {"momentum_buffer"};
+  // Every state array the rule may keep, whatever its settings, and its sign.
+  static constexpr StateArray state_arrays[] = {{"momentum_buffer", kSigned}};
   struct Hyper { double lr, momentum, dampening, weight_decay; bool nesterov, maximize; };
   using Scalars = SgdScalars;
   static Hyper read(const GroupReader& group);
@@ -85,8 +98,9 @@ struct SgdRule {
 
 struct AdadeltaRule {
   static constexpr RuleId id = kAdadelta;
-  // Every state array the rule may keep, whatever its settings.
-  static constexpr const char* state_array_names[] = {"square_avg", "acc_delta", "square_weight_avg"};
+  // Every state array the rule may keep, whatever its settings, and its sign.
+  static constexpr StateArray state_arrays[] = {
+      {"square_avg", kNonNegative}, {"acc_delta", kNonNegative}, {"square_weight_avg", kNonNegative}};
   struct Hyper { double lr, rho, eps, weight_decay; bool maximize, scale_by_weights; };
   using Scalars = AdadeltaScalars;
   static Hyper read(const GroupReader& group);
@@ -96,8 +110,9 @@ struct AdadeltaRule {
 
 struct AdamRule {
   static constexpr RuleId id = kAdam;
-  // Every state array the rule may keep, whatever its settings.
-  static constexpr const char* state_array_names[] = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
+  // Every state array the rule may keep, whatever its settings, and its sign.
+  static constexpr StateArray state_arrays[] = {
+      {"exp_avg", kSigned}, {"exp_avg_sq", kNonNegative}, {"max_exp_avg_sq", kNonNegative}};
   struct Hyper {
     double lr, beta1, beta2, eps, weight_decay;
     bool amsgrad, maximize, decoupled_weight_decay;
@@ -110,8 +125,9 @@ struct AdamRule {
 
 struct RmspropRule {
   static constexpr RuleId id = kRmsprop;
-  // Every state array the rule may keep, whatever its settings.
-  static constexpr const char* state_array_names[] = {"square_avg", "momentum_buffer", "grad_avg"};
+  // Every state array the rule may keep, whatever its settings, and its sign.
+  static constexpr StateArray state_arrays[] = {
+      {"square_avg", kNonNegative}, {"momentum_buffer", kSigned}, {"grad_avg", kSigned}};
   struct Hyper { double lr, alpha, eps, weight_decay, momentum; bool centered, maximize; };
   using Scalars = RmspropScalars;
   static Hyper read(const GroupReader& group);
@@ -121,8 +137,8 @@ struct RmspropRule {
 
 struct AdagradRule {
   static constexpr RuleId id = kAdagrad;
-  // Every state array the rule may keep, whatever its settings.
-  static constexpr const char* state_array_names[] = {"sum"};
+  // Every state array the rule may keep, whatever its settings, and its sign.
+  static constexpr StateArray state_arrays[] = {{"sum", kNonNegative}};
   struct Hyper { double lr, lr_decay, weight_decay, initial_accumulator_value, eps; bool maximize; };
   using Scalars = AdagradScalars;
   static Hyper read(const GroupReader& group);
@@ -132,8 +148,8 @@ struct AdagradRule {
 
 struct NadamRule {
   static constexpr RuleId id = kNadam;
-  // Every state array the rule may keep, whatever its settings.
-  static constexpr const char* state_array_names[] = {"exp_avg", "exp_avg_sq"};
+  // Every state array the rule may keep, whatever its settings, and its sign.
+  static constexpr StateArray state_arrays[] = {{"exp_avg", kSigned}, {"exp_avg_sq", kNonNegative}};
   struct Hyper {
     double lr, beta1, beta2, eps, weight_decay, momentum_decay;
     bool decoupled_weight_decay, maximize;
@@ -146,8 +162,8 @@ struct NadamRule {
 
 struct RadamRule {
   static constexpr RuleId id = kRadam;
-  // Every state array the rule may keep, whatever its settings.
-  static constexpr const char* state_array_names[] = {"exp_avg", "exp_avg_sq"};
+  // Every state array the rule may keep, whatever its settings, and its sign.
+  static constexpr StateArray state_arrays[] = {{"exp_avg", kSigned}, {"exp_avg_sq", kNonNegative}};
   struct Hyper { double lr, beta1, beta2, eps, weight_decay; bool decoupled_weight_decay, maximize; };
   using Scalars = RadamScalars;
   static Hyper read(const GroupReader& group);
@@ -157,8 +173,8 @@ struct RadamRule {
 
 struct AdamaxRule {
   static constexpr RuleId id = kAdamax;
-  // Every state array the rule may keep, whatever its settings.
-  static constexpr const char* state_array_names[] = {"exp_avg", "exp_inf"};
+  // Every state array the rule may keep, whatever its settings, and its sign.
+  static constexpr StateArray state_arrays[] = {{"exp_avg", kSigned}, {"exp_inf", kNonNegative}};
   struct Hyper { double lr, beta1, beta2, eps, weight_decay; bool maximize; };
   using Scalars = AdamaxScalars;
   static Hyper read(const GroupReader& group);
@@ -168,8 +184,8 @@ struct AdamaxRule {
 
 struct LionRule {
   static constexpr RuleId id = kLion;
-  // Every state array the rule may keep, whatever its settings.
-  static constexpr const char* state_array_names[] = {"exp_avg"};
+  // Every state array the rule may keep, whatever its settings, and its sign.
+  static constexpr StateArray state_arrays[] = {{"exp_avg", kSigned}};
   struct Hyper { double lr, beta1, beta2, weight_decay; bool maximize; };
   using Scalars = LionScalars;
   static Hyper read(const GroupReader& group);
@@ -184,31 +200,59 @@ struct LionRule {
 //   master_weights  a float32 master copy (state key "master_param") for a 16-bit param
 //   kahan_sum       a compensation buffer (state key "kahan_comp") for a 16-bit param
 //   rounding        "nearest" or "stochastic" (16-bit params), with `seed`, an int in [0, 2**64)
+//   state_bits      32 (default), 16 (state_dtype='bfloat16') or 8: block-quantized state of
+//                   the params with at least `min_8bit_size` elements (default 4096), in
+//                   blocks of `block_size` (default 256, a multiple of 64 up to 4096)
 struct StorageOptions {
   bool master_weights = false, kahan_sum = false, stochastic = false;
   std::uint64_t seed = 0;
+  int state_bits = 32;
+  std::int64_t block_size = 256, min_8bit_size = 4096;
   bool state_dtype_given = false;  // one dtype for every state array
   Dtype state_dtype_all = kFloat32;
   struct KeyDtype { std::string key; Dtype dtype; };
   std::vector<KeyDtype> state_dtype_per_key;
   std::int64_t group_index = 0;
 
-  // The dtype a new state array of `key` is made in, for a param of `param_dtype`.
+  // The dtype a new state array of `key` is made in, for a param of `param_dtype`
+  // (one that keeps unquantized state).
   Dtype state_dtype(const char* key, Dtype param_dtype) const;
+  // Whether a param of `param_elements` elements keeps 8-bit state. The one
+  // place that decides: a shard of a param must ask with the full param's size.
+  bool quantizes(std::int64_t param_elements) const {
+    return state_bits == 8 && param_elements >= min_8bit_size;
+  }
+  std::int64_t block_count(std::int64_t elements) const { return (elements + block_size - 1) / block_size; }
   // ValueError when an option makes no sense for a param of this dtype.
   void check_param(Dtype param_dtype, std::size_t group) const;
   // ValueError when a per-key state_dtype names a state array the rule never keeps.
   template <class Rule>
   void check_keys() const {
-    check_keys(Rule::state_array_names, static_cast<int>(std::size(Rule::state_array_names)));
+    check_keys(Rule::state_arrays, static_cast<int>(std::size(Rule::state_arrays)));
   }
-  void check_keys(const char* const* names, int count) const;
+  void check_keys(const StateArray* arrays, int count) const;
 };
 StorageOptions read_storage_options(const GroupReader& group);
 
+// A rule's state keys for its settings, each array with its sign.
+template <class Rule>
+StateKeys state_keys_of(const typename Rule::Hyper& hyper) {
+  StateKeys keys = Rule::state_keys(hyper);
+  for (int k = 0; k < keys.array_count; ++k) {
+    bool found = false;
+    for (const StateArray& array : Rule::state_arrays) {
+      if (std::string(array.name) != keys.arrays[k].name) continue;
+      keys.arrays[k].sign = array.sign;
+      found = true;
+    }
+    if (!found) throw std::logic_error(std::string(keys.arrays[k].name) + " is missing from its rule's state_arrays");
+  }
+  return keys;
+}
+
 // Every rule's streams fit a Task: w, g and at most kMaxStateArrays more.
 #define FUSEDOPT_CHECK_STREAMS(Type, name, summary)                                \
-  static_assert(std::size(Type##Rule::state_array_names) <= kMaxStateArrays,       \
+  static_assert(std::size(Type##Rule::state_arrays) <= kMaxStateArrays,       \
                 #Type "Rule keeps more state arrays than kMaxStreams allows");    \
   static_assert(Type##Rule::id == k##Type, #Type "Rule has the id of another rule");
 FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_CHECK_STREAMS)

@@ -8,6 +8,7 @@
 #include "arrays.hpp"
 #include "dispatch.hpp"
 #include "parallel.hpp"
+#include "quantize.hpp"
 #include "rules.hpp"
 
 namespace fusedopt {
@@ -67,6 +68,7 @@ struct ParamStep {
   py::object param, grad;
   Dtype dtype;
   py::object state_arrays[kMaxStateArrays];
+  py::object absmax[kMaxStateArrays];  // 8-bit state: the scales of state_arrays[k], the uint8 codes
   bool created[kMaxStateArrays] = {};  // made by this step: recorded into entry
   py::object master, compensation;     // master_param / kahan_comp, when the group keeps them
   bool master_created = false, compensation_created = false;
@@ -78,6 +80,60 @@ struct ParamStep {
   bool is_staged = false;
   Task task{};
 };
+
+// What a group's 8-bit settings are, for errors about state made with others.
+std::string quant_settings(const StorageOptions& storage, std::size_t group) {
+  return "param group " + std::to_string(group) + " has state_bits=" + std::to_string(storage.state_bits) +
+         ", block_size=" + std::to_string(storage.block_size) + ", min_8bit_size=" +
+         std::to_string(storage.min_8bit_size);
+}
+
+// An existing state array of a param that keeps unquantized state must not be 8-bit codes.
+void refuse_codes(const py::array& buffer, const ArrayLabel& label, const StorageOptions& storage, std::size_t group) {
+  if (buffer.dtype().kind() == 'u' && buffer.itemsize() == 1)
+    throw py::value_error(label.text() + " holds 8-bit codes, but " + quant_settings(storage, group) +
+                          ": this param keeps unquantized state (changing state_bits or min_8bit_size mid-run is "
+                          "not supported; load a state_dict made with these settings)");
+}
+
+// Stream 2 + k of an 8-bit param: the state array's uint8 codes (made at its
+// initial value if missing) and its per-block absmax, checked; the staged
+// kernel decodes and re-encodes them.
+template <class Step>
+void collect_quantized(Step& p, int k, PyObject* existing, const py::array& param, const ArrayLabel& param_label,
+                       const StorageOptions& storage, std::size_t group, Stream& stream, OverlapCheck& overlaps) {
+  const StateKey& key = p.keys.arrays[k];
+  const bool is_signed = key.sign == StateSign::kSigned;
+  const ArrayLabel label{"state", p.index, key.name}, absmax_label{"state", p.index, absmax_key(key.name)};
+  const std::string settings = quant_settings(storage, group);
+  py::array codes, absmax;
+  if (p.created[k]) {
+    QuantizedArrays made = quantized_filled(param, storage.block_size, is_signed, key.initial);
+    codes = std::move(made.codes);
+    absmax = std::move(made.absmax);
+  }
+  if (!p.created[k]) codes = as_array(existing, label);
+  void* code_data = check_codes_like_param(codes, param, label, param_label, settings);
+  if (!p.created[k]) {
+    PyObject* scales = dict_item(p.entry, absmax_label.key);
+    if (scales == nullptr || scales == Py_None)
+      throw py::value_error(absmax_label.text() + " is missing: the scales of 8-bit " + label.text() + " (" +
+                            settings + ")");
+    absmax = as_array(scales, absmax_label);
+  }
+  const std::int64_t size = param.size();
+  float* absmax_data = check_absmax(absmax, storage.block_count(size), absmax_label,
+                                    settings + "; changing block_size mid-run is not supported");
+  if (!p.created[k]) {
+    overlaps.add(code_data, size, label, true);
+    overlaps.add(absmax_data, absmax.size() * std::int64_t(sizeof(float)), absmax_label, true);
+  }
+  stream = Stream{code_data, kFloat32, size};  // dtype unused: quant_maps marks the stream as codes
+  p.staged.quant_maps[2 + k] = &quant_map(is_signed);
+  p.staged.absmax[2 + k] = absmax_data;
+  p.state_arrays[k] = std::move(codes);
+  p.absmax[k] = std::move(absmax);
+}
 
 // Reads one group's hyperparameters: the rule's, and the storage options.
 template <class Rule>
@@ -118,7 +174,7 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
   for (std::size_t g = 0; g < param_groups.size(); ++g) {
     const GroupReader reader(param_groups[g], static_cast<std::int64_t>(g));
     const auto hyper = Rule::read(reader);
-    settings.push_back({hyper, Rule::state_keys(hyper), read_storage_options(reader)});
+    settings.push_back({hyper, state_keys_of<Rule>(hyper), read_storage_options(reader)});
     settings.back().storage.template check_keys<Rule>();
   }
 
@@ -152,6 +208,7 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
 
       Stream streams[kMaxStreams] = {w, gs};
       bool buffer_is_new = false;
+      const bool quantized = storage.quantizes(w.size);
       for (int k = 0; k < keys.array_count; ++k) {
         const StateKey& key = keys.arrays[k];
         const ArrayLabel label{"state", i, key.name};
@@ -160,10 +217,15 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
         // from 0, amsgrad, scale): it starts at its initial value, like a
         // buffer made at construction, in the group's state dtype.
         p.created[k] = existing == nullptr || existing == Py_None;
+        buffer_is_new = buffer_is_new || p.created[k];
+        if (quantized) {
+          collect_quantized(p, k, existing, param, param_label, storage, g, streams[2 + k], overlaps);
+          continue;
+        }
         py::array buffer = p.created[k] ? filled_like(param, storage.state_dtype(key.name, w.dtype), key.initial)
                                         : as_array(existing, label);
+        if (!p.created[k]) refuse_codes(buffer, label, storage, g);
         streams[2 + k] = check_like_param(buffer, param, w.dtype, label, param_label, true, DtypeRule::kSameCompute);
-        buffer_is_new = buffer_is_new || p.created[k];
         if (!p.created[k]) overlaps.add(streams[2 + k], label, true);
         p.state_arrays[k] = std::move(buffer);
       }
@@ -200,14 +262,16 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
       const Compute compute = compute_of(w.dtype);
       const int stream_count = 2 + keys.array_count;
       std::int64_t bytes_per_element = 0;  // reads and writes
-      p.is_staged = grad_scale.active || storage.master_weights;
+      p.is_staged = grad_scale.active || storage.master_weights || quantized;
       for (int k = 0; k < stream_count; ++k) {
+        const bool codes = p.staged.quant_maps[k] != nullptr;  // 1 byte; its absmax, 8 / block_size, is not counted
         p.is_staged = p.is_staged || streams[k].dtype != dtype_of(compute);
-        bytes_per_element += itemsize(streams[k].dtype) * (k == 1 ? 1 : 2);
+        bytes_per_element += (codes ? 1 : itemsize(streams[k].dtype)) * (k == 1 ? 1 : 2);
       }
       if (storage.master_weights) bytes_per_element += itemsize(w.dtype);       // the param, written
       if (storage.kahan_sum) bytes_per_element += 2 * itemsize(w.dtype);        // the compensation
-      p.task = Task{table.kernels[Rule::id][compute], nullptr, {}, w.size, bytes_per_element};
+      p.task = Task{table.kernels[Rule::id][compute], nullptr, {}, w.size, bytes_per_element,
+                    quantized ? storage.block_size : 1};
       for (int k = 0; k < stream_count; ++k) p.task.streams[k] = streams[k].data;
       if (p.is_staged) {
         StagedScalars& s = p.staged;
@@ -219,6 +283,7 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
         s.param_store = storage.kahan_sum ? ParamStore::kKahan
                         : storage.stochastic ? ParamStore::kStochastic : ParamStore::kNearest;
         s.random_key = random_key(storage.seed, p.t, i);
+        s.block_size = storage.block_size;
         p.task.kernel = table.staged[compute];
       }
       p.param = std::move(param);
@@ -259,8 +324,11 @@ void record(const std::vector<ParamStep<Rule>>& steps) {
     if (PyDict_SetItem(entry.ptr(), interned(key), value.ptr()) != 0) throw py::error_already_set();
   };
   for (const ParamStep<Rule>& p : steps) {
-    for (int k = 0; k < p.keys.array_count; ++k)
-      if (p.created[k]) set(p.entry, p.keys.arrays[k].name, p.state_arrays[k]);
+    for (int k = 0; k < p.keys.array_count; ++k) {
+      if (!p.created[k]) continue;
+      set(p.entry, p.keys.arrays[k].name, p.state_arrays[k]);
+      if (p.absmax[k]) set(p.entry, absmax_key(p.keys.arrays[k].name), p.absmax[k]);
+    }
     if (p.master_created) set(p.entry, "master_param", p.master);
     if (p.compensation_created) set(p.entry, "kahan_comp", p.compensation);
     set(p.entry, "step", py::int_(p.t));

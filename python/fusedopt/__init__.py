@@ -15,6 +15,7 @@ from . import _core, optimizers
 from ._config import cpu_features, get_num_threads, set_num_threads, show_config, threads
 from .optimizer import Optimizer
 from .optimizers import *  # noqa: F403  (every rule's class: optimizers.__all__)
+from .optimizers import Adam8bit, AdamW8bit, Lion8bit, SGD8bit
 from .rule import NonFiniteGradError
 from . import checkpoint, functional, lr_scheduler, reference, schedules
 from .checkpoint import load, save
@@ -26,7 +27,7 @@ except importlib.metadata.PackageNotFoundError:  # a source tree run in place: t
     __version__ = _core.build_info()["version"]
 
 __all__ = [
-    "Optimizer", *optimizers.__all__,
+    "Optimizer", *optimizers.__all__, *optimizers.EIGHT_BIT,
     "NonFiniteGradError", "clip_grad_norm_", "clip_grad_value_", "get_total_norm",
     "functional", "reference", "checkpoint", "save", "load", "lr_scheduler", "schedules",
     "cpu_features", "show_config", "get_num_threads", "set_num_threads", "threads",

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import _core
-from .precision import normalized_group, state_dtypes, storage_options, storage_state_keys
+from .precision import absmax_key, normalized_group, state_dtypes, storage_options, storage_state_keys
 from .rule import MAX_STEP, NonFiniteGradError, Rule, nonfinite_grad_error
 
 __all__ = ["Optimizer", "NonFiniteGradError", "NONFINITE_POLICIES"]
@@ -71,6 +71,13 @@ class Optimizer:
       param is rounded up with probability equal to its distance to the
       lower neighbour, from random bits keyed by (seed, step, the param's
       position, element index): the same bits for any thread count or split.
+    - ``state_bits=8`` (float32, bfloat16 and float16 params): block-wise
+      quantized state, as bitsandbytes' 8-bit optimizers: each state array of
+      a param with at least ``min_8bit_size`` elements (default 4096) is kept
+      as uint8 codes (its own key) and a float32 scale per block of
+      ``block_size`` elements (default 256, a multiple of 64 up to 4096), under
+      ``"<key>_absmax"``; smaller params keep float32 state. ``state_bits=16``
+      is ``state_dtype="bfloat16"``; 32 is the default.
     """
 
     rule: Rule  # set by each subclass
@@ -80,7 +87,8 @@ class Optimizer:
 
     def __init__(self, params: Iterable, defaults: Mapping[str, Any], *, nonfinite: str = "apply",
                  state_dtype: Any = None, master_weights: bool = False, kahan_sum: bool = False,
-                 rounding: str = "nearest", seed: int = 0):
+                 rounding: str = "nearest", seed: int = 0, state_bits: int = 32, block_size: int = 256,
+                 min_8bit_size: int = 4096):
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(
                 f"nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, got {nonfinite!r}"
@@ -88,7 +96,9 @@ class Optimizer:
         self.nonfinite = nonfinite
         self.skipped_steps = 0  # steps not applied because a gradient was not finite
         self.defaults = {**defaults, **storage_options(state_dtype=state_dtype, master_weights=master_weights,
-                                                       kahan_sum=kahan_sum, rounding=rounding, seed=seed)}
+                                                       kahan_sum=kahan_sum, rounding=rounding, seed=seed,
+                                                       state_bits=state_bits, block_size=block_size,
+                                                       min_8bit_size=min_8bit_size)}
         self.param_groups: list[dict[str, Any]] = []
         self.state: list[dict[str, Any]] = StateList()
         # Reentrant: a hyperparameter's own Python code, run inside a step,
@@ -248,7 +258,9 @@ class Optimizer:
                     ) from None
                 if saved_id not in saved_state:
                     raise ValueError(f"state_dict['state'] has no entry {saved_id} for params[{index}]")
-                new_state.append(_checked_state(saved_state[saved_id], param, array_keys, scalar_keys, index))
+                block_size = merged["block_size"] if _core.keeps_8bit_state(merged, param.size, g) else None
+                new_state.append(_checked_state(saved_state[saved_id], param, array_keys, scalar_keys, index,
+                                                self.rule.state_keys(merged) if block_size else (), block_size))
             new_groups.append(merged)
 
         for group, merged in zip(self.param_groups, new_groups):
@@ -310,8 +322,9 @@ def _as_list(value: Any, name: str) -> list:
 
 
 def _checked_state(saved: Any, param: np.ndarray, keys: Iterable[str], scalar_keys: Iterable[str],
-                   index: int) -> dict[str, Any]:
-    """A private copy of one param's saved state, or an error naming what is wrong."""
+                   index: int, quantized_keys: Iterable[str] = (), block_size: int | None = None) -> dict[str, Any]:
+    """A private copy of one param's saved state, or an error naming what is wrong.
+    ``quantized_keys`` are 8-bit: uint8 codes, and their scales under absmax_key(key)."""
     where = f"state_dict['state'] entry for params[{index}]"
     if not isinstance(saved, Mapping):
         raise TypeError(f"{where} must be a dict")
@@ -327,12 +340,18 @@ def _checked_state(saved: Any, param: np.ndarray, keys: Iterable[str], scalar_ke
         array = saved[key]
         if not isinstance(array, np.ndarray):
             raise TypeError(f"{where}[{key!r}] must be a numpy.ndarray, got {type(array).__name__}")
+        if key in quantized_keys:
+            entry.update(_checked_codes(saved, key, param, block_size, where))
+            continue
         allowed = state_dtypes(key, param.dtype)
         if array.dtype not in allowed:
             raise TypeError(
                 f"{where}[{key!r}] has dtype {array.dtype}, the param has {param.dtype} (it may be "
                 f"{' or '.join(str(d) for d in allowed)}; fusedopt never converts dtypes)"
             )
+        if array.dtype == np.uint8:
+            raise ValueError(f"{where}[{key!r}] holds 8-bit codes, but this param keeps unquantized state "
+                             "(the group's state_bits or min_8bit_size differ from the saved run's)")
         if array.shape != param.shape:
             raise ValueError(f"{where}[{key!r}] has shape {array.shape}, the param has {param.shape}")
         entry[key] = np.empty_like(param, dtype=array.dtype)  # a private copy, in the param's layout
@@ -345,3 +364,26 @@ def _checked_state(saved: Any, param: np.ndarray, keys: Iterable[str], scalar_ke
             raise ValueError(f"{where} needs {key!r}, a finite number; got {value!r}")
         entry[key] = float(value)
     return entry
+
+
+def _checked_codes(saved: Mapping[str, Any], key: str, param: np.ndarray, block_size: int,
+                   where: str) -> dict[str, np.ndarray]:
+    """Private copies of one 8-bit state array: its uint8 codes and float32 scales."""
+    codes, scale_key = saved[key], absmax_key(key)
+    if codes.dtype != np.uint8:
+        raise TypeError(f"{where}[{key!r}] has dtype {codes.dtype}: this param keeps 8-bit state, uint8 codes "
+                        "(the group's state_bits=8; was the state_dict saved with other settings?)")
+    if codes.shape != param.shape:
+        raise ValueError(f"{where}[{key!r}] has shape {codes.shape}, the param has {param.shape}")
+    scales = saved.get(scale_key)
+    if not isinstance(scales, np.ndarray):
+        raise ValueError(f"{where} has no {scale_key!r}, the scales of 8-bit {key!r}")
+    blocks = -(-param.size // block_size)
+    if scales.dtype != np.float32:
+        raise TypeError(f"{where}[{scale_key!r}] has dtype {scales.dtype}; the scales of 8-bit state are float32")
+    if scales.shape != (blocks,):
+        raise ValueError(f"{where}[{scale_key!r}] has shape {scales.shape}, want ({blocks},): one scale per block of "
+                         f"{block_size} (was the state_dict saved with another block_size?)")
+    copy = np.empty_like(param, dtype=np.uint8)
+    copy[...] = codes
+    return {key: copy, scale_key: scales.copy()}

@@ -18,7 +18,10 @@ from . import _core
 from .optimizer import Optimizer
 
 __all__ = ["Momentum", "SGD", "Adadelta", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax",
-           "Lion"]
+           "Lion"]  # one class per rule of the core
+# The names bitsandbytes and torchao users know: rule classes whose state is
+# 8-bit by default (state_bits=8; every rule takes state_bits, docs/precision.md).
+EIGHT_BIT = ["Adam8bit", "AdamW8bit", "Lion8bit", "SGD8bit"]
 
 
 class Momentum(Optimizer):
@@ -383,3 +386,38 @@ class Lion(Optimizer):
             dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize),
             **options,
         )
+
+
+
+# ------------------------------------------------------------ 8-bit presets
+
+class Adam8bit(Adam):
+    """Adam with 8-bit block-quantized state by default (bitsandbytes' name):
+    ``Adam(..., state_bits=8)``. Each state array of a param with at least
+    ``min_8bit_size`` elements is uint8 codes plus a float32 scale per block
+    (``"<key>_absmax"``); smaller params keep float32 state (docs/precision.md)."""
+
+    def __init__(self, params: Iterable, *args: Any, state_bits: int = 8, **kwargs: Any):
+        super().__init__(params, *args, state_bits=state_bits, **kwargs)
+
+
+class AdamW8bit(AdamW):
+    """AdamW with 8-bit state by default: ``AdamW(..., state_bits=8)`` (see Adam8bit)."""
+
+    def __init__(self, params: Iterable, *args: Any, state_bits: int = 8, **kwargs: Any):
+        super().__init__(params, *args, state_bits=state_bits, **kwargs)
+
+
+class Lion8bit(Lion):
+    """Lion with 8-bit state by default: ``Lion(..., state_bits=8)`` (see Adam8bit)."""
+
+    def __init__(self, params: Iterable, *args: Any, state_bits: int = 8, **kwargs: Any):
+        super().__init__(params, *args, state_bits=state_bits, **kwargs)
+
+
+class SGD8bit(SGD):
+    """SGD with an 8-bit momentum buffer by default: ``SGD(..., state_bits=8)``
+    (see Adam8bit; without momentum there is no state to quantize)."""
+
+    def __init__(self, params: Iterable, *args: Any, state_bits: int = 8, **kwargs: Any):
+        super().__init__(params, *args, state_bits=state_bits, **kwargs)

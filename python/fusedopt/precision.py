@@ -1,6 +1,7 @@
 """Precisions: which dtypes fusedopt steps, and the storage options every
 optimizer takes (``state_dtype``, ``master_weights``, ``kahan_sum``,
-``rounding``, ``seed``), in the form the core reads from a param group.
+``rounding``, ``seed``, ``state_bits``, ``block_size``, ``min_8bit_size``),
+in the form the core reads from a param group.
 
 Params may be float32, float64, bfloat16 (``ml_dtypes.bfloat16``, NumPy's
 bfloat16 dtype, as JAX and TensorFlow use) or float16. The arithmetic of a
@@ -18,7 +19,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-__all__ = ["bfloat16", "DTYPES", "dtype_name", "storage_options", "storage_state_keys", "state_dtypes"]
+__all__ = ["bfloat16", "DTYPES", "dtype_name", "storage_options", "storage_state_keys", "state_dtypes", "absmax_key"]
 
 bfloat16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -33,7 +34,10 @@ _SIXTEEN_BIT = (bfloat16, np.dtype(np.float16))
 
 # Storage options and their defaults: a group holds only those set otherwise.
 STORAGE_DEFAULTS = {"state_dtype": None, "master_weights": False, "kahan_sum": False, "rounding": "nearest",
-                    "seed": 0}
+                    "seed": 0, "state_bits": 32, "block_size": 256, "min_8bit_size": 4096}
+# An 8-bit group keeps these in the group even at their defaults: its state's
+# layout depends on them, so a state_dict or checkpoint must say them.
+_QUANTIZED_LAYOUT = ("block_size", "min_8bit_size")
 
 
 def dtype_name(value: Any, name: str = "state_dtype") -> str:
@@ -74,9 +78,13 @@ def storage_options(**options: Any) -> dict[str, Any]:
 
 
 def normalized_group(group: dict[str, Any]) -> dict[str, Any]:
-    """A group's storage options in the core's form (dtypes as names)."""
+    """A group's storage options in the core's form (dtypes as names; an
+    8-bit group's block_size and min_8bit_size spelled out)."""
     if "state_dtype" in group:
         group["state_dtype"] = _state_dtype(group["state_dtype"])
+    if group.get("state_bits") == 8:
+        for key in _QUANTIZED_LAYOUT:
+            group.setdefault(key, STORAGE_DEFAULTS[key])
     return group
 
 
@@ -85,6 +93,11 @@ def storage_state_keys(group: Mapping[str, Any]) -> list[str]:
     or the Kahan compensation."""
     return (["master_param"] if group.get("master_weights") else []) + (
         ["kahan_comp"] if group.get("kahan_sum") else [])
+
+
+def absmax_key(key: str) -> str:
+    """The state key of the per-block scales of 8-bit state array ``key``."""
+    return key + "_absmax"
 
 
 def state_dtypes(key: str, param_dtype: np.dtype) -> tuple[np.dtype, ...]:

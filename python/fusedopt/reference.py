@@ -18,9 +18,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import optimizers
+from . import _core, optimizers
 from .optimizer import Optimizer
-from .precision import DTYPES, STORAGE_DEFAULTS, bfloat16
+from .precision import DTYPES, STORAGE_DEFAULTS, absmax_key, bfloat16
 from .rule import nonfinite_grad_error
 
 __all__ = ["Momentum", "SGD", "Adadelta", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax",
@@ -48,7 +48,7 @@ class _NumpyStep(Optimizer):
             hyper = {k: (float(v) if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
                          else v) for k, v in group.items() if k != "params" and k not in STORAGE_DEFAULTS}
             state["step"] += 1
-            staging = _Staging(group, param, state, position)
+            staging = _Staging(group, param, state, position, self.rule.state_signs(group))
             w, g, working = staging.load(grad, grad_scale)
             self._update(w, g, working, **hyper)
             staging.store(w, working)
@@ -173,18 +173,100 @@ def _kahan_store(updated: np.ndarray, w: np.ndarray, c: np.ndarray) -> None:
     c[...] = round_nearest(y - (to_float32(stored) - old), c.dtype)
 
 
+# ------------------------------------------------------------- 8-bit state
+# bitsandbytes' dynamic tree map and block-wise quantization, as the core
+# computes them (csrc/quantize.cpp builds the map, csrc/kernels.cpp encodes).
+
+_DECADES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+def dynamic_map(signed: bool) -> np.ndarray:
+    """The 256 ascending float32 codes of bitsandbytes' create_dynamic_map(signed), computed in
+    float64 and rounded once: per decade 10**(i-6), the midpoints of linspace(0.1, 1, k + 1)
+    (k = 2**i with both signs, or 2**(i+1) unsigned), then 0 and 1."""
+    codes = [np.float32(0.0), np.float32(1.0)]
+    for i, decade in enumerate(_DECADES):
+        count = 2**i if signed else 2 ** (i + 1)
+        start, stop = 0.1, 1.0
+        boundaries = np.arange(count + 1, dtype=np.float64) * ((stop - start) / count) + start  # as np.linspace
+        boundaries[-1] = stop
+        scaled = decade * ((boundaries[:-1] + boundaries[1:]) / 2.0)
+        codes.extend(scaled.astype(np.float32))
+        if signed:
+            codes.extend((-scaled).astype(np.float32))
+    return np.sort(np.array(codes, dtype=np.float32))
+
+
+def map_thresholds(codes: np.ndarray) -> np.ndarray:
+    """For each pair of neighbouring codes, the smallest float32 nearer the upper one (ties go
+    up): the exact midpoint, rounded up; the last entry is inf. A value's code is the number of
+    thresholds <= it."""
+    middle = (codes[:-1].astype(np.float64) + codes[1:]) / 2.0
+    thresholds = middle.astype(np.float32)
+    below = thresholds.astype(np.float64) < middle
+    thresholds[below] = np.nextafter(thresholds[below], np.float32(np.inf))
+    return np.append(thresholds, np.float32(np.inf))
+
+
+_MAPS = {signed: (dynamic_map(signed), map_thresholds(dynamic_map(signed))) for signed in (True, False)}
+
+
+def _block_sizes(count: int, block_size: int) -> np.ndarray:
+    sizes = np.full(-(-count // block_size), block_size)
+    if count % block_size:
+        sizes[-1] = count % block_size
+    return sizes
+
+
+def quantize(values: np.ndarray, block_size: int, signed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 codes, float32 absmax per block) of float32 ``values`` in memory order: absmax is
+    the largest magnitude of the block (NaN if it holds a NaN or an infinity), each code the
+    exact nearest to value / absmax (the code of 0 in a block whose absmax is 0 or NaN)."""
+    flat = np.ascontiguousarray(values, np.float32).reshape(-1)
+    codes_table, thresholds = _MAPS[signed]
+    if flat.size == 0:
+        return np.zeros(values.shape, np.uint8), np.zeros(0, np.float32)
+    sizes = _block_sizes(flat.size, block_size)
+    magnitude = flat.view(_U32) & _U32(0x7FFFFFFF)
+    largest = np.maximum.reduceat(magnitude, np.arange(0, flat.size, block_size))
+    absmax = np.where(largest >= _U32(0x7F800000), np.float32(np.nan), largest.view(np.float32))
+    scaled = np.repeat(absmax > 0, sizes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalized = np.where(scaled, flat / np.repeat(np.where(absmax > 0, absmax, np.float32(1)), sizes),
+                              np.float32(0))
+    codes = np.searchsorted(thresholds, normalized, side="right").astype(np.uint8)
+    return codes.reshape(values.shape), absmax.astype(np.float32)
+
+
+def dequantize(codes: np.ndarray, absmax: np.ndarray, block_size: int, signed: bool) -> np.ndarray:
+    """float32 values: each code's value times its block's absmax."""
+    flat = codes.reshape(-1)
+    if flat.size == 0:
+        return np.zeros(codes.shape, np.float32)
+    values = _MAPS[signed][0][flat] * np.repeat(absmax, _block_sizes(flat.size, block_size))
+    return values.astype(np.float32).reshape(codes.shape)
+
+
 class _Staging:
     """One param's arrays as the update sees them (the compute dtype) and
     their store back, as the core's staged kernel does."""
 
-    def __init__(self, group: dict[str, Any], param: np.ndarray, state: dict[str, Any], position: int):
-        self.group, self.param, self.state, self.position = group, param, state, position
+    def __init__(self, group: dict[str, Any], param: np.ndarray, state: dict[str, Any], position: int,
+                 signs: dict[str, bool]):
+        self.group, self.param, self.state, self.position, self.signs = group, param, state, position, signs
         self.compute = np.dtype(np.float64 if param.dtype == np.float64 else np.float32)
+        self.block_size = group.get("block_size", STORAGE_DEFAULTS["block_size"])
+        self.quantized = _core.keeps_8bit_state(group, param.size)  # the core's one decision
+        self.scale_keys = {absmax_key(key) for key in signs} if self.quantized else set()
 
     def _state_dtype(self, key: str) -> np.dtype:
         spec = self.group.get("state_dtype")
         if isinstance(spec, dict):
             spec = spec.get(key)
+        if self.group.get("state_bits") == 16:
+            spec = "bfloat16"
+        if not spec and self.group.get("state_bits") == 8:
+            spec = "float32"  # an 8-bit group's small params keep 32-bit state
         return DTYPES[spec] if spec else self.param.dtype
 
     def load(self, grad: np.ndarray, grad_scale: float | None):
@@ -196,9 +278,12 @@ class _Staging:
             g = g / self.compute.type(grad_scale)
         working = {}
         for key, value in self.state.items():
-            if key in ("master_param", "kahan_comp"):
+            if key in ("master_param", "kahan_comp") or key in self.scale_keys:
                 continue
             is_array = isinstance(value, np.ndarray)
+            if is_array and self.quantized and key in self.signs:
+                working[key] = dequantize(value, self.state[absmax_key(key)], self.block_size, self.signs[key])
+                continue
             working[key] = to_float32(value) if is_array and value.dtype != self.compute else value
         return w, g, working
 
@@ -208,6 +293,13 @@ class _Staging:
                 self.state[key] = value
                 continue
             existing = self.state.get(key)
+            if self.quantized and key in self.signs:
+                codes, absmax = quantize(value, self.block_size, self.signs[key])
+                if existing is None:  # created by this step
+                    self.state[key], self.state[absmax_key(key)] = codes, absmax
+                else:
+                    existing[...], self.state[absmax_key(key)][...] = codes, absmax
+                continue
             if existing is None or not isinstance(existing, np.ndarray):  # created by this step
                 self.state[key] = round_nearest(value, self._state_dtype(key))
             elif value is not existing:
