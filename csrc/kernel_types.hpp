@@ -77,10 +77,12 @@ constexpr int kQuantCodes = 256;
 // whole, and at most kMaxQuantBlock (a block is staged as one tile).
 constexpr std::int64_t kQuantBlockMultiple = 64;
 constexpr std::int64_t kMaxQuantBlock = 4096;
-// Encoding looks up a bucket of |x|'s float bits (the exponent and the top
-// kQuantBucketMantissaBits of the mantissa, |x| <= 1) that holds at most one
-// threshold, then compares x with that one threshold. Magnitudes below
-// 2**(kQuantLowestExponent - 127) share bucket 0; negative x use the second half.
+// Encoding looks up the bucket of x's top 16 bits (sign, exponent, the top 7
+// mantissa bits; |x| <= 1), which holds at most one threshold, and compares
+// x's low 16 bits with that threshold's. Bucket b > 0 is exponent
+// kQuantLowestExponent - 1 + (b >> 7) with mantissa bits b & 127; bucket 0
+// also takes every smaller magnitude (below 2**(kQuantLowestExponent - 127)
+// there is no threshold); x < 0 uses the second half of the table.
 constexpr int kQuantBucketMantissaBits = 7;
 constexpr int kQuantLowestExponent = 127 - 24;
 constexpr int kQuantBucketsPerSign = (127 - kQuantLowestExponent + 2) << kQuantBucketMantissaBits;
@@ -91,9 +93,11 @@ struct QuantMap {
   // codes[j] (ties go to codes[j + 1]); thresholds[255] is +inf. The code of
   // a normalized value x is the number of thresholds <= x.
   float thresholds[kQuantCodes];
-  // The number of thresholds <= the lowest value of each bucket, for x >= 0
-  // then for x < 0.
-  std::uint8_t first_code[2 * kQuantBucketsPerSign];
+  // Per bucket, (threshold << 8) | first: `first` the number of thresholds <=
+  // the bucket's lowest value, `threshold` the low 16 bits of the one
+  // threshold inside it (negated for x < 0), or 65536 when there is none.
+  // The code of x is first + (+-low16(x) >= threshold): one 32-bit load.
+  std::int32_t buckets[2 * kQuantBucketsPerSign];
 };
 
 // The scalars of a staged task: a rule kernel over compute-type streams, and

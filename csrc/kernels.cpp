@@ -508,41 +508,60 @@ void float32_to_float64(const float* __restrict src, void* dst, int64_t count) {
 // ------------------------------------------------------- 8-bit state
 // Block-wise quantization (kernel_types.hpp, QuantMap). Encoding is exact:
 // the nearest code of x (ties to the larger code) is the number of
-// thresholds <= x; the bucket of x's top float bits holds at most one
+// thresholds <= x. The bucket of x's top 16 bits holds at most one
 // threshold (quantize.cpp checks this when it builds the map), so that
-// number is the bucket's first_code plus one comparison. Two table lookups
-// and no branch per element: the loops vectorise (gathers on AVX2/AVX-512).
+// number is the bucket's count below it plus one comparison of the low 16
+// bits: one 32-bit table load and no branch per element.
 
 // x: a value divided by its block's absmax, so |x| <= 1.
-inline std::uint32_t quant_encode(const QuantMap& map, float x) {
+inline std::uint32_t quant_encode(const std::int32_t* __restrict buckets, float x) {
   const std::uint32_t u = bits_of(x);
-  const std::uint32_t a = u & 0x7FFFFFFFu;
-  const std::uint32_t exponent = a >> 23;
-  const std::uint32_t top = exponent > 127u ? 127u : exponent;  // |x| <= 1: only keeps the index in range
-  const std::uint32_t mantissa = (a >> (23 - kQuantBucketMantissaBits)) & ((1u << kQuantBucketMantissaBits) - 1u);
-  const std::uint32_t bucket = exponent < std::uint32_t(kQuantLowestExponent)
-                                   ? 0u
-                                   : ((top - kQuantLowestExponent + 1u) << kQuantBucketMantissaBits) | mantissa;
-  const std::uint32_t first = map.first_code[bucket + (u >> 31) * std::uint32_t(kQuantBucketsPerSign)];
-  return first + (map.thresholds[first] <= x ? 1u : 0u);
+  // The exponent and top mantissa bits, clamped to [the first bucket, 1.0] (|x| > 1 cannot occur).
+  constexpr std::uint32_t kFirst = std::uint32_t(kQuantLowestExponent - 1) << kQuantBucketMantissaBits;
+  constexpr std::uint32_t kOne = 127u << kQuantBucketMantissaBits;
+  const std::uint32_t top = (u & 0x7FFFFFFFu) >> 16;
+  const std::uint32_t clamped = top < kFirst ? kFirst : top > kOne ? kOne : top;
+  const std::uint32_t bucket = clamped - kFirst;
+  const std::int32_t entry = buckets[bucket + (u >> 31) * std::uint32_t(kQuantBucketsPerSign)];
+  const auto low = static_cast<std::int32_t>(u & 0xFFFFu);
+  const std::int32_t key = (u >> 31) != 0 ? -low : low;
+  return static_cast<std::uint32_t>((entry & 0xFF) + (key >= (entry >> 8) ? 1 : 0));
 }
 
-// One block: its absmax (NaN when it holds a NaN or an infinity, so that the
-// whole block decodes to NaN), then each element's code. A block of zeros,
-// or a NaN block, gets the code of 0 everywhere.
-inline void quantize_block(const QuantMap& map, const float* __restrict x, std::uint8_t* __restrict codes,
-                           float* absmax, int64_t n) {
+// The loops take their arrays as __restrict parameters of functions that are
+// not inlined: uint8 codes may alias anything (the tables included), and GCC
+// drops restrict once a function is inlined, leaving the lookups unvectorised.
+inline std::uint32_t largest_magnitude_bits(const float* __restrict x, int64_t n) {
   std::uint32_t largest = 0;  // |x| as bits: for non-negative floats the integer order is the float order
   for (int64_t i = 0; i < n; ++i) {
     const std::uint32_t a = bits_of(x[i]) & 0x7FFFFFFFu;
     largest = a > largest ? a : largest;
   }
+  return largest;
+}
+
+__attribute__((noinline)) void encode_block(const std::int32_t* __restrict buckets, const float* __restrict x,
+                                            float divisor, bool scaled, std::uint8_t* __restrict codes, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float normalized = x[i] / divisor;  // x / absmax; loaded unconditionally, so the loop vectorises
+    codes[i] = static_cast<std::uint8_t>(quant_encode(buckets, scaled ? normalized : 0.0f));
+  }
+}
+
+__attribute__((noinline)) void decode_block(const float* __restrict table, const std::uint8_t* __restrict codes,
+                                            float scale, float* __restrict out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = table[codes[i]] * scale;  // code * absmax
+}
+
+// One block: its absmax (NaN when it holds a NaN or an infinity, so that the
+// whole block decodes to NaN), then each element's code of x / absmax. A
+// block of zeros, or a NaN block, gets the code of 0 everywhere.
+inline void quantize_block(const QuantMap& map, const float* x, std::uint8_t* codes, float* absmax, int64_t n) {
+  const std::uint32_t largest = largest_magnitude_bits(x, n);
   const float scale = largest >= 0x7F800000u ? __builtin_nanf("") : float_of(largest);
   *absmax = scale;
   const bool scaled = scale > 0.0f;  // false for 0 and NaN
-  const float divisor = scaled ? scale : 1.0f;
-  for (int64_t i = 0; i < n; ++i)
-    codes[i] = static_cast<std::uint8_t>(quant_encode(map, scaled ? x[i] / divisor : 0.0f));  // x / absmax
+  encode_block(map.buckets, x, scaled ? scale : 1.0f, scaled, codes, n);
 }
 
 // values[0, count) into codes and absmax, blocks starting at 0.
@@ -554,14 +573,8 @@ void quantize(const QuantMap* map, const float* values, std::uint8_t* codes, flo
 
 void dequantize(const QuantMap* map, const std::uint8_t* codes, const float* absmax, float* values, int64_t count,
                 int64_t block_size) {
-  for (int64_t lo = 0, b = 0; lo < count; lo += block_size, ++b) {
-    const int64_t n = count - lo < block_size ? count - lo : block_size;
-    const float scale = absmax[b];
-    const float* __restrict table = map->codes;
-    const std::uint8_t* __restrict in = codes + lo;
-    float* __restrict out = values + lo;
-    for (int64_t i = 0; i < n; ++i) out[i] = table[in[i]] * scale;  // code * absmax
-  }
+  for (int64_t lo = 0, b = 0; lo < count; lo += block_size, ++b)
+    decode_block(map->codes, codes + lo, absmax[b], values + lo, count - lo < block_size ? count - lo : block_size);
 }
 
 // ------------------------------------------------------ the staged kernel
@@ -638,9 +651,12 @@ template <class T>
 void staged(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
   const auto& s = *static_cast<const StagedScalars*>(scalars);
   constexpr Dtype kNative = sizeof(T) == sizeof(double) ? kFloat64 : kFloat32;
-  // Room for one block of the largest size (only float32 arithmetic has 8-bit state).
+  // Room for a tile of the largest block in every stream (only float32
+  // arithmetic has 8-bit state); the tiles lie `tile` elements apart, so
+  // that short tiles stay close together in L1.
   constexpr int64_t kCapacity = kMaxQuantBlock * int64_t(sizeof(float)) / int64_t(sizeof(T));
-  alignas(64) T tiles[kMaxStreams][kCapacity];
+  alignas(64) T buffer[kMaxStreams * kCapacity];
+  T* tiles[kMaxStreams];
   void* operands[kMaxStreams] = {};
   bool in_tile[kMaxStreams] = {};
   bool quantized = false;
@@ -650,6 +666,7 @@ void staged(const void* scalars, void* const* streams, int64_t begin, int64_t en
   }
   const int64_t block = s.block_size;
   const int64_t tile = !quantized ? kTile : block >= kTile ? block : kTile / block * block;
+  for (int k = 0; k < kMaxStreams; ++k) tiles[k] = buffer + k * tile;
   const T grad_scale = T(s.grad_scale);
   for (int64_t start = begin; start < end; start += tile) {
     const int64_t n = end - start < tile ? end - start : tile;

@@ -62,10 +62,12 @@ QuantMap build_map(bool is_signed) {
     map.thresholds[j] = threshold;
   }
   map.thresholds[kQuantCodes - 1] = std::numeric_limits<float>::infinity();
-  // Each bucket of magnitudes (kernel_types.hpp): its lowest and highest value
-  // for either sign, and the check that at most one threshold lies between.
+  // Each bucket (kernel_types.hpp): its lowest and highest value for either
+  // sign, and the threshold between them, if any.
+  constexpr std::int32_t kNone = 1 << 16;  // above every 16-bit value: no threshold in the bucket
   for (int bucket = 0; bucket < kQuantBucketsPerSign; ++bucket) {
-    std::uint32_t low_bits = 0, high_bits = (std::uint32_t(kQuantLowestExponent) << 23) - 1u;
+    // Bucket 0: every magnitude up to the top of exponent kQuantLowestExponent - 1's first bucket.
+    std::uint32_t low_bits = 0, high_bits = (std::uint32_t(kQuantLowestExponent - 1) << 23) | ((1u << (23 - kQuantBucketMantissaBits)) - 1u);
     if (bucket > 0) {
       const std::uint32_t exponent = std::uint32_t(bucket >> kQuantBucketMantissaBits) + kQuantLowestExponent - 1u;
       const std::uint32_t mantissa = std::uint32_t(bucket) & ((1u << kQuantBucketMantissaBits) - 1u);
@@ -75,10 +77,16 @@ QuantMap build_map(bool is_signed) {
     const float low = float_of(low_bits), high = float_of(high_bits);
     for (int negative = 0; negative < 2; ++negative) {
       const float lowest = negative ? -high : low, highest = negative ? -low : high;
-      const int first = count_at_most(map, lowest);
-      if (count_at_most(map, highest) - first > 1)
+      const int first = count_at_most(map, lowest), inside = count_at_most(map, highest) - first;
+      if (inside > 1 || (bucket == 0 && inside > 0))
         throw std::logic_error("a bucket of the 8-bit encoder holds two thresholds: use more mantissa bits");
-      map.first_code[bucket + negative * kQuantBucketsPerSign] = static_cast<std::uint8_t>(first);
+      std::int32_t threshold = kNone;
+      if (inside == 1) {
+        const auto low16 = static_cast<std::int32_t>(bits_of(map.thresholds[first]) & 0xFFFFu);
+        threshold = negative ? -low16 : low16;  // x < 0: x >= t exactly when |x| <= |t|
+      }
+      map.buckets[bucket + negative * kQuantBucketsPerSign] = static_cast<std::int32_t>(
+          static_cast<std::uint32_t>(threshold) << 8 | static_cast<std::uint32_t>(first));
     }
   }
   return map;
