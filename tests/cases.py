@@ -296,6 +296,23 @@ PRECISIONS = (
 )
 PRECISION_IDS = [p.name for p in PRECISIONS]
 
+# 8-bit block-quantized state (docs/precision.md) in every param mode; the
+# tests set min_8bit_size low enough that small arrays are quantized too.
+EIGHT_BIT = {"state_bits": 8}
+QUANTIZED_PRECISIONS = (
+    Precision("float32-8bit", FLOAT32, EIGHT_BIT),
+    Precision("bfloat16-8bit", bfloat16, EIGHT_BIT),
+    Precision("float16-8bit", FLOAT16, EIGHT_BIT),
+    Precision("bfloat16-8bit-master-weights", bfloat16, {**EIGHT_BIT, "master_weights": True}),
+    Precision("bfloat16-8bit-kahan", bfloat16, {**EIGHT_BIT, "kahan_sum": True}),
+    Precision("float16-8bit-stochastic", FLOAT16, {**EIGHT_BIT, "rounding": "stochastic", "seed": 7}),
+    Precision("float32-8bit-blocks-64", FLOAT32, {**EIGHT_BIT, "block_size": 64}),
+    Precision("float32-8bit-blocks-192", FLOAT32, {**EIGHT_BIT, "block_size": 192}),  # not a divisor of a tile
+    Precision("bfloat16-8bit-blocks-1024", bfloat16, {**EIGHT_BIT, "block_size": 1024}),  # a block over tiles
+    Precision("float32-8bit-grad-scale", FLOAT32, EIGHT_BIT, grad_scale=1000.0),
+)
+QUANTIZED_PRECISION_IDS = [p.name for p in QUANTIZED_PRECISIONS]
+
 
 # ------------------------------------------------------ lists derived from RULES
 

@@ -343,15 +343,15 @@ def _checked_state(saved: Any, param: np.ndarray, keys: Iterable[str], scalar_ke
         if key in quantized_keys:
             entry.update(_checked_codes(saved, key, param, block_size, where))
             continue
+        if array.dtype == np.uint8:
+            raise ValueError(f"{where}[{key!r}] holds 8-bit codes, but this param keeps unquantized state "
+                             "(the group's state_bits or min_8bit_size differ from the saved run's)")
         allowed = state_dtypes(key, param.dtype)
         if array.dtype not in allowed:
             raise TypeError(
                 f"{where}[{key!r}] has dtype {array.dtype}, the param has {param.dtype} (it may be "
                 f"{' or '.join(str(d) for d in allowed)}; fusedopt never converts dtypes)"
             )
-        if array.dtype == np.uint8:
-            raise ValueError(f"{where}[{key!r}] holds 8-bit codes, but this param keeps unquantized state "
-                             "(the group's state_bits or min_8bit_size differ from the saved run's)")
         if array.shape != param.shape:
             raise ValueError(f"{where}[{key!r}] has shape {array.shape}, the param has {param.shape}")
         entry[key] = np.empty_like(param, dtype=array.dtype)  # a private copy, in the param's layout
