@@ -670,6 +670,8 @@ BYTES_PER_ELEMENT = [
     (FLOAT16, {}, 14, 10),
     (bfloat16, {"kahan_sum": True}, 18, 14),
     (np.dtype(np.float64), {}, 56, 40),
+    (FLOAT32, {"state_bits": 8}, 16, 14),  # codes 1 B each way; the scales (8 B per block) are not counted
+    (bfloat16, {"state_bits": 8}, 10, 8),
 ]
 
 
