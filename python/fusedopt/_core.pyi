@@ -38,6 +38,8 @@ class Rule:
         """Validate one param group's hyperparameters (errors name group `index`)."""
     def state_keys(self, group: dict[str, Any]) -> list[str]:
         """The names of the state arrays the rule keeps for a group's params, in stream order."""
+    def state_signs(self, group: dict[str, Any]) -> dict[str, bool]:
+        """{state array key: True if signed, False if never negative}: the 8-bit map each array uses."""
     def state_spec(self, group: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
         """({state array key: initial element value}, {scalar state key: initial value})."""
     def initial_state(self, group: dict[str, Any], param: np.ndarray, index: int = 0) -> dict[str, Any]:
@@ -83,6 +85,19 @@ def check_params(params: Sequence[np.ndarray], first_index: int = 0) -> None:
 
 def convert(source: np.ndarray, destination: np.ndarray) -> None:
     """destination <- source (one of them float32) with the kernels' conversions: round to nearest even."""
+
+def quantization_map(signed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, thresholds) of 8-bit state: the 256 ascending float32 codes (bitsandbytes' dynamic map), and
+    per pair of neighbours the smallest float32 nearer the upper code (ties up); the last threshold is inf."""
+
+def keeps_8bit_state(group: dict[str, Any], elements: int, index: int = 0) -> bool:
+    """Whether a param of `elements` elements in this group keeps 8-bit (block-quantized) state."""
+
+def quantize(values: np.ndarray, codes: np.ndarray, absmax: np.ndarray, block_size: int, signed: bool) -> None:
+    """codes (uint8), absmax (float32, one per block) <- float32 values, with the active target's kernel (tests)."""
+
+def dequantize(codes: np.ndarray, absmax: np.ndarray, values: np.ndarray, block_size: int, signed: bool) -> None:
+    """values (float32) <- codes * absmax of their block, with the active target's kernel (tests)."""
 
 def roof(tensors: Sequence[Sequence[np.ndarray]]) -> None:
     """Memory roof: for each [a_1, ..., a_k, b], a_i += b in place (benchmarks only)."""

@@ -7,7 +7,8 @@ Every class also takes the keyword options of
 :class:`~fusedopt.optimizer.Optimizer`: ``nonfinite="apply" | "skip" | "raise"``,
 what a step does when a gradient holds a NaN or an infinity, and the
 storage options ``state_dtype``, ``master_weights``, ``kahan_sum``,
-``rounding`` and ``seed`` (docs/precision.md).
+``rounding``, ``seed``, ``state_bits``, ``block_size`` and ``min_8bit_size``
+(docs/precision.md).
 """
 
 from __future__ import annotations
