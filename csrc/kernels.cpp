@@ -746,6 +746,52 @@ void roof(const void* scalars, void* const* streams, int64_t begin, int64_t end)
   if (s.read == 5 && s.written == 4) return roof_loop<T, 5, 4>(streams, begin, end);
 }
 
+// The roof of streams of mixed widths: per tile, the read-only streams are
+// summed into 32-bit lanes, added to every updated stream and written to
+// every stored one (wrapping to the stream's width). Integer adds of
+// zero-extended elements: the traffic of the step, none of its arithmetic.
+template <class U>
+void add_into(const void* stream, int64_t start, std::uint32_t* __restrict sum, int64_t n) {
+  const U* __restrict in = static_cast<const U*>(stream) + start;
+  for (int64_t i = 0; i < n; ++i) sum[i] += static_cast<std::uint32_t>(in[i]);
+}
+
+template <class U>
+void update_with(void* stream, int64_t start, const std::uint32_t* __restrict sum, int64_t n, bool keep) {
+  U* __restrict out = static_cast<U*>(stream) + start;
+  if (keep)
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<U>(out[i] + sum[i]);
+  else
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<U>(sum[i]);
+}
+
+void bytes_roof(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  const auto& s = *static_cast<const BytesRoofScalars*>(scalars);
+  alignas(64) std::uint32_t sum[kTile];
+  for (int64_t start = begin; start < end; start += kTile) {
+    const int64_t n = end - start < kTile ? end - start : kTile;
+    for (int64_t i = 0; i < n; ++i) sum[i] = 0;
+    for (int k = s.updated; k < s.updated + s.read; ++k) {
+      switch (s.widths[k]) {
+        case 1: add_into<std::uint8_t>(streams[k], start, sum, n); break;
+        case 2: add_into<std::uint16_t>(streams[k], start, sum, n); break;
+        case 4: add_into<std::uint32_t>(streams[k], start, sum, n); break;
+        default: add_into<std::uint64_t>(streams[k], start, sum, n); break;
+      }
+    }
+    for (int k = 0; k < s.updated + s.read + s.stored; ++k) {
+      if (k >= s.updated && k < s.updated + s.read) continue;
+      const bool keep = k < s.updated;
+      switch (s.widths[k]) {
+        case 1: update_with<std::uint8_t>(streams[k], start, sum, n, keep); break;
+        case 2: update_with<std::uint16_t>(streams[k], start, sum, n, keep); break;
+        case 4: update_with<std::uint32_t>(streams[k], start, sum, n, keep); break;
+        default: update_with<std::uint64_t>(streams[k], start, sum, n, keep); break;
+      }
+    }
+  }
+}
+
 // -------------------------------------------------------- gradient passes
 // The non-finite guard and gradient clipping. A reduction over floats only
 // vectorises if the compiler may reorder the sum, which -ffp-contract=off
@@ -869,6 +915,7 @@ extern const KernelTable kernel_table = {
     },
     {scale<float>, scale<double>},
     {clamp<float>, clamp<double>},
+    bytes_roof,
     {float32_from_float32, float64_to_float32, bf16_to_float32, f16_to_float32},
     {float32_to_float32, float32_to_float64, float32_to_bf16, float32_to_f16},
 };
