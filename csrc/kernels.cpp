@@ -641,13 +641,30 @@ inline void store_nearest(Dtype dtype, const float* __restrict tile, void* strea
     float32_to_f16(tile, bits, n);
 }
 
+// The random bits of elements [start, start + n) of a tensor, as random16
+// draws them, in a loop that vectorises: the index's high half is the same
+// for the whole tile but where a tile crosses a multiple of 2^32.
+inline void random_bits(std::uint64_t key, int64_t start, std::uint32_t* __restrict out, int64_t n) {
+  const auto first = static_cast<std::uint64_t>(start);
+  if ((first >> 32) != ((first + static_cast<std::uint64_t>(n) - 1) >> 32)) {
+    for (int64_t i = 0; i < n; ++i) out[i] = random16(key, start + i);
+    return;
+  }
+  const auto low = static_cast<std::uint32_t>(first), low_key = static_cast<std::uint32_t>(key);
+  const auto high = static_cast<std::uint32_t>(first >> 32) ^ static_cast<std::uint32_t>(key >> 32);
+  for (int64_t i = 0; i < n; ++i)
+    out[i] = mix32(mix32((low + static_cast<std::uint32_t>(i)) ^ low_key) ^ high) >> 16;
+}
+
 inline void store_stochastic(Dtype dtype, const float* __restrict tile, void* stream, int64_t start, int64_t n,
                              std::uint64_t key) {
   std::uint16_t* __restrict out = static_cast<std::uint16_t*>(stream) + start;
+  alignas(64) std::uint32_t random[kTile];
+  random_bits(key, start, random, n);
   if (dtype == kBfloat16) {
-    for (int64_t i = 0; i < n; ++i) out[i] = bf16_stochastic(tile[i], random16(key, start + i));
+    for (int64_t i = 0; i < n; ++i) out[i] = bf16_stochastic(tile[i], random[i]);
   } else {
-    for (int64_t i = 0; i < n; ++i) out[i] = f16_stochastic(tile[i], random16(key, start + i));
+    for (int64_t i = 0; i < n; ++i) out[i] = f16_stochastic(tile[i], random[i]);
   }
 }
 
@@ -655,26 +672,25 @@ inline void store_stochastic(Dtype dtype, const float* __restrict tile, void* st
 // stored param and c the compensation, both in `dtype`, and w' the kernel's
 // float result:
 //   y <- c + (w' - w);  w <- round(w + y);  c <- round(y - (w_new - w))
-template <class Load, class Round>
-void kahan_loop(const float* __restrict updated, std::uint16_t* __restrict w, std::uint16_t* __restrict c,
-                int64_t n, Load load, Round round) {
+// A pass per line over the tile, so that the conversions run in bulk.
+inline void store_kahan(Dtype dtype, const float* __restrict updated, void* stream, void* compensation,
+                        int64_t start, int64_t n) {
+  void* w = static_cast<std::uint16_t*>(stream) + start;
+  void* c = static_cast<std::uint16_t*>(compensation) + start;
+  const bool bf16 = dtype == kBfloat16;
+  const auto load = bf16 ? bf16_to_float32 : f16_to_float32;
+  const auto store = bf16 ? float32_to_bf16 : float32_to_f16;
+  alignas(64) float old[kTile], carry[kTile], sum[kTile];
+  load(w, old, n);
+  load(c, carry, n);
   for (int64_t i = 0; i < n; ++i) {
-    const float old = load(w[i]);
-    const float y = load(c[i]) + (updated[i] - old);  // the update plus what earlier stores dropped
-    const std::uint16_t stored = round(old + y);
-    w[i] = stored;
-    c[i] = round(y - (load(stored) - old));           // what this store dropped
+    carry[i] = carry[i] + (updated[i] - old[i]);  // y: the update plus what earlier stores dropped
+    sum[i] = old[i] + carry[i];
   }
-}
-
-inline void store_kahan(Dtype dtype, const float* tile, void* stream, void* compensation, int64_t start,
-                        int64_t n) {
-  auto* w = static_cast<std::uint16_t*>(stream) + start;
-  auto* c = static_cast<std::uint16_t*>(compensation) + start;
-  if (dtype == kBfloat16)
-    kahan_loop(tile, w, c, n, bf16_load, bf16_nearest);
-  else
-    kahan_loop(tile, w, c, n, f16_load, f16_nearest);
+  store(sum, w, n);  // w <- round(w + y)
+  load(w, sum, n);   // the value stored
+  for (int64_t i = 0; i < n; ++i) carry[i] = carry[i] - (sum[i] - old[i]);  // what this store dropped
+  store(carry, c, n);
 }
 
 template <class T>
