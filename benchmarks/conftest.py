@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import shlex
 
-import numpy as np
 
 import fusedopt
 from fusedopt.bench import cli
@@ -43,13 +42,14 @@ def pytest_generate_tests(metafunc):
         return
     settings = metafunc.config._fusedopt_bench_settings
     cases, ids = [], []
-    for dtype in map(np.dtype, settings.dtypes):
+    for precision in settings.precisions:
         for workload in settings.workloads:
             for rule in settings.rules:
                 for impl in settings.implementations():
-                    if impl.unavailable(rule) is None:  # e.g. torch has no fused Adadelta: no case
-                        cases.append((rule, dtype, workload, impl))
-                        ids.append(f"{rule.key}-{dtype.name}-{workload.name}-{impl.label.replace(' ', '_')}")
+                    # e.g. torch has no fused Adadelta, nor float32 state for bfloat16 params: no case
+                    if impl.unavailable(rule) is None and impl.refuses(precision) is None:
+                        cases.append((rule, precision, workload, impl))
+                        ids.append(f"{rule.key}-{precision.name}-{workload.name}-{impl.label.replace(' ', '_')}")
     metafunc.parametrize("case", cases, ids=ids)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import fusedopt
 from fusedopt import _core
 from fusedopt.bench import implementations, rules, workloads
+from fusedopt.bench.precisions import PRECISIONS
 from fusedopt.bench.report import format_time
 from fusedopt.bench.timing import measure
 
@@ -29,7 +30,7 @@ SIZES = [1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
 def step_time(rule, n, dtype, threads, seconds):
     params, grads = workloads.make_arrays(workloads.single_tensor(n), dtype)
     impl = implementations.make("fusedopt", threads, fusedopt.cpu_features()["isa"])
-    with impl.prepared(rule, params, grads) as step:
+    with impl.prepared(rule, PRECISIONS[np.dtype(dtype).name], params, [grads]) as step:
         return measure(step, seconds=seconds).median
 
 

@@ -1,8 +1,8 @@
-"""One optimizer step of each implementation on each (rule, dtype, workload),
+"""One optimizer step of each implementation on each (rule, precision, workload),
 as a pytest-benchmark suite: the measurements of ``python -m fusedopt bench``
 with pytest-benchmark's timing, comparison and storage.
 
-Grouped by rule, dtype and workload, so each group compares fusedopt, the
+Grouped by rule, precision and workload, so each group compares fusedopt, the
 roof and the peers on the same arrays. ``extra_info`` records the
 implementation, its threads and SIMD target, the minimal traffic and GB/s.
 """
@@ -24,16 +24,17 @@ def _arrays(workload, dtype, seed):
 
 
 def test_step(benchmark, case, request):
-    rule, dtype, workload, impl = case
+    rule, precision, workload, impl = case
     settings = request.config._fusedopt_bench_settings
-    params, grads = _arrays(workload, dtype, settings.seed)
-    traffic = workload.elements * rule.bytes_per_element(dtype)
-    benchmark.group = f"{rule.key} {dtype.name} {workload.name}"
+    params, grads = _arrays(workload, precision.numpy_dtype, settings.seed)
+    traffic = workload.elements * precision.bytes_per_element(rule)
+    benchmark.group = f"{rule.key} {precision.name} {workload.name}"
     benchmark.extra_info.update(
-        rule=rule.describe(), dtype=dtype.name, workload=workload.name, elements=workload.elements,
-        implementation=impl.label, target=impl.target, threads=impl.threads, bytes_per_step=traffic,
+        rule=rule.describe(), precision=precision.name, dtype=precision.dtype, workload=workload.name,
+        elements=workload.elements, implementation=impl.label, target=impl.target, threads=impl.threads,
+        bytes_per_step=traffic,
     )
-    with impl.prepared(rule, [p.copy() for p in params], grad_sets(rule, grads)) as step:
+    with impl.prepared(rule, precision, [p.copy() for p in params], grad_sets(rule, grads)) as step:
         for _ in range(2):  # warm up: every page touched, torch's lazy state made
             step()
         benchmark(step)

@@ -239,6 +239,10 @@ PYBIND11_MODULE(_core, m) {
       "values <- codes * absmax of their block, with the active target's kernel (tests use it).");
   m.def("roof", &fusedopt::roof, "tensors"_a,
         "Memory roof: for each [a_1, ..., a_k, b], a_i += b in place (benchmarks only).");
+  m.def("bytes_roof", &fusedopt::bytes_roof, "tensors"_a,
+        "Memory roof of mixed storage: for each (updated, read, stored), the read arrays' sum (as\n"
+        "unsigned integers of their width) is added to the updated ones and written to the stored ones\n"
+        "(benchmarks only).");
 
   m.def("num_threads", &fusedopt::num_threads, "The thread count a large step uses now.");
   m.def("thread_override", &fusedopt::thread_override,

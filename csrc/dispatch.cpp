@@ -36,7 +36,7 @@ namespace {
 // instruction on a CPU that has it still faults if the OS does not save the
 // ZMM registers, which XCR0 tells.
 struct CpuFeatures {
-  bool sse2 = false, avx = false, avx2 = false, fma = false;
+  bool sse2 = false, avx = false, avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512vl = false, avx512bw = false, avx512dq = false;
   bool os_saves_ymm = false, os_saves_zmm = false;
   bool neon = false;
@@ -57,6 +57,7 @@ CpuFeatures detect_features() {
   if (__get_cpuid(1, &eax, &ebx, &ecx, &edx)) {
     f.sse2 = edx & (1u << 26);
     f.fma = ecx & (1u << 12);
+    f.f16c = ecx & (1u << 29);
     f.avx = ecx & (1u << 28);
     if (ecx & (1u << 27)) {  // OSXSAVE: XCR0 can be read
       const std::uint64_t xcr0 = read_xcr0();
@@ -94,13 +95,13 @@ const std::vector<Target>& compiled() {
 #ifdef FUSEDOPT_HAVE_AVX512
       {"avx512", &avx512::kernel_table,
        [](const CpuFeatures& f) {
-         return f.avx512f && f.avx512vl && f.avx512bw && f.avx512dq && f.avx2 && f.fma &&
+         return f.avx512f && f.avx512vl && f.avx512bw && f.avx512dq && f.avx2 && f.fma && f.f16c &&
                 f.os_saves_zmm;
        }},
 #endif
 #ifdef FUSEDOPT_HAVE_AVX2
       {"avx2", &avx2::kernel_table,
-       [](const CpuFeatures& f) { return f.avx2 && f.fma && f.avx && f.os_saves_ymm; }},
+       [](const CpuFeatures& f) { return f.avx2 && f.fma && f.f16c && f.avx && f.os_saves_ymm; }},
 #endif
 #ifdef FUSEDOPT_HAVE_SSE2
       {"sse2", &sse2::kernel_table, [](const CpuFeatures& f) { return f.sse2; }},
@@ -142,9 +143,9 @@ std::vector<std::string> cpu_flags() {
   const CpuFeatures& f = cpu();
   const std::pair<const char*, bool> all[] = {
       {"sse2", f.sse2},         {"avx", f.avx},           {"avx2", f.avx2},
-      {"fma", f.fma},           {"avx512f", f.avx512f},   {"avx512vl", f.avx512vl},
-      {"avx512bw", f.avx512bw}, {"avx512dq", f.avx512dq}, {"os_saves_ymm", f.os_saves_ymm},
-      {"os_saves_zmm", f.os_saves_zmm}, {"neon", f.neon}};
+      {"fma", f.fma},           {"f16c", f.f16c},         {"avx512f", f.avx512f},
+      {"avx512vl", f.avx512vl}, {"avx512bw", f.avx512bw}, {"avx512dq", f.avx512dq},
+      {"os_saves_ymm", f.os_saves_ymm}, {"os_saves_zmm", f.os_saves_zmm}, {"neon", f.neon}};
   std::vector<std::string> names;
   for (const auto& [name, present] : all)
     if (present) names.emplace_back(name);

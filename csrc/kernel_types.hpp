@@ -141,6 +141,7 @@ struct KernelTable {
   ReduceKernel norm_partial[kNormKindCount][kFloatDtypeCount];
   Kernel scale[kFloatDtypeCount];  // streams[0] *= factor            (ScaleScalars)
   Kernel clamp[kFloatDtypeCount];  // streams[0] = clamp(., -c, c)    (ClampScalars)
+  Kernel bytes_roof;               // benchmarks only                  (BytesRoofScalars)
   // Conversions between storage and float32 (tests and the reference check them):
   // to_float32[d](src, dst, n) and from_float32[d](src, dst, n), round to nearest even.
   void (*to_float32[kDtypeCount])(const void* src, float* dst, std::int64_t count);
@@ -240,6 +241,15 @@ struct ClampScalars {
 // are only read.
 struct RoofScalars {
   int read, written;
+};
+
+// The memory roof of mixed storage (16-bit params with float32 state, master
+// weights, 8-bit codes): streams of 1, 2, 4 or 8 bytes, as unsigned
+// integers. Streams [0, updated) are read and written back, the next `read`
+// ones only read, the last `stored` ones only written.
+struct BytesRoofScalars {
+  int updated, read, stored;
+  int widths[kMaxStreams];  // bytes per element of each stream
 };
 
 }  // namespace fusedopt

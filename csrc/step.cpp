@@ -407,6 +407,50 @@ void roof(py::handle tensors_in) {
   run_tasks(tasks);
 }
 
+void bytes_roof(py::handle tensors_in) {
+  const KernelTable& table = active_kernels();
+  const py::tuple tensors = snapshot(tensors_in, "tensors");
+  std::vector<BytesRoofScalars> scalars(tensors.size());  // sized once: the tasks point into it
+  std::vector<Task> tasks;
+  std::vector<py::array> arrays;
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const py::tuple parts = snapshot(tensors[i], "a roof tensor");
+    if (parts.size() != 3) throw py::value_error("a roof tensor is (updated, read, stored), three lists of arrays");
+    BytesRoofScalars& s = scalars[i];
+    int* const counts[3] = {&s.updated, &s.read, &s.stored};
+    Task task{table.bytes_roof, &s, {}, 0, 0};
+    int stream = 0;
+    for (int part = 0; part < 3; ++part) {
+      const py::tuple list = snapshot(parts[static_cast<std::size_t>(part)], "a roof tensor's arrays");
+      *counts[part] = static_cast<int>(list.size());
+      for (py::handle item : list) {
+        if (stream == kMaxStreams)
+          throw py::value_error("a roof tensor has at most " + std::to_string(kMaxStreams) + " arrays");
+        if (!py::isinstance<py::array>(item)) throw py::type_error("a roof tensor's arrays must be NumPy arrays");
+        py::array a = py::reinterpret_borrow<py::array>(item);
+        const auto width = static_cast<int>(a.itemsize());
+        const bool written = part != 1;
+        if (!(a.flags() & py::array::c_style) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+          throw py::value_error("a roof tensor's arrays must be C-contiguous and aligned");
+        if (written && !a.writeable()) throw py::value_error("a roof tensor's written arrays must be writeable");
+        if (width != 1 && width != 2 && width != 4 && width != 8)
+          throw py::value_error("a roof array's elements must be 1, 2, 4 or 8 bytes");
+        if (stream == 0) task.size = a.size();
+        if (a.size() != task.size) throw py::value_error("a roof tensor's arrays must have one size");
+        s.widths[stream] = width;
+        task.streams[stream] = const_cast<void*>(a.data());  // read-only arrays are never written
+        task.bytes_per_element += width * (part == 0 ? 2 : 1);
+        arrays.push_back(std::move(a));
+        ++stream;
+      }
+    }
+    if (s.read == 0) throw py::value_error("a roof tensor reads at least one array");
+    tasks.push_back(task);
+  }
+  py::gil_scoped_release release;
+  run_tasks(tasks);
+}
+
 // ------------------------------------------------------- gradient passes
 
 namespace {

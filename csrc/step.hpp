@@ -50,6 +50,13 @@ void check_params(py::handle params, std::int64_t first_index);
 // parallel region. Same validation and threading as a step.
 void roof(py::handle tensors);
 
+// The memory roof of mixed storage: for each tensor, (updated, read, stored)
+// lists of C-contiguous arrays of one size, elements of 1, 2, 4 or 8 bytes
+// taken as unsigned integers; updated and stored arrays get the sum of the
+// read ones (added, or written). Benchmarks only: arrays that overlap are not
+// refused, they only give a wrong sum.
+void bytes_roof(py::handle tensors);
+
 // Passes over a list of gradients (None entries are skipped; every array a
 // C-contiguous, aligned float32/float64 ndarray; errors name grads[i]).
 

@@ -467,3 +467,27 @@ def resume_and_uninterrupted(name, kwargs, start, grads, stop, carry_over, grad_
     for g in grads[stop:]:
         resumed.step(g, grad_scale=grad_scale)
     return resumed, uninterrupted
+
+
+def core_bytes_per_element(name, kwargs, dtype, options):
+    """The core's count of the bytes a step moves per element, read back
+    through the serial cutoff: a step of n elements runs on one thread
+    exactly when the cutoff exceeds n * bytes."""
+    n = 4096
+
+    def serial(count):
+        opt = getattr(fusedopt, name)([np.ones(n, dtype)], **kwargs, **options)
+        previous = _core.set_serial_cutoff_bytes(n * count + 1)
+        try:
+            with fusedopt.threads(2):
+                opt.step([np.ones(n, dtype)])
+        finally:
+            _core.set_serial_cutoff_bytes(previous)
+        return _core.last_team_size() == 1
+
+    low, high = 0, 128  # serial(high), not serial(low): bisect to the first serial count
+    assert serial(high) and not serial(low)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if serial(middle) else (middle, high)
+    return high

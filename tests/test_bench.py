@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 import fusedopt
-from cases import CASE_IDS, CASES, all_arrays, assert_same_state
+from cases import CASE_IDS, CASES, all_arrays, assert_same_state, core_bytes_per_element
+from fusedopt import _core
 from fusedopt.bench import baselines, contention, cython_loop, rules, workloads
+from fusedopt.bench.precisions import PRECISIONS
 
 FEATURES = fusedopt.cpu_features()
 THREADS = sorted({1, fusedopt.get_num_threads()})
@@ -125,26 +127,55 @@ def png_text(png: bytes) -> dict[str, str]:
 
 
 def test_deepspeed_is_a_peer_when_asked_for(tmp_path):
-    """--impls deepspeed: DeepSpeedCPUAdam on Adam and AdamW in float32, a note
-    for what it cannot run, and a note (not a failure) when it is not installed."""
+    """--impls deepspeed: DeepSpeedCPUAdam on Adam and AdamW in the precision
+    modes it has (float32; bfloat16 with its state in bfloat16 or float32), a
+    note for what it cannot run, and a note (not a failure) when it is not
+    installed."""
     out = run_bench(tmp_path, "--rules", "adam,adamw,sgd", "--sizes", "1e3", "--models", "none",
-                    "--dtypes", "float32,float64", "--impls", "fusedopt,deepspeed", "--threads", "1",
+                    "--dtypes", "float32,float64,bfloat16", "--impls", "fusedopt,deepspeed", "--threads", "1",
                     "--seconds", "0.01", "--min-samples", "3", "--json", str(tmp_path / "bench.json"),
                     timeout=1800, user_cache=True)  # DeepSpeed's first use builds its kernel: minutes
     assert "DeepSpeed builds its CPU Adam on first use with -march=native" in out
-    rows = {(row["rule"], row["dtype"]): row for row in json.loads((tmp_path / "bench.json").read_text())["results"]
+    rows = {(row["rule"], row["precision"]): row for row in json.loads((tmp_path / "bench.json").read_text())["results"]
             if row["family"] == "deepspeed"}
-    assert set(rows) == {(rule, dtype) for rule in ("adam", "adamw", "sgd") for dtype in ("float32", "float64")}
-    for (rule, dtype), row in rows.items():
+    precisions = ["float32", "float64", "bfloat16", "bfloat16+fp32-state", "bfloat16+master", "bfloat16+kahan",
+                  "bfloat16+stochastic"]
+    assert set(rows) == {(rule, precision) for rule in ("adam", "adamw", "sgd") for precision in precisions}
+    runs = ("float32", "bfloat16", "bfloat16+fp32-state")
+    for (rule, precision), row in rows.items():
         if not HAVE_DEEPSPEED:
             assert row["skipped"].startswith("deepspeed is not installed (pip install 'fusedopt[peers]')")
         elif rule == "sgd":
             assert row["skipped"] == "DeepSpeed's CPU optimizer is Adam and AdamW only, not SGD(lr=0.001)"
-        elif dtype == "float64":
-            assert row["skipped"] == "DeepSpeedCPUAdam here steps float32, not float64"
+        elif precision not in runs:
+            assert row["skipped"] == (f"DeepSpeedCPUAdam steps float32, bfloat16, float16, bfloat16+fp32-state, "
+                                      f"float16+fp32-state, not {precision}")
         else:
             assert row["skipped"] is None and row["seconds"]["median"] > 0
     assert "vs deepspeed" in out
+
+
+def test_precision_modes_are_workloads_with_their_peers(tmp_path):
+    """--dtypes bfloat16: every bfloat16 mode, each with its bytes per element
+    and its roof; torch runs the mode it has (state in bfloat16, round to
+    nearest) on tensors sharing the arrays' memory, and is not run in the others."""
+    run_bench(tmp_path, "--rules", "adam", "--sizes", "1e3", "--models", "none", "--dtypes", "bfloat16,float16+master",
+              "--impls", "roof,fusedopt,numpy,torch-fused", "--threads", "1", "--seconds", "0.01",
+              "--min-samples", "3", "--json", str(tmp_path / "bench.json"))
+    document = json.loads((tmp_path / "bench.json").read_text())
+    rows = {(row["precision"], row["family"]): row for row in document["results"]}
+    bytes_per_element = {"bfloat16": 14, "bfloat16+fp32-state": 22, "bfloat16+master": 28, "bfloat16+kahan": 18,
+                         "bfloat16+stochastic": 14, "float16+master": 28}
+    assert list(document["settings"]["precisions"]) == list(bytes_per_element)
+    for (precision, family), row in rows.items():
+        assert row["bytes_per_element"] == bytes_per_element[precision] and row["tensors"] == 1
+        assert row["dtype"] == precision.split("+")[0]
+        if family == "torch fused" and precision != "bfloat16":
+            assert row["skipped"].startswith("torch.optim keeps state in the param's dtype"), row["skipped"]
+        else:
+            assert row["skipped"] is None and row["seconds"]["median"] > 0, (precision, family, row["skipped"])
+        if family in ("fusedopt", "numpy", "torch fused") and row["skipped"] is None:
+            assert row["percent_of_roof"] > 0
 
 
 @pytest.mark.parametrize("kind", ["python", "fusedopt"])
@@ -281,16 +312,59 @@ def test_minimal_traffic_per_rule():
     assert rules.rule_named("nadam").state_keys == ["exp_avg", "exp_avg_sq"]  # mu_product is a scalar
 
 
-def test_roof_covers_every_rule():
-    """The roof kernel has each rule's streams: no rule is left without its roof."""
+@pytest.mark.parametrize("precision", list(PRECISIONS.values()), ids=list(PRECISIONS))
+def test_roof_covers_every_rule_in_every_precision(precision):
+    """The roof kernel has each rule's streams in each mode's widths: no
+    rule is left without its roof. The float roof adds g to w as floats, the
+    roof of mixed widths as unsigned integers of w's width; with master
+    weights the param is only written (the sum of what was read, g)."""
     from fusedopt.bench import implementations
     roof = implementations.make("roof", 1, FEATURES["isa"])
     for rule in rules.RULES:
         assert roof.unavailable(rule) is None, rule.key
-        params, grads = [np.ones(5, np.float32)], [np.full(5, 2.0, np.float32)]
-        with roof.prepared(rule, params, [grads]) as step:
+        param = np.ones(300, np.float32).astype(precision.numpy_dtype)
+        grad = np.full(300, 2.0, np.float32).astype(precision.numpy_dtype)
+        start = param.copy()
+        with roof.prepared(rule, precision, [param], [[grad]]) as step:
             step()
-        assert np.array_equal(params[0], np.full(5, 3.0, np.float32)), rule.key  # w += g
+        if precision.is_plain and precision.dtype in ("float32", "float64"):
+            want = start + grad
+        else:
+            width = f"u{param.itemsize}"
+            want = grad.view(width) if precision.options.get("master_weights") else start.view(width) + grad.view(width)
+            param = param.view(width)
+        np.testing.assert_array_equal(param, want, err_msg=f"{rule.key} {precision.name}")
+
+
+@pytest.mark.parametrize("precision", list(PRECISIONS.values()), ids=list(PRECISIONS))
+def test_bytes_per_element_are_the_cores_count(precision):
+    """The bench's traffic per mode is what the core counts for its serial cutoff."""
+    for rule in rules.RULES:
+        want = core_bytes_per_element(rule.optimizer, dict(rule.kwargs), precision.numpy_dtype, dict(precision.options))
+        assert precision.bytes_per_element(rule) == want, rule.key
+
+
+def test_bytes_roof_sums_and_refuses_bad_arrays():
+    updated = [np.full(1000, 7, np.uint8), np.full(1000, 1, np.uint32)]
+    read = [np.full(1000, 3, np.uint16), np.full(1000, 2, np.uint64)]
+    stored = [np.zeros(1000, np.uint16)]
+    _core.bytes_roof([(updated, read, stored)])
+    assert (updated[0] == 12).all() and (updated[1] == 6).all() and (stored[0] == 5).all()
+    bad = [
+        (([np.zeros(3, np.uint8)], [np.zeros(4, np.uint8)], []), ValueError, "one size"),
+        (([np.zeros(3, np.uint8)], [], []), ValueError, "reads at least one"),
+        (([np.zeros(3, np.uint8)[::-1]], [np.zeros(3, np.uint8)], []), ValueError, "C-contiguous"),
+        (([np.zeros(3, np.complex128)], [np.zeros(3, np.uint8)], []), ValueError, "1, 2, 4 or 8 bytes"),
+        (([np.zeros(3, np.uint8)] * 6, [np.zeros(3, np.uint8)], []), ValueError, "at most"),
+        (([[1, 2, 3]], [np.zeros(3, np.uint8)], []), TypeError, "NumPy arrays"),
+        (([np.zeros(3, np.uint8)], [np.zeros(3, np.uint8)]), ValueError, "three lists"),
+    ]
+    read_only = np.zeros(3, np.uint8)
+    read_only.flags.writeable = False
+    bad.append((([read_only], [np.zeros(3, np.uint8)], []), ValueError, "writeable"))
+    for tensor, error, message in bad:
+        with pytest.raises(error, match=message):
+            _core.bytes_roof([tensor])
 
 
 def test_rules_chosen_by_the_command_line():

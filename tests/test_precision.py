@@ -14,7 +14,7 @@ from fusedopt import _core, reference
 from fusedopt.precision import bfloat16
 from cases import (CASE_IDS, CASES, FULL_STATE_CASE_IDS, FULL_STATE_CASES, PRECISION_IDS, PRECISIONS, FLOAT16,
                    FLOAT32, all_arrays, assert_same_bits, bits, default_lr, on_target,
-                   resume_and_uninterrupted)
+                   core_bytes_per_element, resume_and_uninterrupted)
 from conftest import SUPPORTED_TARGETS
 
 SIXTEEN_BIT = [bfloat16, FLOAT16]
@@ -675,32 +675,8 @@ BYTES_PER_ELEMENT = [
 ]
 
 
-def bytes_per_element(name, dtype, options):
-    """The core's traffic count, read back through the serial cutoff: a step
-    of n elements runs on one thread exactly when the cutoff exceeds n * bytes."""
-    n = 4096
-    kwargs = {"momentum": 0.9} if name == "SGD" else {}
-
-    def serial(count):
-        opt = getattr(fusedopt, name)([np.ones(n, dtype)], **kwargs, **options)
-        previous = _core.set_serial_cutoff_bytes(n * count + 1)
-        try:
-            with fusedopt.threads(2):
-                opt.step([np.ones(n, dtype)])
-        finally:
-            _core.set_serial_cutoff_bytes(previous)
-        return _core.last_team_size() == 1
-
-    low, high = 0, 128  # serial(high), not serial(low): bisect to the first serial count
-    assert serial(high) and not serial(low)
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if serial(middle) else (middle, high)
-    return high
-
-
 @pytest.mark.parametrize("dtype, options, adam, sgd", BYTES_PER_ELEMENT,
                          ids=[f"{np.dtype(d).name}-{o}" for d, o, _, _ in BYTES_PER_ELEMENT])
 def test_bytes_per_element_are_the_table_above(dtype, options, adam, sgd):
-    assert bytes_per_element("Adam", dtype, options) == adam
-    assert bytes_per_element("SGD", dtype, options) == sgd
+    assert core_bytes_per_element("Adam", {}, dtype, options) == adam
+    assert core_bytes_per_element("SGD", {"momentum": 0.9}, dtype, options) == sgd

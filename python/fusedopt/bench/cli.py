@@ -9,12 +9,12 @@ import sys
 import time
 from typing import Callable, TypeVar
 
-import numpy as np
 
 import fusedopt
 
 from . import contention, report, runner, workloads
 from .implementations import FAMILIES, FAMILY_KEYS
+from .precisions import precisions_named
 from .rules import QUICK_RULES, RULES, rule_named
 
 __all__ = ["add_arguments", "main"]
@@ -44,10 +44,11 @@ def _listed(parse: Callable[[str], T], everything: list[T] | None = None) -> Cal
     return convert
 
 
-def _dtype(name: str) -> str:
-    if name not in ("float32", "float64"):
-        raise ValueError(f"dtype must be float32 or float64, got {name!r}")
-    return name
+
+
+def _unique(lists):
+    """The precisions of several --dtypes items, each once, in order."""
+    return list(dict.fromkeys(p for items in lists for p in items))
 
 
 def _model(name: str) -> str:
@@ -80,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "How much faster is fusedopt than NumPy, PyTorch and a plain compiled loop on this machine, and "
         "how close is it to the memory roof? Times one optimizer step of each implementation on each "
-        "rule, dtype and workload; prints a table per rule and dtype and a summary.")
+        "rule, precision and workload; prints a table per rule and precision and a summary.")
     parser.add_argument("--quick", action="store_true",
                         help="a short run (under a minute): rules " + ",".join(QUICK_RULES) +
                              ", float32, sizes " + ",".join(map(workloads.size_label, workloads.QUICK_SIZES)) +
@@ -93,7 +94,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "alone; default 0 and 1e3..1e8, sizes that do not fit in memory are skipped)")
     parser.add_argument("--models", type=_listed(_model, list(workloads.MODELS)), metavar="LIST",
                         help=f"multi-tensor workloads: {','.join(workloads.MODELS)}, all or none (default all)")
-    parser.add_argument("--dtypes", type=_listed(_dtype), metavar="LIST", help="float32,float64 (default both)")
+    parser.add_argument("--dtypes", type=_listed(precisions_named), metavar="LIST",
+                        help="float32,float64,bfloat16,float16: every precision mode of each (16-bit params with "
+                             "16-bit or float32 state, master weights, Kahan summation, stochastic rounding), or "
+                             "one mode by name, e.g. bfloat16+fp32-state (default float32,float64)")
     parser.add_argument("--threads", type=_listed(_threads), metavar="LIST",
                         help="thread counts for fusedopt and the roof; torch runs at the largest "
                              "(default 1 and fusedopt's default count)")
@@ -150,7 +154,7 @@ def settings_from(args: argparse.Namespace) -> runner.Settings:
         families.insert(1 if "roof" in families else 0, "fusedopt")  # every comparison is with fusedopt
     return runner.Settings(
         rules=list(chosen_rules),
-        dtypes=[np.dtype(d) for d in (args.dtypes or defaults["dtypes"])],
+        precisions=_unique(args.dtypes or [precisions_named(d) for d in defaults["dtypes"]]),
         workloads=chosen_workloads,
         threads=threads,
         targets=targets,

@@ -1,11 +1,13 @@
 """Everything the benchmark compares, behind one interface.
 
 An implementation says whether it can run a rule here (``unavailable``
-returns the reason it cannot) and, given params and grad sets, prepares a
-step: a callable that does one optimizer step over all params, with the
-grad sets in turn (see ``workloads.grad_sets``), with its threads and SIMD
-target set for as long as the ``prepared`` context lasts. A peer that finds
-it cannot run an array raises ``Unsupported`` there.
+returns the reason it cannot) and, given a precision mode (precisions.py),
+params and grad sets, prepares a step: a callable that does one optimizer
+step over all params, with the grad sets in turn (see
+``workloads.grad_sets``), with its threads and SIMD target set for as long
+as the ``prepared`` context lasts. ``refuses`` says why it cannot run a
+precision mode (None if it can). A peer that finds it cannot run an array
+raises ``Unsupported`` in ``prepared``.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import numpy as np
 
 import fusedopt
 from fusedopt import _core
+from fusedopt.precision import bfloat16
 
 from .baselines import tuned_numpy_class
+from .precisions import Precision, unsigned_view
 from .rules import BenchRule
 
 __all__ = ["Implementation", "Unsupported", "FAMILIES", "FAMILY_KEYS", "PEERS", "make"]
@@ -35,7 +39,7 @@ GradSets = Sequence[list[np.ndarray]]
 
 
 class Unsupported(Exception):
-    """A peer cannot run these arrays (a dtype it lacks): reported, not raised."""
+    """A peer cannot run these arrays: reported, not raised."""
 
 
 def _each_in_turn(step_with: Callable[[list[np.ndarray]], object], grad_sets: GradSets) -> Step:
@@ -76,10 +80,21 @@ class Implementation:
         """Why this cannot run ``rule`` here, or None if it can."""
         return None
 
+    def refuses(self, precision: Precision) -> str | None:
+        """Why this cannot run ``precision`` (a mode it lacks), or None if it can."""
+        return None
+
     @contextlib.contextmanager
-    def prepared(self, rule: BenchRule, params: list[np.ndarray], grad_sets: GradSets) -> Iterator[Step]:
+    def prepared(self, rule: BenchRule, precision: Precision, params: list[np.ndarray],
+                 grad_sets: GradSets) -> Iterator[Step]:
         raise NotImplementedError
         yield
+
+
+def _plain_floats_only(impl: Implementation, precision: Precision) -> str | None:
+    if precision.is_plain and precision.dtype in ("float32", "float64"):
+        return None
+    return f"{impl.family} is written for float32 and float64 arrays, not {precision.name}"
 
 
 @contextlib.contextmanager
@@ -96,17 +111,17 @@ class Fusedopt(Implementation):
     description = "fusedopt's optimizer: opt.step(grads), one call into C++"
 
     @contextlib.contextmanager
-    def prepared(self, rule, params, grad_sets):
+    def prepared(self, rule, precision, params, grad_sets):
         with _on_target(self.target), _threads(self.threads):
-            optimizer = getattr(fusedopt, rule.optimizer)(params, **rule.kwargs)
+            optimizer = getattr(fusedopt, rule.optimizer)(params, **rule.kwargs, **precision.options)
             yield _each_in_turn(optimizer.step, grad_sets)
 
 
 class Roof(Implementation):
     """Always on fusedopt's best target, so the label leaves the target out."""
 
-    description = ("the memory roof: a kernel in fusedopt's core with the rule's streams and "
-                   "trivial arithmetic (w and each state array += g, in place)")
+    description = ("the memory roof: a kernel in fusedopt's core with the rule's streams in the precision "
+                   "mode's widths and trivial arithmetic (w and each state array += g, in place)")
 
     @property
     def label(self):
@@ -118,11 +133,19 @@ class Roof(Implementation):
         return None
 
     @contextlib.contextmanager
-    def prepared(self, rule, params, grad_sets):
-        states = [[np.zeros_like(p) for _ in rule.state_keys] for p in params]
-        tensor_sets = [[[p, *s, g] for p, s, g in zip(params, states, grads)] for grads in grad_sets]
+    def prepared(self, rule, precision, params, grad_sets):
+        if precision.is_plain and precision.dtype in ("float32", "float64"):
+            states = [[np.zeros_like(p) for _ in rule.state_keys] for p in params]
+            tensor_sets = [[[p, *s, g] for p, s, g in zip(params, states, grads)] for grads in grad_sets]
+            roof = _core.roof
+        else:  # streams of mixed widths, as unsigned integers
+            first = [precision.roof_tensor(rule, p, g) for p, g in zip(params, grad_sets[0])]
+            tensor_sets = [[(updated, [unsigned_view(g)], stored) for (updated, _, stored), g in zip(first, grads)]
+                           for grads in grad_sets]  # the same state with each grad set
+            roof = _core.bytes_roof
         with _on_target(self.target), _threads(self.threads):
-            yield _each_in_turn(_core.roof, tensor_sets)
+            yield _each_in_turn(roof, tensor_sets)
+
 
 
 class NumpyReference(Implementation):
@@ -138,8 +161,8 @@ class NumpyReference(Implementation):
         return None
 
     @contextlib.contextmanager
-    def prepared(self, rule, params, grad_sets):
-        optimizer = getattr(fusedopt.reference, rule.optimizer)(params, **rule.kwargs)
+    def prepared(self, rule, precision, params, grad_sets):
+        optimizer = getattr(fusedopt.reference, rule.optimizer)(params, **rule.kwargs, **precision.options)
         yield _each_in_turn(optimizer.step, grad_sets)
 
 
@@ -155,8 +178,11 @@ class NumpyTuned(Implementation):
             return f"no tuned NumPy update is written for {rule.optimizer} (fusedopt/bench/baselines.py)"
         return None
 
+    def refuses(self, precision):
+        return _plain_floats_only(self, precision)
+
     @contextlib.contextmanager
-    def prepared(self, rule, params, grad_sets):
+    def prepared(self, rule, precision, params, grad_sets):
         optimizer = tuned_numpy_class(rule.optimizer)(params, **rule.kwargs)
         yield _each_in_turn(optimizer.step, grad_sets)
 
@@ -178,8 +204,11 @@ class CythonLoop(Implementation):
             return str(error)
         return None
 
+    def refuses(self, precision):
+        return _plain_floats_only(self, precision)
+
     @contextlib.contextmanager
-    def prepared(self, rule, params, grad_sets):
+    def prepared(self, rule, precision, params, grad_sets):
         from . import cython_loop
         optimizer = cython_loop.cython_class(rule.optimizer)(params, **rule.kwargs)
         yield _each_in_turn(optimizer.step, grad_sets)
@@ -207,8 +236,14 @@ class Torch(Implementation):
                 return f"torch.optim.{name} has no {option}= implementation"
         return None
 
+    def refuses(self, precision):
+        if not precision.is_plain:
+            return (f"torch.optim keeps state in the param's dtype and rounds to nearest: it has no "
+                    f"{precision.name} mode")
+        return None
+
     @contextlib.contextmanager
-    def prepared(self, rule, params, grad_sets):
+    def prepared(self, rule, precision, params, grad_sets):
         import torch
         name, kwargs = rule.torch
         with _torch_tensors(params, grad_sets, self.threads) as (tensors, step_with):
@@ -222,8 +257,8 @@ def _torch_tensors(params, grad_sets: GradSets, threads: int):
     torch's threads set, and a way to make a step that uses each grad set in
     turn (setting ``.grad`` only when there are several)."""
     import torch
-    tensors = [torch.from_numpy(p) for p in params]
-    grad_tensors = [[torch.from_numpy(g) for g in grads] for grads in grad_sets]
+    tensors = [_shared_tensor(p) for p in params]
+    grad_tensors = [[_shared_tensor(g) for g in grads] for grads in grad_sets]
     for tensor, grad in zip(tensors, grad_tensors[0]):
         tensor.grad = grad
 
@@ -245,6 +280,15 @@ def _torch_tensors(params, grad_sets: GradSets, threads: int):
         torch.set_num_threads(previous)
 
 
+def _shared_tensor(array: np.ndarray):
+    """A torch tensor on the array's memory: bfloat16 (which NumPy's buffer
+    protocol cannot carry) through an int16 view."""
+    import torch
+    if array.dtype == bfloat16:
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
 class DeepSpeed(Implementation):
     """DeepSpeed's CPU Adam, the peer CPU users of DeepSpeed pick (ZeRO-Offload)."""
 
@@ -252,11 +296,11 @@ class DeepSpeed(Implementation):
                    "DeepSpeed builds its kernel on first use, with -march=native (its own build, not fusedopt's)")
     # torch.optim's class -> DeepSpeedCPUAdam's adamw_mode.
     MODES = {"Adam": False, "AdamW": True}
-    # The param dtypes DeepSpeedCPUAdam steps. The bench measures float32 and
-    # float64 today; bfloat16 and float16 rows need only the bench's dtypes
-    # to grow (params made with ml_dtypes, as torch.from_numpy cannot share
-    # bfloat16: convert with tensor.view(torch.bfloat16)).
-    DTYPES = {"float32"}
+    # The precision modes DeepSpeedCPUAdam has, and its fp32_optimizer_states
+    # for each: float32 state for 16-bit params by default, or state in the
+    # param's dtype.
+    PRECISIONS = {"float32": True, "bfloat16": False, "float16": False,
+                  "bfloat16+fp32-state": True, "float16+fp32-state": True}
 
     @property
     def label(self):
@@ -275,13 +319,17 @@ class DeepSpeed(Implementation):
             return f"deepspeed could not be loaded: {error}"
         return None
 
+    def refuses(self, precision):
+        if precision.name not in self.PRECISIONS:
+            return f"DeepSpeedCPUAdam steps {', '.join(self.PRECISIONS)}, not {precision.name}"
+        return None
+
     @contextlib.contextmanager
-    def prepared(self, rule, params, grad_sets):
-        if params and params[0].dtype.name not in self.DTYPES:
-            raise Unsupported(f"DeepSpeedCPUAdam here steps {', '.join(sorted(self.DTYPES))}, not {params[0].dtype}")
+    def prepared(self, rule, precision, params, grad_sets):
         name, kwargs = rule.torch
         with _torch_tensors(params, grad_sets, self.threads) as (tensors, step_with):
-            optimizer = deepspeed_adam()(tensors, adamw_mode=self.MODES[name], **kwargs)
+            optimizer = deepspeed_adam()(tensors, adamw_mode=self.MODES[name],
+                                         fp32_optimizer_states=self.PRECISIONS[precision.name], **kwargs)
             yield step_with(optimizer.step)
 
 

@@ -34,7 +34,7 @@ def derive(results: Iterable[Result], settings: Settings) -> list[dict[str, Any]
     roof (the roof at the same thread count) and to fusedopt's headline."""
     groups: dict[tuple, list[Result]] = defaultdict(list)
     for r in results:
-        groups[(r.rule.key, r.dtype.name, r.workload.name)].append(r)
+        groups[(r.rule.key, r.precision.name, r.workload.name)].append(r)
     target, threads = settings.headline
     rows = []
     for group in groups.values():
@@ -45,9 +45,10 @@ def derive(results: Iterable[Result], settings: Settings) -> list[dict[str, Any]
         for r in group:
             impl, timing, traffic = r.implementation, r.timing, r.bytes_per_step
             row = {
-                "rule": r.rule.key, "optimizer": r.rule.describe(), "dtype": r.dtype.name,
+                "rule": r.rule.key, "optimizer": r.rule.describe(), "precision": r.precision.name,
+                "dtype": r.precision.dtype, "storage_options": dict(r.precision.options),
                 "workload": r.workload.name, "tensors": r.workload.tensors, "elements": r.workload.elements,
-                "bytes_per_element": r.rule.bytes_per_element(r.dtype), "bytes_per_step": traffic,
+                "bytes_per_element": r.precision.bytes_per_element(r.rule), "bytes_per_step": traffic,
                 "implementation": impl.label, "family": impl.family, "target": impl.target,
                 "threads": impl.threads, "skipped": r.skipped,
                 "headline": impl.family == "fusedopt" and impl.target == target and impl.threads == threads,
@@ -108,12 +109,12 @@ def _table(header: list[str], lines: list[list[str]], right: set[int], markdown:
 
 
 def section_title(row: dict[str, Any], rule) -> str:
-    return (f"{row['rule']}: {row['optimizer']}, {row['dtype']}, {row['bytes_per_element']} bytes/element "
+    return (f"{row['rule']}: {row['optimizer']}, {row['precision']}, {row['bytes_per_element']} bytes/element "
             f"of minimal traffic ({rule.streams_text()})")
 
 
 def format_section(rows: list[dict[str, Any]], rule) -> str:
-    """Every implementation on every workload of one (rule, dtype)."""
+    """Every implementation on every workload of one (rule, precision)."""
     header = ["workload", "implementation", "time/step", "IQR/median", "GB/s", "% roof", "fusedopt speedup"]
     lines, skipped, previous = [], {}, None
     for row in rows:
@@ -139,24 +140,24 @@ def format_section(rows: list[dict[str, Any]], rule) -> str:
 
 
 def format_summary(rows: list[dict[str, Any]], settings: Settings, markdown: bool = False) -> str:
-    """One line per (rule, dtype, workload): fusedopt's headline and its
+    """One line per (rule, precision, workload): fusedopt's headline and its
     speedup over each peer (peer time / fusedopt time); a Markdown table
     with ``markdown``."""
     target, threads = settings.headline
     families = [f for f in PEER_FAMILIES if f in settings.families]
-    header = ["rule", "dtype", "workload", f"fusedopt {target} {threads}t", "GB/s", "% roof",
+    header = ["rule", "precision", "workload", f"fusedopt {target} {threads}t", "GB/s", "% roof",
               *(f"vs {f}" for f in families)]
     by_group: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for row in rows:
-        by_group[(row["rule"], row["dtype"], row["workload"])][row["family"] if row["family"] != "fusedopt"
+        by_group[(row["rule"], row["precision"], row["workload"])][row["family"] if row["family"] != "fusedopt"
                                                                or row["headline"] else "-"] = row
     lines = []
-    for (rule, dtype, workload), group in by_group.items():
+    for (rule, precision, workload), group in by_group.items():
         head = group.get("fusedopt")
         if not head or not head["seconds"]:
             continue
         lines.append([
-            rule, dtype, workload, format_time(head["seconds"]["median"]),
+            rule, precision, workload, format_time(head["seconds"]["median"]),
             f"{head['gb_per_s']:.3g}" if head["gb_per_s"] is not None else "-",
             f"{head['percent_of_roof']:.0f}%" if head["percent_of_roof"] is not None else "-",
             *(_format_ratio(group[f]["fusedopt_speedup"]) if f in group else "-" for f in families),
@@ -209,7 +210,8 @@ def write_json(path: str, rows: list[dict[str, Any]], settings: Settings, machin
         "machine": machine,
         "settings": {
             "rules": {r.key: r.describe() for r in settings.rules},
-            "dtypes": [np.dtype(d).name for d in settings.dtypes],
+            "precisions": {p.name: {"dtype": p.dtype, "storage_options": dict(p.options), "summary": p.summary}
+                           for p in settings.precisions},
             "workloads": {w.name: {"tensors": w.tensors, "elements": w.elements} for w in settings.workloads},
             "threads": settings.threads, "targets": settings.targets,
             "headline": {"target": settings.headline[0], "threads": settings.headline[1]},
@@ -240,7 +242,7 @@ def plot_title(machine: dict[str, Any], settings: Settings, when: datetime.datet
 
 
 def plot(path: str, rows: list[dict[str, Any]], title: str) -> None:
-    """GB/s of minimal traffic against size, one panel per (rule, dtype),
+    """GB/s of minimal traffic against size, one panel per (rule, precision),
     a line per implementation, the roofs dashed; ``title`` on top (and in
     the PNG's Title field), the legend right under the panels."""
     import matplotlib
@@ -250,13 +252,13 @@ def plot(path: str, rows: list[dict[str, Any]], title: str) -> None:
     panels: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for row in rows:
         if row["seconds"] and row["tensors"] == 1 and row["elements"] > 0:
-            panels[(row["rule"], row["dtype"])].append(row)
+            panels[(row["rule"], row["precision"])].append(row)
     if not panels:
         raise ValueError("nothing to plot: no single-tensor workload with elements was measured")
-    # Panels row by row: a row per rule with a column per dtype, or with one
-    # dtype, three rules to a row.
-    dtypes = list(dict.fromkeys(dtype for _, dtype in panels))
-    columns = len(dtypes) if len(dtypes) > 1 else min(3, len(panels))
+    # Panels row by row: a row per rule with a column per precision, or with
+    # one precision, three rules to a row.
+    precisions = list(dict.fromkeys(precision for _, precision in panels))
+    columns = len(precisions) if len(precisions) > 1 else min(3, len(panels))
     grid_rows = -(-len(panels) // columns)
     labels = list(dict.fromkeys(row["implementation"] for group in panels.values() for row in group))
     legend_columns = min(len(labels), 2 * columns + 1)
@@ -269,7 +271,7 @@ def plot(path: str, rows: list[dict[str, Any]], title: str) -> None:
     colours = {label: f"C{i % 10}" for i, label in enumerate(l for l in labels if not l.startswith("roof"))}
     for axis in axes.flat[len(panels):]:
         axis.set_visible(False)
-    for index, ((rule, dtype), group) in enumerate(panels.items()):
+    for index, ((rule, precision), group) in enumerate(panels.items()):
         axis = axes.flat[index]
         for label in labels:
             points = sorted((r["elements"], r["gb_per_s"]) for r in group if r["implementation"] == label)
@@ -282,7 +284,7 @@ def plot(path: str, rows: list[dict[str, Any]], title: str) -> None:
                 axis.plot(x, y, "o-", color=colours[label], markersize=3, linewidth=1.2, label=label)
         axis.set_xscale("log")
         axis.set_yscale("log")
-        axis.set_title(f"{rule} {dtype} ({group[0]['bytes_per_element']} B/element)", fontsize=10)
+        axis.set_title(f"{rule} {precision} ({group[0]['bytes_per_element']} B/element)", fontsize=10)
         axis.grid(True, which="both", alpha=0.3)
         if index % columns == 0:
             axis.set_ylabel("GB/s of minimal traffic")

@@ -39,8 +39,10 @@ class BenchRule:
         return 2 + len(self.state_keys)
 
     def bytes_per_element(self, dtype: np.dtype) -> int:
-        """Minimal traffic: every array read once, every array but the grad written once."""
-        return np.dtype(dtype).itemsize * (2 * self.streams - 1)
+        """Minimal traffic with params, grads and state in ``dtype``
+        (precisions.py counts every precision mode)."""
+        from .precisions import PRECISIONS
+        return PRECISIONS[np.dtype(dtype).name].bytes_per_element(self)
 
     def describe(self) -> str:
         arguments = ", ".join(f"{k}={v}" for k, v in self.kwargs.items())

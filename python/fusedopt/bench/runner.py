@@ -1,4 +1,4 @@
-"""The benchmark run: every implementation on every (rule, dtype, workload).
+"""The benchmark run: every implementation on every (rule, precision, workload).
 
 For each workload the arrays are made once (every page written); each
 implementation gets its own copy of the params (it updates them) and shares
@@ -20,6 +20,7 @@ import fusedopt
 from . import implementations as impls
 from .implementations import Implementation
 from .contention import busy_processes
+from .precisions import Precision
 from .rules import BenchRule
 from .timing import Timing, measure
 from .workloads import Workload, available_memory_bytes, grad_sets, make_arrays
@@ -36,7 +37,7 @@ EXTRA_ARRAYS = 5
 @dataclass
 class Settings:
     rules: list[BenchRule]
-    dtypes: list[np.dtype]
+    precisions: list[Precision]
     workloads: list[Workload]
     threads: list[int]        # fusedopt and the roof run at each; torch and deepspeed at the largest
     targets: list[str]        # fusedopt's SIMD targets; the first is the headline
@@ -71,7 +72,7 @@ class Settings:
 @dataclass
 class Result:
     rule: BenchRule
-    dtype: np.dtype
+    precision: Precision
     workload: Workload
     implementation: Implementation
     timing: Timing | None = None
@@ -79,7 +80,7 @@ class Result:
 
     @property
     def bytes_per_step(self) -> int:
-        return self.workload.elements * self.rule.bytes_per_element(self.dtype)
+        return self.workload.elements * self.precision.bytes_per_element(self.rule)
 
 
 @dataclass
@@ -100,10 +101,10 @@ class Progress:
 def run(settings: Settings, progress: Progress | None = None,
         on_section_done: Callable[[list[Result]], None] | None = None) -> list[Result]:
     """Measure everything; ``on_section_done`` gets the results of each
-    (rule, dtype) as soon as that dtype is done."""
+    (rule, precision) as soon as that precision is done."""
     progress = progress or Progress()
     chosen = settings.implementations()
-    progress.total = len(settings.rules) * len(settings.dtypes) * len(settings.workloads) * len(chosen)
+    progress.total = len(settings.rules) * len(settings.precisions) * len(settings.workloads) * len(chosen)
     if "cython loop" in settings.families:
         progress.update("building the plain Cython loop (once per machine)")
         impls.make("cython loop").unavailable(settings.rules[0])  # builds it, or learns why it cannot
@@ -116,22 +117,23 @@ def run(settings: Settings, progress: Progress | None = None,
 def _run_all(settings: Settings, chosen: list[Implementation], reasons: dict, progress: Progress,
              on_section_done: Callable[[list[Result]], None] | None) -> list[Result]:
     results: list[Result] = []
-    for dtype in map(np.dtype, settings.dtypes):
+    for precision in settings.precisions:
         measured: list[Result] = []
         for workload in settings.workloads:
             # One set of arrays per workload, shared by every rule (each gets its own copy of the params).
             largest = max(settings.rules, key=lambda rule: rule.streams)
-            short_of_memory = _memory_shortfall(largest, dtype, workload)
+            short_of_memory = _memory_shortfall(largest, precision, workload)
             params = grads = None
             if short_of_memory is None:
-                params, grads = make_arrays(workload, dtype, settings.seed)
+                params, grads = make_arrays(workload, precision.numpy_dtype, settings.seed)
             for rule in settings.rules:
                 for impl in chosen:
-                    progress.update(f"{dtype.name} {workload.name} {rule.key}: {impl.label}")
-                    result = Result(rule, dtype, workload, impl)
-                    result.skipped = short_of_memory or reasons[(rule.key, impl)]
+                    progress.update(f"{precision.name} {workload.name} {rule.key}: {impl.label}")
+                    result = Result(rule, precision, workload, impl)
+                    result.skipped = short_of_memory or reasons[(rule.key, impl)] or impl.refuses(precision)
                     if result.skipped is None:
-                        result.timing, result.skipped = _measure_one(impl, rule, params, grads, settings)
+                        result.timing, result.skipped = _measure_one(impl, rule, precision, params, grads,
+                                                                     settings)
                     measured.append(result)
                     progress.update(progress.label, advance=1)
             del params, grads
@@ -144,11 +146,11 @@ def _run_all(settings: Settings, chosen: list[Implementation], reasons: dict, pr
     return results
 
 
-def _measure_one(impl: Implementation, rule: BenchRule, params, grads,
+def _measure_one(impl: Implementation, rule: BenchRule, precision: Precision, params, grads,
                  settings: Settings) -> tuple[Timing | None, str | None]:
     own_params = [p.copy() for p in params]
     try:
-        with impl.prepared(rule, own_params, grad_sets(rule, grads)) as step:
+        with impl.prepared(rule, precision, own_params, grad_sets(rule, grads)) as step:
             return measure(step, seconds=settings.seconds, min_samples=settings.min_samples), None
     except impls.Unsupported as refusal:
         return None, str(refusal)
@@ -158,8 +160,11 @@ def _measure_one(impl: Implementation, rule: BenchRule, params, grads,
         return None, f"{impl.family} raised {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
-def _memory_shortfall(rule: BenchRule, dtype: np.dtype, workload: Workload) -> str | None:
-    need = workload.elements * np.dtype(dtype).itemsize * (rule.streams + EXTRA_ARRAYS)
+def _memory_shortfall(rule: BenchRule, precision: Precision, workload: Workload) -> str | None:
+    # Counted as if every array were the widest the mode has, float32 at least
+    # (16-bit arrays are made from float32 ones; a master copy is one more array).
+    itemsize = max(precision.numpy_dtype.itemsize, precision.state_dtype.itemsize, 4)
+    need = workload.elements * itemsize * (rule.streams + EXTRA_ARRAYS + (0 if precision.is_plain else 1))
     available = available_memory_bytes()
     if available is not None and need > 0.8 * available:
         return f"needs about {need / 1e9:.1f} GB, {available / 1e9:.1f} GB available"

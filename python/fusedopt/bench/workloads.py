@@ -122,14 +122,17 @@ MODELS = {"model200": model200, "resnet18": resnet18, "gpt2-small": gpt2_small}
 def make_arrays(workload: Workload, dtype: np.dtype, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Params and grads for a workload, every page written (no page faults
     later): params uniform in [-1, 1), grads in [-1e-2, 1e-2), each tensor
-    its own allocation as in a real model."""
+    its own allocation as in a real model. 16-bit arrays are the float32
+    values rounded to nearest."""
     rng = np.random.default_rng(seed)
+    dtype = np.dtype(dtype)
+    drawn = dtype if dtype in (np.float32, np.float64) else np.dtype(np.float32)
 
     def uniform(shape, scale):
-        values = rng.random(shape, dtype=dtype)
+        values = rng.random(shape, dtype=drawn)
         values *= 2 * scale
         values -= scale
-        return values
+        return values if drawn == dtype else values.astype(dtype)
 
     params = [uniform(shape, 1.0) for shape in workload.shapes]
     grads = [uniform(shape, 1e-2) for shape in workload.shapes]
