@@ -818,10 +818,14 @@ void staged(const void* scalars, void* const* streams, int64_t begin, int64_t en
                    n, block);
         else if (k > 0 || s.param_store == ParamStore::kNearest)
           store_nearest(s.dtypes[k], tiles[k], streams[k], start, n);
-        else if (s.param_store == ParamStore::kStochastic)
-          store_stochastic(s.dtypes[k], tiles[k], streams[k], start, n, s.random_key);
-        else
-          store_kahan(s.dtypes[k], tiles[k], streams[k], s.kahan_compensation, start, n);
+        else  // the remedies' buffers hold kTile elements; a tile of 8-bit blocks may be longer
+          for (int64_t lo = 0; lo < n; lo += kTile) {
+            const int64_t m = n - lo < kTile ? n - lo : kTile;
+            if (s.param_store == ParamStore::kStochastic)
+              store_stochastic(s.dtypes[k], tiles[k] + lo, streams[k], start + lo, m, s.random_key);
+            else
+              store_kahan(s.dtypes[k], tiles[k] + lo, streams[k], s.kahan_compensation, start + lo, m);
+          }
       }
       // Master weights: the param is the rounded master.
       if (s.param_copy != nullptr)

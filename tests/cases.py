@@ -309,6 +309,9 @@ QUANTIZED_PRECISIONS = (
     Precision("float32-8bit-blocks-64", FLOAT32, {**EIGHT_BIT, "block_size": 64}),
     Precision("float32-8bit-blocks-192", FLOAT32, {**EIGHT_BIT, "block_size": 192}),  # not a divisor of a tile
     Precision("bfloat16-8bit-blocks-1024", bfloat16, {**EIGHT_BIT, "block_size": 1024}),  # a block over tiles
+    Precision("bfloat16-8bit-kahan-blocks-4096", bfloat16, {**EIGHT_BIT, "kahan_sum": True, "block_size": 4096}),
+    Precision("float16-8bit-stochastic-blocks-1024", FLOAT16,
+              {**EIGHT_BIT, "rounding": "stochastic", "seed": 9, "block_size": 1024}),
     Precision("float32-8bit-grad-scale", FLOAT32, EIGHT_BIT, grad_scale=1000.0),
 )
 QUANTIZED_PRECISION_IDS = [p.name for p in QUANTIZED_PRECISIONS]
