@@ -548,7 +548,12 @@ void f16_to_float32(const void* src, float* __restrict dst, int64_t count) {
       [&](int64_t i) { dst[i] = f16_load(h[i]); });
 }
 
-void float32_to_bf16(const float* __restrict src, void* dst, int64_t count) {
+// Stores of float32 into a 16-bit format, sixteen at a time: `narrow` turns
+// sixteen floats (one AVX-512 vector, or two AVX2 halves) into sixteen 16-bit
+// values; a block holding a NaN goes to `scalar`, element by element.
+template <class Narrow, class Scalar>
+void store_16bit(const float* __restrict src, void* dst, int64_t count, [[maybe_unused]] Narrow narrow,
+                 Scalar scalar) {
   auto* __restrict h = static_cast<std::uint16_t*>(dst);
   convert_loop(
       count,
@@ -556,37 +561,42 @@ void float32_to_bf16(const float* __restrict src, void* dst, int64_t count) {
 #if defined(__AVX512F__)
         const __m512 x = _mm512_loadu_ps(src + i);
         if (any_nan(x)) return false;
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + i), _mm512_cvtepi32_epi16(bf16_round(x)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + i), narrow(x));
 #elif defined(__AVX2__) && defined(__F16C__)
         const __m256 lo = _mm256_loadu_ps(src + i), hi = _mm256_loadu_ps(src + i + 8);
         if (any_nan(lo, hi)) return false;
-        // packus interleaves the 128-bit halves of its operands; permute puts them back in order.
-        const __m256i packed = _mm256_packus_epi32(bf16_round(lo), bf16_round(hi));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + i), _mm256_permute4x64_epi64(packed, 0xD8));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + i), narrow(lo, hi));
 #endif
         return true;
       },
-      [&](int64_t i) { h[i] = bf16_nearest(src[i]); });
+      [&](int64_t i) { h[i] = scalar(src[i]); });
+}
+
+void float32_to_bf16(const float* __restrict src, void* dst, int64_t count) {
+#if defined(__AVX512F__)
+  const auto narrow = [](__m512 x) { return _mm512_cvtepi32_epi16(bf16_round(x)); };
+#elif defined(__AVX2__) && defined(__F16C__)
+  // packus interleaves the 128-bit halves of its operands; permute puts them back in order.
+  const auto narrow = [](__m256 lo, __m256 hi) {
+    return _mm256_permute4x64_epi64(_mm256_packus_epi32(bf16_round(lo), bf16_round(hi)), 0xD8);
+  };
+#else
+  const auto narrow = nullptr;
+#endif
+  store_16bit(src, dst, count, narrow, bf16_nearest);
 }
 
 void float32_to_f16(const float* __restrict src, void* dst, int64_t count) {
-  auto* __restrict h = static_cast<std::uint16_t*>(dst);
-  convert_loop(
-      count,
-      [&]([[maybe_unused]] int64_t i) {
 #if defined(__AVX512F__)
-        const __m512 x = _mm512_loadu_ps(src + i);
-        if (any_nan(x)) return false;
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + i), _mm512_cvtps_ph(x, kNearestEven));
+  const auto narrow = [](__m512 x) { return _mm512_cvtps_ph(x, kNearestEven); };
 #elif defined(__AVX2__) && defined(__F16C__)
-        const __m256 lo = _mm256_loadu_ps(src + i), hi = _mm256_loadu_ps(src + i + 8);
-        if (any_nan(lo, hi)) return false;
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(h + i), _mm256_cvtps_ph(lo, kNearestEven));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(h + i + 8), _mm256_cvtps_ph(hi, kNearestEven));
+  const auto narrow = [](__m256 lo, __m256 hi) {
+    return _mm256_set_m128i(_mm256_cvtps_ph(hi, kNearestEven), _mm256_cvtps_ph(lo, kNearestEven));
+  };
+#else
+  const auto narrow = nullptr;
 #endif
-        return true;
-      },
-      [&](int64_t i) { h[i] = f16_nearest(src[i]); });
+  store_16bit(src, dst, count, narrow, f16_nearest);
 }
 
 void float32_to_float32(const float* __restrict src, void* dst, int64_t count) {
