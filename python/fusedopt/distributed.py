@@ -266,6 +266,19 @@ class ZeroRedundancyOptimizer:
                 if start >= piece.stop:
                     break
         self._buckets = [b for b in buckets if b]
+        # Two byte buffers, made on the first step and kept (a fresh buffer
+        # per bucket would pay its page faults every step): a whole bucket
+        # (the reduce's send, the gather's receive) and N copies of this
+        # rank's part of one (the reduce's receive, the gather's send).
+        self._bucket_bytes = max((sum(s.nbytes for s in b) for b in self._buckets), default=0)
+        self._shard_bytes = max((sum(s.nbytes for s in b if s.rank == self.rank) for b in self._buckets), default=0)
+        self._whole_buffer = self._part_buffer = None
+
+    def _buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._whole_buffer is None:
+            self._whole_buffer = np.empty(self._bucket_bytes, np.uint8)
+            self._part_buffer = np.empty(self._shard_bytes * self.world_size, np.uint8)
+        return self._whole_buffer, self._part_buffer
 
     # ------------------------------------------------------------------ step
     def step(self, grads: Sequence[np.ndarray], grad_scale: float | None = None) -> bool:
@@ -373,18 +386,19 @@ class ZeroRedundancyOptimizer:
         mpi = _mpi()
         n = self.world_size
         where = {k: j for j, k in enumerate(self._my_pieces)}
+        whole, part = self._buffers()
         for bucket in self._buckets:
             send_counts = [0] * n
             for s in bucket:
                 send_counts[s.rank] += s.nbytes
-            send = np.empty(sum(send_counts), np.uint8)
+            send = whole[:sum(send_counts)]
             offset = 0
             for s in bucket:  # in flat order: grouped by destination rank
                 send[offset:offset + s.nbytes] = _bytes(grads[s.param], s.start, s.stop)
                 offset += s.nbytes
             mine = [s for s in bucket if s.rank == self.rank]
             block = sum(s.nbytes for s in mine)
-            receive = np.empty(block * n, np.uint8)
+            receive = part[:block * n]
             self.comm.Alltoallv([send, (send_counts, _displacements(send_counts)), mpi.BYTE],
                                 [receive, ([block] * n, [block * r for r in range(n)]), mpi.BYTE])
             self.bytes_sent += sum(send_counts) - send_counts[self.rank]
@@ -404,17 +418,18 @@ class ZeroRedundancyOptimizer:
             return
         mpi = _mpi()
         n = self.world_size
+        whole, part = self._buffers()
         for bucket in self._buckets:
             counts = [0] * n
             for s in bucket:
                 counts[s.rank] += s.nbytes
             mine = [s for s in bucket if s.rank == self.rank]
-            send = np.empty(counts[self.rank], np.uint8)
+            send = part[:counts[self.rank]]
             offset = 0
             for s in mine:
                 send[offset:offset + s.nbytes] = _bytes(self._params[s.param], s.start, s.stop)
                 offset += s.nbytes
-            receive = np.empty(sum(counts), np.uint8)
+            receive = whole[:sum(counts)]
             self.comm.Allgatherv(send, [receive, (counts, _displacements(counts)), mpi.BYTE])
             self.bytes_sent += counts[self.rank] * (n - 1)
             offset = 0
