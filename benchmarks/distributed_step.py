@@ -8,7 +8,8 @@ launches itself under ``mpiexec -n N`` (the mpich wheel's, ``pip install
 ".[mpi]"``) for each N and prints, per N: the time per step (median and
 interquartile range over the steps after a warm-up), split into the
 reduce-scatter (pack, Alltoallv, ordered sum), the shard's own step and the
-all-gather; the bytes each rank sent per step; and each rank's optimizer
+all-gather, and the same messages sent by MPI alone (no pack, sum or
+unpack); the bytes each rank sent per step; and each rank's optimizer
 state bytes (the largest rank, and the sum). Every rank runs one fusedopt
 thread (FUSEDOPT_NUM_THREADS=1): N ranks share this machine's cores, so the
 times at N > cores measure a contended machine, not scale-out;
@@ -71,6 +72,56 @@ def worker(args) -> None:
     for name in phases:
         phases[name] = phases[name][1:]
 
+    # The same messages with nothing around them (no pack, no sum, no
+    # unpack): what MPI alone takes for this volume here.
+    raw = []
+    if world > 1:
+        whole, part = opt._buffers()
+        for _ in range(args.steps):
+            comm.Barrier()
+            start = time.perf_counter()
+            for bucket in opt._buckets:
+                counts = [0] * world
+                for s in bucket:
+                    counts[s.rank] += s.nbytes
+                block = counts[rank]
+                comm.Alltoallv([whole[:sum(counts)], (counts, np.cumsum([0] + counts[:-1]).tolist()), MPI.BYTE],
+                               [part[:block * world], ([block] * world, [block * r for r in range(world)]),
+                                MPI.BYTE])
+                comm.Allgatherv(part[:block], [whole[:sum(counts)], (counts, np.cumsum([0] + counts[:-1]).tolist()),
+                                               MPI.BYTE])
+            raw.append(time.perf_counter() - start)
+    else:
+        raw = [0.0]
+
+    # The local costs the model needs, per byte and per element, on one
+    # rank: packing the grads into a bucket buffer (as the reduce-scatter
+    # does; unpacking is the same copy) and the ordered mean of two copies.
+    local = {}
+    if world == 1:
+        from fusedopt.distributed import _bytes, _ordered_mean
+        buffer = np.empty(opt.bucket_elements * np.dtype(dtype).itemsize, np.uint8)
+        flat = [g.reshape(-1) for g in grads]
+        copies, sums = [], []
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            offset = 0
+            for g in flat:
+                for begin in range(0, g.size, opt.bucket_elements):
+                    chunk = _bytes(g, begin, min(g.size, begin + opt.bucket_elements))
+                    if offset + chunk.size > buffer.size:
+                        offset = 0
+                    buffer[offset:offset + chunk.size] = chunk
+                    offset += chunk.size
+            copies.append((time.perf_counter() - start) / (sum(g.nbytes for g in flat)))
+            parts = [flat[0][:flat[0].size // 2], flat[0][flat[0].size // 2:2 * (flat[0].size // 2)]]
+            out = np.empty_like(parts[0])
+            start = time.perf_counter()
+            _ordered_mean(parts, out)
+            sums.append((time.perf_counter() - start) / out.size)
+        local = {"copy_ns_per_byte": statistics.median(copies) * 1e9,
+                 "ordered_mean_of_two_ns_per_element": statistics.median(sums) * 1e9}
+
     def summary(samples):
         q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
         return {"median": statistics.median(samples), "iqr": q[2] - q[0]}
@@ -79,6 +130,8 @@ def worker(args) -> None:
         "rank": rank,
         "step": summary(totals),
         **{name: summary(samples) for name, samples in phases.items()},
+        "raw_mpi": summary(raw),
+        **local,
         "bytes_sent": opt.bytes_sent,
         "state_bytes": opt.state_bytes(),
         "shard_elements": sum(opt.layout[k].size for k in opt._my_pieces),
@@ -110,7 +163,8 @@ def main() -> None:
     print(f"gpt2-small, {args.rule}, {args.dtype}, {args.steps} timed steps; one fusedopt thread per rank; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{'ranks':>5} | {'step (median ± IQR)':>20} | {'reduce-scatter':>14} | {'shard step':>10} | "
-          f"{'all-gather':>10} | {'MB sent/rank':>12} | {'state MB/rank (max)':>19} | {'state MB (sum)':>14}")
+          f"{'all-gather':>10} | {'MPI alone':>10} | {'MB sent/rank':>12} | {'state MB/rank (max)':>19} | "
+          f"{'state MB (sum)':>14}")
     for world in map(int, args.ranks.split(",")):
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             command = [mpiexec, "-n", str(world), sys.executable, os.path.abspath(__file__), "--worker",
@@ -125,10 +179,14 @@ def main() -> None:
 
         step = ranks[0]["step"]
         print(f"{world:>5} | {step['median'] * 1e3:>10.1f} ± {step['iqr'] * 1e3:5.1f} ms | {ms('reduce_scatter'):>14} | "
-              f"{ms('shard_step'):>10} | {ms('all_gather'):>10} | "
+              f"{ms('shard_step'):>10} | {ms('all_gather'):>10} | {ms('raw_mpi'):>10} | "
               f"{max(r['bytes_sent'] for r in ranks) / 1e6:>12.1f} | "
               f"{max(r['state_bytes'] for r in ranks) / 1e6:>19.1f} | "
               f"{sum(r['state_bytes'] for r in ranks) / 1e6:>14.1f}")
+        if "copy_ns_per_byte" in ranks[0]:
+            print(f"      local costs at 1 rank: copy {ranks[0]['copy_ns_per_byte']:.3f} ns/byte, ordered mean "
+                  f"of two {ranks[0]['ordered_mean_of_two_ns_per_element']:.2f} ns/element, shard step "
+                  f"{ranks[0]['shard_step']['median'] / result['elements'] * 1e9:.2f} ns/element")
     if args.json:
         with open(args.json, "w") as file:
             json.dump(results, file, indent=1)

@@ -132,8 +132,9 @@ class ZeroRedundancyOptimizer:
     on) every rank.
     """
 
-    # Elements per communication bucket (a window of the flat layout): bounds
-    # the send and receive buffers to bucket_elements * itemsize * (1 + N/N).
+    # Elements per communication bucket (a window of the flat layout): one
+    # Alltoallv and one Allgatherv each; the two buffers a rank keeps are
+    # about bucket_elements * itemsize each. Set it before construction.
     bucket_elements = 1 << 23
 
     def __init__(self, params: Iterable, optimizer_class: type = optimizers.AdamW, comm: Any = None,
@@ -591,9 +592,9 @@ def _ordered_mean(parts: list[np.ndarray], out: np.ndarray) -> None:
             np.add(total, part.astype(np.float32), out=total)
         np.divide(total, np.float32(len(parts)), out=total)
         out[...] = total.astype(out.dtype)
-    else:
-        np.copyto(out, parts[0])
-        for part in parts[1:]:
+    else:  # len(parts) >= 2 here: one rank's mean is its grads, never summed
+        np.add(parts[0], parts[1], out=out)
+        for part in parts[2:]:
             np.add(out, part, out=out)
         np.divide(out, out.dtype.type(len(parts)), out=out)
 
