@@ -233,6 +233,14 @@ def test_a_bad_step_on_one_rank_raises_everywhere_and_changes_nothing(mpi_report
                 assert got.startswith(start), got
             else:
                 assert got.startswith(f"RuntimeError: rank {world - 1} failed checking") and start in got, got
+        # consolidate_state_dict with a bad or a differing `to` on the last rank only.
+        missing = report["results"]["consolidate to a rank that is not there"]
+        if report["rank"] == world - 1:
+            assert missing == f"ValueError: to must be a rank in [0, {world}), got {world}", missing
+        else:
+            assert missing.startswith(f"RuntimeError: rank {world - 1} failed consolidate_state_dict"), missing
+        differing = report["results"]["consolidate to another rank"]
+        assert differing.startswith("ValueError: consolidate_state_dict: the ranks passed different to"), differing
 
 
 # ---------------------------------------------------------------- torch

@@ -442,10 +442,16 @@ class ZeroRedundancyOptimizer:
     # ------------------------------------------------------------ state_dict
     def consolidate_state_dict(self, to: int = 0) -> None:
         """Collect the full optimizer's state on rank ``to`` (collective);
-        then ``state_dict()`` there returns it."""
-        if isinstance(to, bool) or not isinstance(to, int) or not 0 <= to < self.world_size:
-            raise ValueError(f"to must be a rank in [0, {self.world_size}), got {to!r}")
+        then ``state_dict()`` there returns it. Every rank must pass the same
+        ``to``; the ranks compare it first, and all raise if one differs."""
         with self._lock:
+            error = None
+            if isinstance(to, bool) or not isinstance(to, int) or not 0 <= to < self.world_size:
+                error = ValueError(f"to must be a rank in [0, {self.world_size}), got {to!r}")
+            self._agree(error, "consolidate_state_dict")
+            targets = self.comm.allgather(to)
+            if len(set(targets)) > 1:
+                raise ValueError(f"consolidate_state_dict: the ranks passed different to: {targets}")
             local = [(self.layout[k].param, self.layout[k].start, entry)
                      for k, entry in zip(self._my_pieces, self.optim.state)]
             gathered = self.comm.gather(local, root=to)

@@ -285,6 +285,12 @@ def scenario_step_error(out):
     opt.step(per_rank[RANK])
     full.step(averaged(per_rank))
     compare("the good step after the errors", params, full_params, failures)
+    for label, to in (("consolidate to a rank that is not there", WORLD), ("consolidate to another rank", 0)):
+        try:  # on the last rank only: every rank raises, none waits in the gather
+            opt.consolidate_state_dict(to=to if RANK == WORLD - 1 else WORLD - 1)
+            results[label] = "consolidated"
+        except Exception as error:  # noqa: BLE001
+            results[label] = f"{type(error).__name__}: {error}"
     opt.consolidate_state_dict(to=0)
     if RANK == 0:
         compare("state_dict after the errors", opt.state_dict(), full.state_dict(), failures)
