@@ -666,11 +666,12 @@ inline void random_bits(std::uint64_t key, int64_t start, std::uint32_t* __restr
     out[i] = mix32(mix32((low + static_cast<std::uint32_t>(i)) ^ low_key) ^ high) >> 16;
 }
 
+// `first` is the element index of stream[0] in its param (0 but for a shard piece).
 inline void store_stochastic(Dtype dtype, const float* __restrict tile, void* stream, int64_t start, int64_t n,
-                             std::uint64_t key) {
+                             std::uint64_t key, int64_t first) {
   std::uint16_t* __restrict out = static_cast<std::uint16_t*>(stream) + start;
   alignas(64) std::uint32_t random[kTile];
-  random_bits(key, start, random, n);
+  random_bits(key, first + start, random, n);
   if (dtype == kBfloat16) {
     for (int64_t i = 0; i < n; ++i) out[i] = bf16_stochastic(tile[i], random[i]);
   } else {
@@ -733,7 +734,7 @@ void staged(const void* scalars, void* const* streams, int64_t begin, int64_t en
         if (k > 0 || s.param_store == ParamStore::kNearest)
           store_nearest(s.dtypes[k], tiles[k], streams[k], start, n);
         else if (s.param_store == ParamStore::kStochastic)
-          store_stochastic(s.dtypes[k], tiles[k], streams[k], start, n, s.random_key);
+          store_stochastic(s.dtypes[k], tiles[k], streams[k], start, n, s.random_key, s.random_offset);
         else
           store_kahan(s.dtypes[k], tiles[k], streams[k], s.kahan_compensation, start, n);
       }

@@ -16,7 +16,7 @@ from ._config import cpu_features, get_num_threads, set_num_threads, show_config
 from .optimizer import Optimizer
 from .optimizers import *  # noqa: F403  (every rule's class: optimizers.__all__)
 from .rule import NonFiniteGradError
-from . import checkpoint, functional, lr_scheduler, reference, schedules
+from . import checkpoint, distributed, functional, lr_scheduler, reference, schedules
 from .checkpoint import load, save
 from .functional import clip_grad_norm_, clip_grad_value_, get_total_norm
 
@@ -28,7 +28,7 @@ except importlib.metadata.PackageNotFoundError:  # a source tree run in place: t
 __all__ = [
     "Optimizer", *optimizers.__all__,
     "NonFiniteGradError", "clip_grad_norm_", "clip_grad_value_", "get_total_norm",
-    "functional", "reference", "checkpoint", "save", "load", "lr_scheduler", "schedules",
+    "functional", "reference", "checkpoint", "save", "load", "lr_scheduler", "schedules", "distributed",
     "cpu_features", "show_config", "get_num_threads", "set_num_threads", "threads",
     "__version__",
 ]
