@@ -117,6 +117,7 @@ struct StagedScalars {
   ParamStore param_store;
   void* kahan_compensation;     // kKahan: the compensation, stored as dtypes[0]
   std::uint64_t random_key;     // kStochastic: hash of (seed, step, the param's position)
+  std::int64_t random_offset;   // kStochastic: the element index of streams[0][0] (a shard piece's start)
   void* param_copy;             // master weights: the param, written as the rounded streams[0]
   Dtype param_copy_dtype;
   // 8-bit state: stream k is uint8 codes when quant_maps[k] is set, with

@@ -548,7 +548,12 @@ void f16_to_float32(const void* src, float* __restrict dst, int64_t count) {
       [&](int64_t i) { dst[i] = f16_load(h[i]); });
 }
 
-void float32_to_bf16(const float* __restrict src, void* dst, int64_t count) {
+// Stores of float32 into a 16-bit format, sixteen at a time: `narrow` turns
+// sixteen floats (one AVX-512 vector, or two AVX2 halves) into sixteen 16-bit
+// values; a block holding a NaN goes to `scalar`, element by element.
+template <class Narrow, class Scalar>
+void store_16bit(const float* __restrict src, void* dst, int64_t count, [[maybe_unused]] Narrow narrow,
+                 Scalar scalar) {
   auto* __restrict h = static_cast<std::uint16_t*>(dst);
   convert_loop(
       count,
@@ -556,37 +561,42 @@ void float32_to_bf16(const float* __restrict src, void* dst, int64_t count) {
 #if defined(__AVX512F__)
         const __m512 x = _mm512_loadu_ps(src + i);
         if (any_nan(x)) return false;
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + i), _mm512_cvtepi32_epi16(bf16_round(x)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + i), narrow(x));
 #elif defined(__AVX2__) && defined(__F16C__)
         const __m256 lo = _mm256_loadu_ps(src + i), hi = _mm256_loadu_ps(src + i + 8);
         if (any_nan(lo, hi)) return false;
-        // packus interleaves the 128-bit halves of its operands; permute puts them back in order.
-        const __m256i packed = _mm256_packus_epi32(bf16_round(lo), bf16_round(hi));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + i), _mm256_permute4x64_epi64(packed, 0xD8));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + i), narrow(lo, hi));
 #endif
         return true;
       },
-      [&](int64_t i) { h[i] = bf16_nearest(src[i]); });
+      [&](int64_t i) { h[i] = scalar(src[i]); });
+}
+
+void float32_to_bf16(const float* __restrict src, void* dst, int64_t count) {
+#if defined(__AVX512F__)
+  const auto narrow = [](__m512 x) { return _mm512_cvtepi32_epi16(bf16_round(x)); };
+#elif defined(__AVX2__) && defined(__F16C__)
+  // packus interleaves the 128-bit halves of its operands; permute puts them back in order.
+  const auto narrow = [](__m256 lo, __m256 hi) {
+    return _mm256_permute4x64_epi64(_mm256_packus_epi32(bf16_round(lo), bf16_round(hi)), 0xD8);
+  };
+#else
+  const auto narrow = nullptr;
+#endif
+  store_16bit(src, dst, count, narrow, bf16_nearest);
 }
 
 void float32_to_f16(const float* __restrict src, void* dst, int64_t count) {
-  auto* __restrict h = static_cast<std::uint16_t*>(dst);
-  convert_loop(
-      count,
-      [&]([[maybe_unused]] int64_t i) {
 #if defined(__AVX512F__)
-        const __m512 x = _mm512_loadu_ps(src + i);
-        if (any_nan(x)) return false;
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + i), _mm512_cvtps_ph(x, kNearestEven));
+  const auto narrow = [](__m512 x) { return _mm512_cvtps_ph(x, kNearestEven); };
 #elif defined(__AVX2__) && defined(__F16C__)
-        const __m256 lo = _mm256_loadu_ps(src + i), hi = _mm256_loadu_ps(src + i + 8);
-        if (any_nan(lo, hi)) return false;
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(h + i), _mm256_cvtps_ph(lo, kNearestEven));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(h + i + 8), _mm256_cvtps_ph(hi, kNearestEven));
+  const auto narrow = [](__m256 lo, __m256 hi) {
+    return _mm256_set_m128i(_mm256_cvtps_ph(hi, kNearestEven), _mm256_cvtps_ph(lo, kNearestEven));
+  };
+#else
+  const auto narrow = nullptr;
 #endif
-        return true;
-      },
-      [&](int64_t i) { h[i] = f16_nearest(src[i]); });
+  store_16bit(src, dst, count, narrow, f16_nearest);
 }
 
 void float32_to_float32(const float* __restrict src, void* dst, int64_t count) {
@@ -730,11 +740,12 @@ inline void random_bits(std::uint64_t key, int64_t start, std::uint32_t* __restr
     out[i] = mix32(mix32((low + static_cast<std::uint32_t>(i)) ^ low_key) ^ high) >> 16;
 }
 
+// `first` is the element index of stream[0] in its param (0 but for a shard piece).
 inline void store_stochastic(Dtype dtype, const float* __restrict tile, void* stream, int64_t start, int64_t n,
-                             std::uint64_t key) {
+                             std::uint64_t key, int64_t first) {
   std::uint16_t* __restrict out = static_cast<std::uint16_t*>(stream) + start;
   alignas(64) std::uint32_t random[kTile];
-  random_bits(key, start, random, n);
+  random_bits(key, first + start, random, n);
   if (dtype == kBfloat16) {
     for (int64_t i = 0; i < n; ++i) out[i] = bf16_stochastic(tile[i], random[i]);
   } else {
@@ -822,7 +833,7 @@ void staged(const void* scalars, void* const* streams, int64_t begin, int64_t en
           for (int64_t lo = 0; lo < n; lo += kTile) {
             const int64_t m = n - lo < kTile ? n - lo : kTile;
             if (s.param_store == ParamStore::kStochastic)
-              store_stochastic(s.dtypes[k], tiles[k] + lo, streams[k], start + lo, m, s.random_key);
+              store_stochastic(s.dtypes[k], tiles[k] + lo, streams[k], start + lo, m, s.random_key, s.random_offset);
             else
               store_kahan(s.dtypes[k], tiles[k] + lo, streams[k], s.kahan_compensation, start + lo, m);
           }

@@ -213,6 +213,13 @@ struct StorageOptions {
   struct KeyDtype { std::string key; Dtype dtype; };
   std::vector<KeyDtype> state_dtype_per_key;
   std::int64_t group_index = 0;
+  // Private, for fusedopt.distributed: a group of shard pieces (slices of
+  // the full optimizer's params) has "_random_index", one (position, element
+  // offset) per param of the group: the full param's position and where the
+  // piece starts in it. Stochastic rounding then draws the full param's
+  // random bits. Empty: each param's own position, offset 0.
+  struct RandomIndex { std::int64_t position, offset; };
+  std::vector<RandomIndex> random_index;
 
   // The dtype a new state array of `key` is made in, for a param of `param_dtype`
   // (one that keeps unquantized state).

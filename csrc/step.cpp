@@ -184,8 +184,15 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
   for (std::size_t g = 0; g < param_groups.size(); ++g) {
     const StateKeys& keys = settings[g].keys;
     const StorageOptions& storage = settings[g].storage;
+    if (!storage.random_index.empty() && storage.random_index.size() != group_params[g].size())
+      throw py::value_error("param group " + std::to_string(g) + " has " + std::to_string(group_params[g].size()) +
+                            " params but " + std::to_string(storage.random_index.size()) + " _random_index pairs");
+    std::size_t in_group = 0;
     for (py::handle param_object : group_params[g]) {
       const std::int64_t i = index++;
+      const StorageOptions::RandomIndex random_index =
+          storage.random_index.empty() ? StorageOptions::RandomIndex{i, 0} : storage.random_index[in_group];
+      ++in_group;
       py::handle grad_object = grads[static_cast<std::size_t>(i)];
       if (grad_object.is_none()) continue;  // like torch: a param without a gradient is left alone
 
@@ -282,7 +289,8 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
         s.grad_scale = grad_scale.value;
         s.param_store = storage.kahan_sum ? ParamStore::kKahan
                         : storage.stochastic ? ParamStore::kStochastic : ParamStore::kNearest;
-        s.random_key = random_key(storage.seed, p.t, i);
+        s.random_key = random_key(storage.seed, p.t, random_index.position);
+        s.random_offset = random_index.offset;
         s.block_size = storage.block_size;
         p.task.kernel = table.staged[compute];
       }

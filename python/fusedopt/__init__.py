@@ -17,7 +17,7 @@ from .optimizer import Optimizer
 from .optimizers import *  # noqa: F403  (every rule's class: optimizers.__all__)
 from .optimizers import Adam8bit, AdamW8bit, Lion8bit, SGD8bit
 from .rule import NonFiniteGradError
-from . import checkpoint, functional, lr_scheduler, reference, schedules
+from . import checkpoint, distributed, functional, lr_scheduler, reference, schedules
 from .checkpoint import load, save
 from .functional import clip_grad_norm_, clip_grad_value_, get_total_norm
 
@@ -29,7 +29,7 @@ except importlib.metadata.PackageNotFoundError:  # a source tree run in place: t
 __all__ = [
     "Optimizer", *optimizers.__all__, *optimizers.EIGHT_BIT,
     "NonFiniteGradError", "clip_grad_norm_", "clip_grad_value_", "get_total_norm",
-    "functional", "reference", "checkpoint", "save", "load", "lr_scheduler", "schedules",
+    "functional", "reference", "checkpoint", "save", "load", "lr_scheduler", "schedules", "distributed",
     "cpu_features", "show_config", "get_num_threads", "set_num_threads", "threads",
     "__version__",
 ]

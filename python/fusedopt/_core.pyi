@@ -102,6 +102,13 @@ def dequantize(codes: np.ndarray, absmax: np.ndarray, values: np.ndarray, block_
 def roof(tensors: Sequence[Sequence[np.ndarray]]) -> None:
     """Memory roof: for each [a_1, ..., a_k, b], a_i += b in place (benchmarks only)."""
 
+def bytes_roof(
+    tensors: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray], Sequence[np.ndarray]]],
+) -> None:
+    """Memory roof of mixed storage: for each (updated, read, stored), the read arrays' sum (as
+    unsigned integers of their width) is added to the updated ones and written to the stored ones
+    (benchmarks only)."""
+
 def num_threads() -> int:
     """The thread count a large step uses now."""
 

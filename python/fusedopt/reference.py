@@ -46,9 +46,11 @@ class _NumpyStep(Optimizer):
             if grad is None:
                 continue
             hyper = {k: (float(v) if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
-                         else v) for k, v in group.items() if k != "params" and k not in STORAGE_DEFAULTS}
+                         else v) for k, v in group.items()
+                     if k != "params" and k not in STORAGE_DEFAULTS and k != "_random_index"}
             state["step"] += 1
-            staging = _Staging(group, param, state, position, self.rule.state_signs(group))
+            staging = _Staging(group, param, state, _random_index(group, param, position),
+                               self.rule.state_signs(group))
             w, g, working = staging.load(grad, grad_scale)
             self._update(w, g, working, **hyper)
             staging.store(w, working)
@@ -128,9 +130,9 @@ def random_key(seed: int, step: int, position: int) -> int:
     return _mix64(seed ^ _mix64(step ^ _mix64(position)))
 
 
-def random16(key: int, count: int) -> np.ndarray:
-    """16 random bits for each element index 0 .. count-1 of a tensor."""
-    index = np.arange(count, dtype=np.uint64)
+def random16(key: int, count: int, first: int = 0) -> np.ndarray:
+    """16 random bits for each element index first .. first+count-1 of a tensor."""
+    index = np.arange(first, first + count, dtype=np.uint64)
     low, high = (index & np.uint64(0xFFFFFFFF)).astype(_U32), (index >> np.uint64(32)).astype(_U32)
     x = _mix32(low ^ _U32(key & 0xFFFFFFFF))
     return _mix32(x ^ high ^ _U32(key >> 32)) >> 16
@@ -247,13 +249,25 @@ def dequantize(codes: np.ndarray, absmax: np.ndarray, block_size: int, signed: b
     return values.astype(np.float32).reshape(codes.shape)
 
 
+def _random_index(group: dict[str, Any], param: np.ndarray, position: int) -> tuple[int, int]:
+    """(position, element offset) keying a param's stochastic rounding: its own
+    position and 0, or what a group of shard pieces says (the private
+    "_random_index" of fusedopt.distributed: the full param's position and
+    where the piece starts in it; csrc/rules.hpp, StorageOptions)."""
+    pairs = group.get("_random_index")
+    if pairs is None:
+        return position, 0
+    k = next(k for k, p in enumerate(group["params"]) if p is param)
+    return tuple(pairs[k])
+
+
 class _Staging:
     """One param's arrays as the update sees them (the compute dtype) and
     their store back, as the core's staged kernel does."""
 
-    def __init__(self, group: dict[str, Any], param: np.ndarray, state: dict[str, Any], position: int,
-                 signs: dict[str, bool]):
-        self.group, self.param, self.state, self.position, self.signs = group, param, state, position, signs
+    def __init__(self, group: dict[str, Any], param: np.ndarray, state: dict[str, Any],
+                 random_index: tuple[int, int], signs: dict[str, bool]):
+        self.group, self.param, self.state, self.random_index, self.signs = group, param, state, random_index, signs
         self.compute = np.dtype(np.float64 if param.dtype == np.float64 else np.float32)
         self.block_size = group.get("block_size", STORAGE_DEFAULTS["block_size"])
         self.quantized = _core.keeps_8bit_state(group, param.size)  # the core's one decision
@@ -312,8 +326,9 @@ class _Staging:
             c = self.state.setdefault("kahan_comp", np.zeros_like(self.param))
             _kahan_store(w, self.param, c)
         elif self.group.get("rounding") == "stochastic":
-            key = random_key(self.group.get("seed", 0), self.state["step"], self.position)
-            rounded = round_stochastic(w, self.param.dtype, random16(key, self.param.size))
+            position, first = self.random_index
+            key = random_key(self.group.get("seed", 0), self.state["step"], position)
+            rounded = round_stochastic(w, self.param.dtype, random16(key, self.param.size, first))
             self.param[...] = rounded.reshape(self.param.shape)
         else:
             self.param[...] = round_nearest(w, self.param.dtype)
