@@ -4,6 +4,7 @@ the reference, and its tables of rules and workloads say what they claim."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -35,6 +36,7 @@ try:
     HAVE_DEEPSPEED = True
 except importlib.metadata.PackageNotFoundError:
     HAVE_DEEPSPEED = False
+HAVE_BITSANDBYTES = importlib.util.find_spec("bitsandbytes") is not None
 
 
 @pytest.fixture(scope="session")
@@ -139,7 +141,7 @@ def test_deepspeed_is_a_peer_when_asked_for(tmp_path):
     rows = {(row["rule"], row["precision"]): row for row in json.loads((tmp_path / "bench.json").read_text())["results"]
             if row["family"] == "deepspeed"}
     precisions = ["float32", "float64", "bfloat16", "bfloat16+fp32-state", "bfloat16+master", "bfloat16+kahan",
-                  "bfloat16+stochastic"]
+                  "bfloat16+stochastic", "bfloat16+8bit"]
     assert set(rows) == {(rule, precision) for rule in ("adam", "adamw", "sgd") for precision in precisions}
     runs = ("float32", "bfloat16", "bfloat16+fp32-state")
     for (rule, precision), row in rows.items():
@@ -155,6 +157,30 @@ def test_deepspeed_is_a_peer_when_asked_for(tmp_path):
     assert "vs deepspeed" in out
 
 
+def test_bitsandbytes_is_the_8bit_peer_when_asked_for(tmp_path):
+    """--impls bitsandbytes: its 8-bit Adam/AdamW/Lion/SGD with momentum on
+    the 8-bit modes only, a note for the rest, and a note (not a failure)
+    when it is not installed."""
+    run_bench(tmp_path, "--rules", "adamw,lion,adadelta", "--sizes", "1e4", "--models", "none",
+              "--dtypes", "float32,float32+8bit,bfloat16+8bit", "--impls", "fusedopt,bitsandbytes", "--threads", "1",
+              "--seconds", "0.01", "--min-samples", "3", "--json", str(tmp_path / "bench.json"))
+    rows = {(row["rule"], row["precision"]): row for row in json.loads((tmp_path / "bench.json").read_text())["results"]
+            if row["family"] == "bitsandbytes"}
+    assert set(rows) == {(rule, precision) for rule in ("adamw", "lion", "adadelta")
+                         for precision in ("float32", "float32+8bit", "bfloat16+8bit")}
+    for (rule, precision), row in rows.items():
+        if not HAVE_BITSANDBYTES:
+            assert row["skipped"] == "bitsandbytes is not installed (pip install 'fusedopt[peers]')"
+        elif rule == "adadelta":
+            assert row["skipped"] == "bitsandbytes has no 8-bit Adadelta()"
+        elif precision == "float32":
+            assert row["skipped"] == "bitsandbytes' 8-bit optimizers keep 8-bit state, not float32's"
+        else:
+            assert row["skipped"] is None and row["seconds"]["median"] > 0
+            codes = 2 * (2 if rule == "adamw" else 1)  # each state array's codes read and written
+            assert row["bytes_per_element"] == (12 if precision == "float32+8bit" else 6) + codes
+
+
 def test_precision_modes_are_workloads_with_their_peers(tmp_path):
     """--dtypes bfloat16: every bfloat16 mode, each with its bytes per element
     and its roof; torch runs the mode it has (state in bfloat16, round to
@@ -165,7 +191,7 @@ def test_precision_modes_are_workloads_with_their_peers(tmp_path):
     document = json.loads((tmp_path / "bench.json").read_text())
     rows = {(row["precision"], row["family"]): row for row in document["results"]}
     bytes_per_element = {"bfloat16": 14, "bfloat16+fp32-state": 22, "bfloat16+master": 28, "bfloat16+kahan": 18,
-                         "bfloat16+stochastic": 14, "float16+master": 28}
+                         "bfloat16+stochastic": 14, "bfloat16+8bit": 10, "float16+master": 28}
     assert list(document["settings"]["precisions"]) == list(bytes_per_element)
     for (precision, family), row in rows.items():
         assert row["bytes_per_element"] == bytes_per_element[precision] and row["tensors"] == 1

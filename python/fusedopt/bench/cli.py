@@ -25,7 +25,7 @@ QUICK = dict(rules=[rule_named(key) for key in QUICK_RULES], sizes=workloads.QUI
              dtypes=["float32"], seconds=0.04, min_samples=3)
 # Peers that run only when asked for: DeepSpeed builds its kernel on first
 # use (minutes), which would break --quick's minute.
-OPT_IN_FAMILIES = ("deepspeed",)
+OPT_IN_FAMILIES = ("deepspeed", "bitsandbytes")
 FULL = dict(rules=RULES, sizes=workloads.DEFAULT_SIZES, models=list(workloads.MODELS), dtypes=["float32", "float64"],
             seconds=0.2, min_samples=5)
 
@@ -207,7 +207,8 @@ def main(args: argparse.Namespace, command: str | None = None) -> int:
     features = machine["fusedopt"]
     print(f"fusedopt {features['version']} on {features['cpu']}: targets {', '.join(settings.targets)}, "
           f"threads {', '.join(map(str, settings.threads))}; numpy {machine['numpy']}, "
-          f"torch {machine['torch'] or 'not installed'}, deepspeed {machine['deepspeed'] or 'not installed'}")
+          f"torch {machine['torch'] or 'not installed'}, deepspeed {machine['deepspeed'] or 'not installed'}, "
+          f"bitsandbytes {machine['bitsandbytes'] or 'not installed'}")
     if "load_average" in machine:
         load, cpus = machine["load_average"][0], machine.get("cpus_usable") or machine["cpu_count"] or 1
         print(f"load average {load:.2f} on {cpus} CPUs")

@@ -354,6 +354,40 @@ def deepspeed_adam():
     return DeepSpeedCPUAdam
 
 
+class BitsAndBytes(Implementation):
+    """bitsandbytes' 8-bit optimizers, the peer of fusedopt's 8-bit state."""
+
+    description = ("bitsandbytes' Adam8bit / AdamW8bit / Lion8bit / SGD8bit (block-wise 8-bit state, "
+                   "min_8bit_size=0) on tensors sharing the arrays' memory, grads set; on the CPU an "
+                   "unfused eager step")
+    # fusedopt's class -> bitsandbytes' 8-bit class of the same update.
+    CLASSES = {"Adam": "Adam8bit", "AdamW": "AdamW8bit", "Lion": "Lion8bit", "SGD": "SGD8bit"}
+
+    @property
+    def label(self):
+        return f"bitsandbytes {self.threads}t"
+
+    def unavailable(self, rule):
+        if importlib.util.find_spec("bitsandbytes") is None:
+            return "bitsandbytes is not installed (pip install 'fusedopt[peers]')"
+        if rule.optimizer not in self.CLASSES or (rule.optimizer == "SGD" and not rule.kwargs.get("momentum")):
+            return f"bitsandbytes has no 8-bit {rule.describe()}"
+        return None
+
+    def refuses(self, precision):
+        if not precision.name.endswith("+8bit"):
+            return f"bitsandbytes' 8-bit optimizers keep 8-bit state, not {precision.name}'s"
+        return None
+
+    @contextlib.contextmanager
+    def prepared(self, rule, precision, params, grad_sets):
+        import bitsandbytes
+        optimizer_class = getattr(bitsandbytes.optim, self.CLASSES[rule.optimizer])
+        with _torch_tensors(params, grad_sets, self.threads) as (tensors, step_with):
+            optimizer = optimizer_class(tensors, **rule.kwargs, min_8bit_size=0)
+            yield step_with(optimizer.step)
+
+
 # Families in the order of the table; the torch ones in increasing speed.
 FAMILIES: dict[str, type[Implementation]] = {
     "roof": Roof,
@@ -365,10 +399,11 @@ FAMILIES: dict[str, type[Implementation]] = {
     "torch foreach": Torch,
     "torch fused": Torch,
     "deepspeed": DeepSpeed,
+    "bitsandbytes": BitsAndBytes,
 }
 
 # The families that run on torch tensors: their refusals are reported, not raised.
-PEERS = (Torch, DeepSpeed)
+PEERS = (Torch, DeepSpeed, BitsAndBytes)
 
 # The short names the command line accepts.
 FAMILY_KEYS = {family.replace(" ", "-"): family for family in FAMILIES}

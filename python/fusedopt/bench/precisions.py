@@ -2,8 +2,9 @@
 options of one precision mode (docs/precision.md), with the bytes a step of
 each rule moves in that mode and the arrays of its memory roof.
 
-``--dtypes float32,bfloat16`` runs every mode of each dtype; a mode's own
-name (``bfloat16+fp32-state``) runs that mode alone.
+``--dtypes float32,bfloat16`` runs every mode of each 16-bit dtype (and the
+plain float32 step); a mode's own name (``bfloat16+fp32-state``,
+``float32+8bit``) runs that mode alone.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class Precision:
 
     @property
     def state_dtype(self) -> np.dtype:
+        """How each state element is stored (8-bit codes as uint8)."""
+        if self.options.get("state_bits") == 8:
+            return np.dtype(np.uint8)
         return DTYPES[self.options.get("state_dtype") or self.dtype]
 
     @property
@@ -44,7 +48,9 @@ class Precision:
     def bytes_per_element(self, rule: BenchRule) -> int:
         """Minimal traffic of one step: every array read once, every array
         but the grad written once; with master weights the float32 master is
-        read and written and the param only written."""
+        read and written and the param only written. 8-bit state counts its
+        codes, one byte per element, not the float32 scale of each block of
+        256 (another 4/256 bytes per state array, read and written)."""
         param, state = self.numpy_dtype.itemsize, self.state_dtype.itemsize
         states = 2 * state * len(rule.state_keys)
         if self.options.get("master_weights"):
@@ -97,10 +103,20 @@ def _modes(dtype: str) -> list[Precision]:
                   f"{dtype} params, grads and state, a {dtype} Kahan compensation"),
         Precision(f"{dtype}+stochastic", dtype, _frozen(rounding="stochastic"),
                   f"{dtype} params, grads and state, params rounded stochastically"),
+        _eight_bit(dtype),
     ]
 
 
+def _eight_bit(dtype: str) -> Precision:
+    # min_8bit_size=0: every tensor keeps 8-bit state, so each workload moves the mode's bytes.
+    return Precision(f"{dtype}+8bit", dtype, _frozen(state_bits=8, min_8bit_size=0),
+                     f"{dtype} params and grads, 8-bit block-wise quantized state (blocks of 256)")
+
+
+# Every mode by name: a dtype's modes, and float32 params with 8-bit state,
+# which runs only when named (--dtypes float32 stays the plain float32 step).
 PRECISIONS: dict[str, Precision] = {p.name: p for dtype in DTYPES for p in _modes(dtype)}
+PRECISIONS["float32+8bit"] = _eight_bit("float32")
 
 
 def precision_named(name: str) -> Precision:

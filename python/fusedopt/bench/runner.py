@@ -62,7 +62,7 @@ class Settings:
                 chosen += [impls.make("roof", n, best) for n in self.threads]
             elif family == "fusedopt":
                 chosen += [impls.make("fusedopt", n, target) for target in self.targets for n in self.threads]
-            elif family.startswith("torch") or family == "deepspeed":
+            elif family.startswith("torch") or family in ("deepspeed", "bitsandbytes"):
                 chosen.append(impls.make(family, max(self.threads)))
             else:  # NumPy and the plain loop run on one thread by nature
                 chosen.append(impls.make(family, 1))
