@@ -117,6 +117,14 @@ def test_bad_random_index_is_refused_and_changes_nothing(bad, message):
     assert np.all(w == 1) and opt.state[0]["step"] == 0
 
 
+def test_eight_bit_state_is_refused_clearly():
+    """Not built yet (docs/distributed.md): refused at construction, with one rank."""
+    from fusedopt.distributed import ZeroRedundancyOptimizer
+    for optimizer_class, options in ((fusedopt.AdamW8bit, {}), (fusedopt.Adam, {"state_bits": 8})):
+        with pytest.raises(ValueError, match="does not shard 8-bit state"):
+            ZeroRedundancyOptimizer([np.ones(8192, np.float32)], optimizer_class=optimizer_class, **options)
+
+
 @pytest.mark.parametrize("world", [1, 2, 3, 8])
 def test_shard_layout(world):
     """Contiguous shards, cut only at param ends or at multiples of BLOCK
