@@ -8,7 +8,10 @@ do this), stochastic rounding, Kahan summation, float32 master weights, and
 the float32 run for reference. At a small step size most of an update is
 smaller than half a bfloat16 ulp of the weight it is added to, so round to
 nearest throws it away and the network stalls; the three remedies keep it
-and track float32 (docs/precision.md). Written into ``--out``:
+and track float32 (docs/precision.md). Two more runs keep Adam's moments in
+8 bits (block-wise quantized, every tensor: min_8bit_size=0), with float32
+params and with bfloat16 params rounded stochastically. Each run prints the
+memory its optimizer state takes. Written into ``--out``:
 
     precision_loss_curves.png   loss per epoch, and the share of weights each epoch moved
     precision_summary.json      the same as numbers
@@ -45,8 +48,11 @@ MODES = {
     "bfloat16, stochastic rounding": (bfloat16, {"rounding": "stochastic", "seed": 0}),
     "bfloat16, Kahan summation": (bfloat16, {"kahan_sum": True}),
     "bfloat16, float32 master weights": (bfloat16, {"master_weights": True}),
+    "float32, 8-bit state": (np.float32, {"state_bits": 8, "min_8bit_size": 0}),
+    "bfloat16, 8-bit state, stochastic": (bfloat16, {"state_bits": 8, "min_8bit_size": 0,
+                                                     "rounding": "stochastic", "seed": 0}),
 }
-COLORS = ["black", "tab:red", "tab:blue", "tab:green", "tab:orange"]
+COLORS = ["black", "tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown"]
 
 
 def load_data():
@@ -104,6 +110,8 @@ def train(mode, data, epochs):
         curves["moved"].append(moved / (params[0].size + params[2].size))
         curves["train"].append(loss_and_grads(params, x_train, y_train, False)[0])
         curves["test"].append(loss_and_grads(params, x_test, y_test, False)[0])
+    curves["state_bytes"] = sum(value.nbytes for entry in opt.state for value in entry.values()
+                                if isinstance(value, np.ndarray))
     return curves
 
 
@@ -148,7 +156,8 @@ def main(argv=None):
             results[mode] = train(mode, data, epochs)
             curves = results[mode]
             print(f"{mode:34s} train/test loss after {epochs} epochs: {curves['train'][-1]:.4f}/"
-                  f"{curves['test'][-1]:.4f}, weights moved in the last epoch: {100 * curves['moved'][-1]:.1f}%")
+                  f"{curves['test'][-1]:.4f}, weights moved in the last epoch: {100 * curves['moved'][-1]:.1f}%, "
+                  f"optimizer state {curves['state_bytes'] / 1024:.1f} KiB")
 
     plot(results, epochs, args.out / "precision_loss_curves.png")
     summary = {"epochs": epochs, "lr": LR, "runs": results}
