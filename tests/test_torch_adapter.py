@@ -725,8 +725,9 @@ def test_unusable_params_are_refused_by_name():
     good = torch.nn.Parameter(torch.zeros(2))
     for param, error, message in [
         (torch.zeros(3, dtype=torch.complex64), TypeError, r"params\[1\].*complex dtype torch.complex64"),
-        (torch.zeros(3, dtype=torch.float16), TypeError, r"params\[1\].*dtype torch.float16.*float32 and float64"),
-        (torch.zeros(3, dtype=torch.bfloat16), TypeError, r"dtype torch.bfloat16"),
+        (torch.zeros(3, dtype=torch.float8_e4m3fn), TypeError,
+         r"params\[1\].*dtype torch.float8_e4m3fn.*float32, float64, bfloat16 and float16"),
+        (torch.zeros(3, dtype=torch.int32), TypeError, r"dtype torch.int32"),
         (torch.zeros(4, 6)[:, ::2], ValueError, r"params\[1\] \(shape \(4, 3\)\) is not dense.*contiguous\(\)"),
         (torch.sparse_coo_tensor([[0]], [1.0], (3,), check_invariants=True), TypeError, r"params\[1\].*torch.sparse_coo"),
     ]:
@@ -738,8 +739,8 @@ def test_unusable_params_are_refused_by_name():
 
 
 def test_errors_name_the_param_by_its_name():
-    net = torch.nn.Linear(3, 2).to(torch.float16)
-    with pytest.raises(TypeError, match=r"params\[0\] 'weight' \(shape \(2, 3\)\) has dtype torch.float16"):
+    net = torch.nn.Linear(3, 2).to(torch.float8_e5m2)
+    with pytest.raises(TypeError, match=r"params\[0\] 'weight' \(shape \(2, 3\)\) has dtype torch.float8_e5m2"):
         ft.AdamW(net.named_parameters())
 
 
