@@ -289,8 +289,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         for param in group["params"]:
             state = self.state[param]
             for key, value in self._initial_state(group, param, index).items():
-                if key != "step" or self.row.counts_steps:
+                if key != "step" or self._counts_steps(group):
                     state[key] = value
+
+    def _counts_steps(self, group: Mapping[str, Any]) -> bool:
+        """Whether a group's params keep ``state["step"]``: as torch's rule
+        does, and always with stochastic rounding, whose random bits are
+        keyed by the step count (torch's SGD keeps none; fusedopt's does)."""
+        return self.row.counts_steps or group.get("rounding") == "stochastic"
 
     def _initial_state(self, group: dict[str, Any], param: torch.Tensor, index: int) -> dict[str, Any]:
         """One param's state before its first step, in torch's keys: whatever
@@ -645,7 +651,8 @@ class _Plan:
             array_keys = [(key, row.torch_key(key), True) for key in arrays]
             array_keys += [(key, row.torch_key(key), False) for key in storage_state_keys(opt._core_group(group))]
             scalar_keys = [(key, row.torch_key(key), value) for key, value in scalars.items()]
-            if row.counts_steps:
+            counts_steps = opt._counts_steps(group)
+            if counts_steps:
                 scalar_keys.insert(0, ("step", "step", 0.0))
             views: list[np.ndarray | None] = []
             for param in params:
@@ -657,7 +664,8 @@ class _Plan:
                     views.append(_view(param))
                     self.active.append(param)
                     self.watched.append(param)
-                    self.entries.append(self._entry(opt, group, g, param, index, array_keys, scalar_keys))
+                    self.entries.append(self._entry(opt, group, g, param, index, array_keys, scalar_keys,
+                                                    counts_steps))
                     self.grad_views.append(None)  # filled by _take_grads
                 index += 1
             self.group_views.append(views)
@@ -668,7 +676,7 @@ class _Plan:
             self._snapshot_state(opt)
 
     def _entry(self, opt: FusedOptimizer, group: dict[str, Any], g: int, param: torch.Tensor, index: int,
-               array_keys: list, scalar_keys: list) -> dict[str, Any]:
+               array_keys: list, scalar_keys: list, counts_steps: bool) -> dict[str, Any]:
         """One param's state for the core, from torch's (made as the core's
         initial state where it is missing, and stored only after the step)."""
         state = opt.state.get(param, _NO_STATE)
@@ -705,7 +713,7 @@ class _Plan:
             self.mirror_keys.append(core_key)
             self.mirror_labels.append(label)
             self.state_held.append(tensor.untyped_storage())
-        if not opt.row.counts_steps:
+        if not counts_steps:
             # The core counts steps to know when a momentum buffer is new (it
             # then starts as a copy of the gradient); torch instead looks for
             # the buffer. Tell the core the same: it counts on from here.
