@@ -623,7 +623,9 @@ class _Plan:
         self.groups = list(opt.param_groups)
         self.param_lists = [group["params"] for group in self.groups]
         self.param_ids = [list(map(id, params)) for params in self.param_lists]
-        self.specs = [row.rule.state_spec(opt._core_group(group)) for group in self.groups]
+        self.specs = [_state_layout(opt, group) for group in self.groups]
+        # The group's values the specs were read from: unchanged objects need no new spec.
+        self.spec_values = [list(group.values()) for group in self.groups]
         self.params = [p for params in self.param_lists for p in params]
         self.step_grads = list(map(_GRAD, self.params))  # held during a step only
         self.has_grad = [g is not None for g in self.step_grads]
@@ -646,10 +648,11 @@ class _Plan:
         self.state_held: list[Any] = []  # their storages, kept allocated
 
         index = 0
-        for g, (group, params, (arrays, scalars)) in enumerate(zip(self.groups, self.param_lists, self.specs)):
+        for g, (group, params, ((arrays, scalars), storage_keys)) in enumerate(
+                zip(self.groups, self.param_lists, self.specs)):
             # The rule's arrays, then those the storage options add (the master copy, the Kahan buffer).
             array_keys = [(key, row.torch_key(key), True) for key in arrays]
-            array_keys += [(key, row.torch_key(key), False) for key in storage_state_keys(opt._core_group(group))]
+            array_keys += [(key, row.torch_key(key), False) for key in storage_keys]
             scalar_keys = [(key, row.torch_key(key), value) for key, value in scalars.items()]
             counts_steps = opt._counts_steps(group)
             if counts_steps:
@@ -744,12 +747,15 @@ class _Plan:
         groups = opt.param_groups
         if opt.state is not self.state_map or len(groups) != len(self.groups):
             return False
-        for group, cached, params, ids, spec in zip(groups, self.groups, self.param_lists, self.param_ids,
-                                                    self.specs):
+        for g, (group, cached, params, ids) in enumerate(zip(groups, self.groups, self.param_lists, self.param_ids)):
             if group is not cached or group["params"] is not params or list(map(id, params)) != ids:
                 return False
-            if opt.row.rule.state_spec(opt._core_group(group)) != spec:
-                return False
+            values = list(group.values())
+            if len(values) != len(self.spec_values[g]) or not all(map(operator.is_, values, self.spec_values[g])):
+                # A value replaced (a scheduler's lr): the state layout may differ (amsgrad turned on).
+                if _state_layout(opt, group) != self.specs[g]:
+                    return False
+                self.spec_values[g] = values
         state = opt.state
         if list(map(id, state)) != self.state_key_ids or list(map(id, state.values())) != self.state_dict_ids:
             return False
@@ -807,6 +813,13 @@ class _Plan:
         # their version counters, so a graph that saved them refuses to
         # backward through stale values, as after torch's in-place updates.
         _increment_versions(self.active)
+
+
+def _state_layout(opt: FusedOptimizer, group: Mapping[str, Any]) -> tuple:
+    """What state a group's settings ask for: the rule's (``state_spec``) and
+    the storage options' arrays (a master copy, a Kahan buffer)."""
+    core_group = opt._core_group(group)
+    return opt.row.rule.state_spec(core_group), storage_state_keys(core_group)
 
 
 class _Gone:
