@@ -16,9 +16,12 @@ learning-rate schedulers, step hooks and ``zero_grad`` work unchanged.
 How a step works: the params, their gradients and the state tensors are
 handed to fusedopt's compiled core as NumPy views of the tensors' own memory
 (``Tensor.numpy()`` never copies a CPU tensor), so the core updates them in
-place. The params must be dense float32 or float64 tensors (any layout that
-fills one block of memory: contiguous, channels_last, a transpose) on
-the CPU; anything else is refused with an error naming the param. (A param
+place. The params must be dense float32, float64, bfloat16 or float16
+tensors (any layout that fills one block of memory: contiguous,
+channels_last, a transpose) on the CPU; anything else is refused with an
+error naming the param. A bfloat16 tensor, which ``Tensor.numpy()`` refuses,
+is viewed through its bits (``t.view(torch.int16).numpy()``) as ml_dtypes'
+bfloat16: no copy either. (A param
 may be on the meta device until its first step, for
 ``with torch.device("meta"): model = ...`` then ``model.to_empty(...)``
 with ``torch.__future__.set_swap_module_params_on_conversion(True)``, which
@@ -28,7 +31,8 @@ The views and the core's dicts are made at the first step and kept (see
 :class:`_Plan`); each later step checks, at C speed over lists, that
 nothing they depend on changed (param groups, gradients, ``opt.state``, the
 tensors' memory, the 0-d state values) and makes them again if it did, so
-edits between steps work as with ``torch.optim``. The step runs torch's
+edits between steps work as with ``torch.optim``; 16-bit params take the
+same path. The step runs torch's
 step hooks itself (torch's ``Optimizer.step`` wrapper would cost more than
 a small step) and is labelled for torch's profiler while one records.
 
@@ -50,6 +54,30 @@ later gets its state at its first step, as in torch. Adagrad's ``sum`` starts at
 the param group's ``initial_accumulator_value``, where torch takes the
 constructor's for every group (the two differ only for a group given its
 own value).
+
+Precision: every class takes the NumPy API's storage options, keyword-only,
+with their meaning and errors (docs/precision.md): ``state_dtype`` (None:
+the param's dtype, as torch; a torch dtype, e.g. ``torch.float32`` for
+bfloat16 params; or ``{state key: dtype}``; kept in the groups by name,
+``"float32"``), ``master_weights``, ``kahan_sum``, ``rounding`` and
+``seed``. The state tensors are the arrays the core's ``initial_state``
+makes (in their dtypes; ``master_param``, ``kahan_comp``), made at a param's
+first step. ``load_state_dict`` gives each state array the dtype the loaded
+group's options give it (torch's casts every floating state tensor to its
+param's dtype: float32 state of a bfloat16 param would lose its bits);
+torch.optim loading ours casts as it always does. With stochastic rounding
+SGD keeps ``state["step"]`` (torch's SGD keeps none): the random bits are
+keyed by it. torch's fused kernels on 16-bit tensors agree with the defaults
+(state in the param's dtype, float32 arithmetic, round to nearest) to one
+16-bit rounding.
+
+``torch.amp.GradScaler``: the classes set ``_step_supports_amp_scaling``, as
+torch's fused optimizers do, so ``scaler.step(opt)`` hands the step the
+scale and the scaler's inf check (``opt.grad_scale``, ``opt.found_inf``):
+the core divides each grad by the scale as it reads it (the grads are never
+written), and a step with an inf or NaN changes nothing but the state a
+first step makes, as torch's fused Adam (and counts in ``skipped_steps``);
+``scaler.update()`` sees the inf as usual.
 
 Every class also takes fusedopt's ``nonfinite="apply" | "skip" | "raise"``
 (keyword-only; see :class:`fusedopt.Optimizer`): with ``"skip"`` a step whose
@@ -578,6 +606,7 @@ _FILL = np.ndarray.fill
 _GET = dict.__getitem__
 # Bounds the step counts the core is given (it counts in 64-bit ints).
 _MAX_STEP = 2**62
+_EXACT_IN_FLOAT32 = 2**24  # every whole number below it is a float32
 
 
 class _Plan:
@@ -589,7 +618,9 @@ class _Plan:
     C-speed passes over lists (``map``), so a step does only that:
 
     - the param groups, their ``params`` lists and the state layout their
-      settings ask for (``amsgrad`` turned on needs one more array);
+      settings ask for (``amsgrad`` or ``master_weights`` turned on needs one
+      more array), looked up again only when one of a group's values is
+      another object than at the last check (a scheduler's new lr);
     - each param's gradient: which params have one (a change rebuilds) and
       the gradient objects (a new one, as after ``zero_grad()`` and
       ``backward()``, gets a new view). The plan holds gradients weakly
@@ -605,7 +636,9 @@ class _Plan:
       found where torch keeps it (``param.grad``, ``opt.state[param][key]``):
       a tensor replaced, ``.data`` reassigned, ``share_memory_()``, ``set_()``;
     - the values of the 0-d state tensors (``step``, ``mu_product``), which
-      the core is given as numbers: one edited in place is read again.
+      the core is given as numbers: one edited in place is read again
+      (compared with the counts last written, which a float32 holds exactly
+      below 2**24, rather than reading them back after each step).
 
     Anything else rebuilds the plan. The plan holds every tensor it has a
     view of and its storage, so memory it points into is not freed and
@@ -675,6 +708,7 @@ class _Plan:
         self._take_grads()
         self.watched_ptrs = list(map(_DATA_PTR, self.watched))
         self.mirror_values = list(map(_ITEM, self.mirror_views))
+        self.counts_only = all(key == "step" for key in self.mirror_keys)
         if not self.pending:
             self._snapshot_state(opt)
 
@@ -807,8 +841,13 @@ class _Plan:
                 self.state_slots.append((param, key))
             self.pending = []
             self._snapshot_state(opt)
-        deque(map(_FILL, self.mirror_views, map(_GET, self.mirror_entries, self.mirror_keys)), maxlen=0)
-        self.mirror_values = list(map(_ITEM, self.mirror_views))
+        values = list(map(_GET, self.mirror_entries, self.mirror_keys))
+        deque(map(_FILL, self.mirror_views, values), maxlen=0)
+        # What the tensors now hold, for the next step's check: the counts
+        # themselves while every mirror is a count a float32 holds exactly
+        # (reading 400 tensors back costs more than the check), else read back.
+        exact = self.counts_only and (not values or max(values) < _EXACT_IN_FLOAT32)
+        self.mirror_values = values if exact else list(map(_ITEM, self.mirror_views))
         # The params changed through NumPy, which autograd does not see: bump
         # their version counters, so a graph that saved them refuses to
         # backward through stale values, as after torch's in-place updates.
