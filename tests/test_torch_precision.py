@@ -497,3 +497,30 @@ def test_grad_scaler_with_float32_divides_inside_the_kernel_exactly():
         for p, q in zip(plain, scaled):
             assert torch.equal(p, q)
             assert all(torch.equal(v, scaled_opt.state[q][k]) for k, v in plain_opt.state[p].items())
+
+
+@pytest.mark.parametrize("unscale_first", [False, True], ids=["scaler.step", "unscale_ then step"])
+def test_a_grad_scaler_loop_trains_as_with_torch_fused_adam(unscale_first):
+    """A whole GradScaler loop on a float32 param (backward of the scaled
+    loss, a NaN at the second step, optionally ``scaler.unscale_(opt)``
+    before the step, as for clipping): the same scales and step counts as
+    with torch's fused Adam, and the params to float32 rounding (torch's
+    kernel uses FMA: 8 float32 ulps of the largest magnitude per step, the
+    bound of test_torch_adapter.py)."""
+    results = []
+    for make in (lambda p: torch.optim.Adam([p], lr=0.1, fused=True), lambda p: ft.Adam([p], lr=0.1)):
+        p = torch.nn.Parameter(torch.randn(40, generator=torch.Generator().manual_seed(0)))
+        opt, scaler = make(p), torch.amp.GradScaler("cpu", init_scale=2.0**8)
+        for step in range(4):
+            scaler.scale((p**2).sum()).backward()
+            if step == 1:
+                p.grad[0] = float("nan")
+            if unscale_first:
+                scaler.unscale_(opt)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+        results.append((p.detach(), scaler.get_scale(), opt.state[p]["step"].item()))
+    (theirs, their_scale, their_steps), (ours, our_scale, our_steps) = results
+    assert our_scale == their_scale == 2.0**7 and our_steps == their_steps == 3
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=3 * 8 * 2.0**-23 * float(theirs.abs().max()))
