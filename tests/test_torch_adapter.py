@@ -538,9 +538,10 @@ def test_one_fused_call_on_views_of_the_tensors_memory(monkeypatch):
     real = fusedopt.Adam.rule
     calls = []
 
-    def spy(groups, grads, states, check_finite=False):
+    def spy(groups, grads, states, check_finite=False, grad_scale=None):
         calls.append(1)
         assert check_finite is False  # nonfinite="apply": no extra pass over the grads
+        assert grad_scale is None  # no GradScaler: nothing to divide
         params = all_params(opt)
         views = [v for group in groups for v in group["params"]]
         assert len(views) == len(grads) == len(states) == len(params)
@@ -555,7 +556,7 @@ def test_one_fused_call_on_views_of_the_tensors_memory(monkeypatch):
                 assert array.__array_interface__["data"][0] == tensor.data_ptr()
                 assert array.nbytes == tensor.numel() * tensor.element_size()
                 assert np.shares_memory(array, tensor.detach().numpy())
-        return real.step(groups, grads, states, check_finite)
+        return real.step(groups, grads, states, check_finite, grad_scale)
 
     # The rule as the adapter uses it, with its step spied on.
     spied = types.SimpleNamespace(**{name: getattr(real, name) for name in
@@ -725,8 +726,9 @@ def test_unusable_params_are_refused_by_name():
     good = torch.nn.Parameter(torch.zeros(2))
     for param, error, message in [
         (torch.zeros(3, dtype=torch.complex64), TypeError, r"params\[1\].*complex dtype torch.complex64"),
-        (torch.zeros(3, dtype=torch.float16), TypeError, r"params\[1\].*dtype torch.float16.*float32 and float64"),
-        (torch.zeros(3, dtype=torch.bfloat16), TypeError, r"dtype torch.bfloat16"),
+        (torch.zeros(3, dtype=torch.float8_e4m3fn), TypeError,
+         r"params\[1\].*dtype torch.float8_e4m3fn.*float32, float64, bfloat16 and float16"),
+        (torch.zeros(3, dtype=torch.int32), TypeError, r"dtype torch.int32"),
         (torch.zeros(4, 6)[:, ::2], ValueError, r"params\[1\] \(shape \(4, 3\)\) is not dense.*contiguous\(\)"),
         (torch.sparse_coo_tensor([[0]], [1.0], (3,), check_invariants=True), TypeError, r"params\[1\].*torch.sparse_coo"),
     ]:
@@ -738,8 +740,8 @@ def test_unusable_params_are_refused_by_name():
 
 
 def test_errors_name_the_param_by_its_name():
-    net = torch.nn.Linear(3, 2).to(torch.float16)
-    with pytest.raises(TypeError, match=r"params\[0\] 'weight' \(shape \(2, 3\)\) has dtype torch.float16"):
+    net = torch.nn.Linear(3, 2).to(torch.float8_e5m2)
+    with pytest.raises(TypeError, match=r"params\[0\] 'weight' \(shape \(2, 3\)\) has dtype torch.float8_e5m2"):
         ft.AdamW(net.named_parameters())
 
 
@@ -1090,3 +1092,33 @@ def test_a_step_keeps_no_gradient_alive():
     gradient = weakref.ref(w.grad)
     opt.zero_grad()
     assert gradient() is None
+
+
+@pytest.mark.parametrize("edit, new_key", [
+    ({"amsgrad": True}, "max_exp_avg_sq"),
+    ({"master_weights": True}, "master_param"),
+    ({"kahan_sum": True}, "kahan_comp"),
+])
+def test_a_setting_that_adds_state_between_steps_is_seen(edit, new_key):
+    """The plan is kept while a group's values are the same objects; a value
+    replaced (here one that asks for another state array) is looked at, and
+    the step makes that array as the NumPy API's step does, in torch's state."""
+    dtype = torch.bfloat16 if new_key != "max_exp_avg_sq" else torch.float32
+    start = torch.linspace(-1, 1, 33).to(dtype)
+    w = torch.nn.Parameter(start.clone())
+    array = ft._view(start.clone())
+    opt, numpy_opt = ft.Adam([w], lr=0.1), fusedopt.Adam([array], lr=0.1)
+    for step in range(1, 5):
+        grad = torch.linspace(-2, 3, 33).to(dtype) * step
+        w.grad = grad.clone()
+        if step == 3:
+            opt.param_groups[0].update(edit)
+            numpy_opt.param_groups[0].update(edit)
+        opt.step()
+        numpy_opt.step([ft._view(grad)])
+        assert (new_key in opt.state[w]) == (step >= 3)
+        assert ft._view(w).tobytes() == array.tobytes(), f"the param after step {step}"
+        for key, value in numpy_opt.state[0].items():
+            if key != "step":
+                assert isinstance(opt.state[w][key], torch.Tensor), key
+                assert ft._view(opt.state[w][key]).tobytes() == value.tobytes(), f"{key} after step {step}"

@@ -16,9 +16,12 @@ learning-rate schedulers, step hooks and ``zero_grad`` work unchanged.
 How a step works: the params, their gradients and the state tensors are
 handed to fusedopt's compiled core as NumPy views of the tensors' own memory
 (``Tensor.numpy()`` never copies a CPU tensor), so the core updates them in
-place. The params must be dense float32 or float64 tensors (any layout that
-fills one block of memory: contiguous, channels_last, a transpose) on
-the CPU; anything else is refused with an error naming the param. (A param
+place. The params must be dense float32, float64, bfloat16 or float16
+tensors (any layout that fills one block of memory: contiguous,
+channels_last, a transpose) on the CPU; anything else is refused with an
+error naming the param. A bfloat16 tensor, which ``Tensor.numpy()`` refuses,
+is viewed through its bits (``t.view(torch.int16).numpy()``) as ml_dtypes'
+bfloat16: no copy either. (A param
 may be on the meta device until its first step, for
 ``with torch.device("meta"): model = ...`` then ``model.to_empty(...)``
 with ``torch.__future__.set_swap_module_params_on_conversion(True)``, which
@@ -28,7 +31,8 @@ The views and the core's dicts are made at the first step and kept (see
 :class:`_Plan`); each later step checks, at C speed over lists, that
 nothing they depend on changed (param groups, gradients, ``opt.state``, the
 tensors' memory, the 0-d state values) and makes them again if it did, so
-edits between steps work as with ``torch.optim``. The step runs torch's
+edits between steps work as with ``torch.optim``; 16-bit params take the
+same path. The step runs torch's
 step hooks itself (torch's ``Optimizer.step`` wrapper would cost more than
 a small step) and is labelled for torch's profiler while one records.
 
@@ -50,6 +54,30 @@ later gets its state at its first step, as in torch. Adagrad's ``sum`` starts at
 the param group's ``initial_accumulator_value``, where torch takes the
 constructor's for every group (the two differ only for a group given its
 own value).
+
+Precision: every class takes the NumPy API's storage options, keyword-only,
+with their meaning and errors (docs/precision.md): ``state_dtype`` (None:
+the param's dtype, as torch; a torch dtype, e.g. ``torch.float32`` for
+bfloat16 params; or ``{state key: dtype}``; kept in the groups by name,
+``"float32"``), ``master_weights``, ``kahan_sum``, ``rounding`` and
+``seed``. The state tensors are the arrays the core's ``initial_state``
+makes (in their dtypes; ``master_param``, ``kahan_comp``), made at a param's
+first step. ``load_state_dict`` gives each state array the dtype the loaded
+group's options give it (torch's casts every floating state tensor to its
+param's dtype: float32 state of a bfloat16 param would lose its bits);
+torch.optim loading ours casts as it always does. With stochastic rounding
+SGD keeps ``state["step"]`` (torch's SGD keeps none): the random bits are
+keyed by it. torch's fused kernels on 16-bit tensors agree with the defaults
+(state in the param's dtype, float32 arithmetic, round to nearest) to one
+16-bit rounding.
+
+``torch.amp.GradScaler``: the classes set ``_step_supports_amp_scaling``, as
+torch's fused optimizers do, so ``scaler.step(opt)`` hands the step the
+scale and the scaler's inf check (``opt.grad_scale``, ``opt.found_inf``):
+the core divides each grad by the scale as it reads it (the grads are never
+written), and a step with an inf or NaN changes nothing but the state a
+first step makes, as torch's fused Adam (and counts in ``skipped_steps``);
+``scaler.update()`` sees the inf as usual.
 
 Every class also takes fusedopt's ``nonfinite="apply" | "skip" | "raise"``
 (keyword-only; see :class:`fusedopt.Optimizer`): with ``"skip"`` a step whose
@@ -103,6 +131,8 @@ from torch.optim.optimizer import _global_optimizer_pre_hooks as _global_step_pr
 
 import fusedopt
 from fusedopt import _core
+from fusedopt.precision import bfloat16 as _NUMPY_BFLOAT16
+from fusedopt.precision import normalized_group, state_dtypes, storage_options, storage_state_keys
 from fusedopt.rule import NonFiniteGradError, Rule, nonfinite_grad_error as _nonfinite_grad_error
 
 __all__ = ["FusedOptimizer", "Row", "NonFiniteGradError", "Momentum", "SGD", "Adadelta", "Adam", "AdamW",
@@ -148,17 +178,44 @@ class Row:
 # keep its default.
 _IGNORED_SWITCHES = {"foreach", "fused"}
 
-_FLOAT_DTYPES = (torch.float32, torch.float64)
+# The dtypes a param may have, and the NumPy dtype its view has (NumPy's
+# bfloat16 is ml_dtypes'; torch's .numpy() cannot make it: see _view).
+_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64),
+                 torch.bfloat16: _NUMPY_BFLOAT16, torch.float16: np.dtype(np.float16)}
+_FLOAT_DTYPES = tuple(_NUMPY_DTYPES)
+_TORCH_DTYPES = {numpy: dtype for dtype, numpy in _NUMPY_DTYPES.items()}
+_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
+                torch.float16: "float16"}
+
+# fusedopt's keyword options, shared by every class (the NumPy API's: see
+# fusedopt.Optimizer and docs/precision.md), with their defaults.
+_OPTIONS = {"nonfinite": "apply", "state_dtype": None, "master_weights": False, "kahan_sum": False,
+            "rounding": "nearest", "seed": 0}
 
 
-def _with_nonfinite(signature: inspect.Signature) -> inspect.Signature:
-    """A fusedopt class's signature with its shared ``**options`` spelled out
-    as the one option fusedopt.torch takes today, ``nonfinite``. (The storage
-    options of 16-bit params are the NumPy API's for now.)"""
+def _with_options(signature: inspect.Signature) -> inspect.Signature:
+    """A fusedopt class's signature with its shared ``**options`` spelled out."""
     parameters = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
     if len(parameters) < len(signature.parameters):
-        parameters.append(inspect.Parameter("nonfinite", inspect.Parameter.KEYWORD_ONLY, default="apply"))
+        parameters += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+                       for name, default in _OPTIONS.items()]
     return signature.replace(parameters=parameters)
+
+
+def _state_dtype_names(value: Any) -> Any:
+    """A ``state_dtype`` with torch dtypes (alone or as a dict's values) given
+    by the names the core reads; anything else as it is, for
+    fusedopt.precision to accept or refuse by name."""
+    if isinstance(value, Mapping):
+        return {key: _DTYPE_NAMES.get(dtype, dtype) for key, dtype in value.items()}
+    return _DTYPE_NAMES.get(value, value) if isinstance(value, torch.dtype) else value
+
+
+def _normalized_storage(group: dict[str, Any]) -> dict[str, Any]:
+    """A param group's storage options in the core's form (dtype names)."""
+    if "state_dtype" in group:
+        group["state_dtype"] = _state_dtype_names(group["state_dtype"])
+    return normalized_group(group)
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -167,6 +224,8 @@ class FusedOptimizer(torch.optim.Optimizer):
     torch's constructor, state layout and a fused ``step``."""
 
     row: ClassVar[Row]
+    # torch.amp.GradScaler hands a step its loss scale and inf check (see _amp_scaling).
+    _step_supports_amp_scaling: ClassVar[bool] = True
     nonfinite: str  # what a step does with a NaN or infinite gradient (see fusedopt.Optimizer)
     skipped_steps: int  # steps not applied because of one
     _signature: ClassVar[inspect.Signature]
@@ -182,7 +241,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         if row is None:  # a subclass of a rule's class keeps its row
             return
         cls.row = row
-        fused_signature = _with_nonfinite(inspect.signature(row.fused))
+        fused_signature = _with_options(inspect.signature(row.fused))
         fused_names = set(fused_signature.parameters)
         cls._core_defaults = {}
         if row.torch_class is None:
@@ -198,7 +257,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             cls._torch_only = {
                 p.name: p.default for p in torch_parameters if p.name not in fused_names
             }
-            cls._core_defaults = {p.name: p.default for p in extra if p.name != "nonfinite"}
+            cls._core_defaults = {p.name: p.default for p in extra if p.name not in _OPTIONS}
         cls.__signature__ = cls._signature
         probe = row.fused([np.zeros(1, np.float32)])
         cls._fixed = {k: v for k, v in probe.defaults.items() if k not in fused_names}
@@ -226,9 +285,15 @@ class FusedOptimizer(torch.optim.Optimizer):
                     f"fusedopt.torch.{type(self).__name__} does not support {name}={value!r} "
                     f"(it updates CPU tensors with one fused kernel); leave it at {default!r}"
                 )
+        # The storage options, in the NumPy API's form (torch dtypes as names);
+        # only those set otherwise than by default go into the groups.
+        storage = {name: arguments.pop(name) for name in _OPTIONS if name != "nonfinite"}
+        storage["state_dtype"] = _state_dtype_names(storage["state_dtype"])
+        storage = storage_options(**storage)
         # fusedopt's constructor validates the hyperparameters (and nonfinite)
         # and fills in the fixed ones; its one param group holds them in their
-        # normal form.
+        # normal form. (Its float32 probe would refuse the 16-bit storage
+        # options: the groups' checks judge those, param by param.)
         probe = self.row.fused([np.zeros(1, np.float32)], **arguments)
         self.nonfinite = probe.nonfinite
         self.skipped_steps = 0
@@ -236,25 +301,49 @@ class FusedOptimizer(torch.optim.Optimizer):
         # the groups unless they choose a form torch lacks (scale="weights").
         defaults = {k: v for k, v in probe.param_groups[0].items()
                     if k != "params" and not (k in self._core_defaults and v == self._core_defaults[k])}
+        defaults.update(storage)
         defaults.update(switches)
         super().__init__(params, defaults)
         if self.row.state_at_construction:  # as torch's Adagrad; a group added later gets it at its first step
-            for group in self.param_groups:
-                self._make_state(group)
+            for index, group in enumerate(self.param_groups):
+                self._make_state(group, index)
 
     def _core_group(self, group: Mapping[str, Any]) -> dict[str, Any]:
         """A param group as the core reads it: with fusedopt's own options."""
         return {**self._core_defaults, **group}
 
-    def _make_state(self, group: dict[str, Any]) -> None:
-        """Every param's state before its first step: step 0 and the rule's initial values."""
-        arrays, scalars = self.row.rule.state_spec(self._core_group(group))
+    def _make_state(self, group: dict[str, Any], index: int) -> None:
+        """Every param's state before its first step: step 0 and the core's initial state."""
         for param in group["params"]:
             state = self.state[param]
-            if self.row.counts_steps:
-                state["step"] = _new_scalar(0.0)
-            state.update((self.row.torch_key(k), _new_array(param, v)) for k, v in arrays.items())
-            state.update((self.row.torch_key(k), _new_scalar(v)) for k, v in scalars.items())
+            for key, value in self._initial_state(group, param, index).items():
+                if key != "step" or self._counts_steps(group):
+                    state[key] = value
+
+    def _counts_steps(self, group: Mapping[str, Any]) -> bool:
+        """Whether a group's params keep ``state["step"]``: as torch's rule
+        does, and always with stochastic rounding, whose random bits are
+        keyed by the step count (torch's SGD keeps none; fusedopt's does)."""
+        return self.row.counts_steps or group.get("rounding") == "stochastic"
+
+    def _initial_state(self, group: dict[str, Any], param: torch.Tensor, index: int) -> dict[str, Any]:
+        """One param's state before its first step, in torch's keys: whatever
+        arrays the core's ``initial_state`` makes for the group's settings (in
+        their state dtypes, the master copy, the Kahan buffer), as tensors
+        sharing their memory; the numbers (step, mu_product) as torch's 0-d
+        tensors. A param on the meta device gets meta tensors of the same
+        dtypes and values, as torch makes state on the param's device."""
+        core_group = self._core_group(group)
+        if param.device.type == "meta":
+            stand_in = np.zeros(1, _NUMPY_DTYPES[param.dtype])
+            made = self.row.rule.initial_state(core_group, stand_in, index)
+            made = {key: torch.full_like(param, value.flat[0], dtype=_TORCH_DTYPES[value.dtype])
+                    if isinstance(value, np.ndarray) else value for key, value in made.items()}
+        else:
+            made = self.row.rule.initial_state(core_group, _view(param), index)
+        return {self.row.torch_key(key): _tensor(value) if isinstance(value, np.ndarray)
+                else value if isinstance(value, torch.Tensor) else _new_scalar(value)
+                for key, value in made.items()}
 
     # ---------------------------------------------------------- param groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -267,14 +356,17 @@ class FusedOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         try:
             index = len(self.param_groups) - 1
-            group = self.param_groups[index]
+            group = _normalized_storage(self.param_groups[index])
             first = sum(len(g["params"]) for g in self.param_groups[:-1])
             for k, param in enumerate(group["params"]):
                 _check_param(param, self._label(first + k, group, k), meta_allowed=True)
             params = [p for g in self.param_groups for p in g["params"]]
             if all(p.device.type == "cpu" for p in params):  # (the step checks meta params once they are real)
-                _core.check_params([p.detach().numpy() for p in params], 0)  # also rejects params sharing memory
-            self.row.rule.check_group(self._core_group(group), index)
+                _core.check_params(list(map(_view, params)), 0)  # also rejects params sharing memory
+            core_group = self._core_group(group)
+            self.row.rule.check_group(core_group, index)
+            for dtype in {param.dtype for param in group["params"]}:  # the storage options suit each dtype
+                self.row.rule.initial_state(core_group, np.zeros(1, _NUMPY_DTYPES[dtype]), index)
         except Exception:
             self.param_groups.pop()
             raise
@@ -326,6 +418,10 @@ class FusedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         plan = self._plan
+        # torch.amp.GradScaler's protocol with optimizers that unscale inside
+        # their kernel (_step_supports_amp_scaling): it sets these two 0-d
+        # tensors for the step, found_inf already checked over the grads.
+        grad_scale, found_inf = _amp_scaling(self.__dict__)
         try:
             if plan is None or not plan.fits(self):
                 self._plan = None  # building may raise
@@ -333,7 +429,13 @@ class FusedOptimizer(torch.optim.Optimizer):
             # This frame holds the gradients while the core reads them (their
             # views do not), even if another thread steps or zeroes meanwhile.
             step_grads, grad_views = plan.step_grads, plan.grad_views  # noqa: F841 (held)
-            bad = self.row.rule.step(plan.core_groups(self), grad_views, plan.entries, self.nonfinite != "apply")
+            if found_inf:  # skipped as torch's fused kernels skip it: the state made, nothing updated
+                plan.step_grads = None
+                plan.record(self)
+                self.skipped_steps += 1
+                return loss
+            bad = self.row.rule.step(plan.core_groups(self), grad_views, plan.entries, self.nonfinite != "apply",
+                                     grad_scale)
         except (TypeError, ValueError, RuntimeError):
             self._plan = None
             self._raise_for_unusable_tensor()  # a clearer error naming the param, if one is
@@ -354,12 +456,37 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------ state_dict
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """torch's ``load_state_dict`` (which casts floating state to each
-        param's dtype, as torch does), after checking that every param's saved
-        state has what the rule needs, in its param's shape. On an error
-        nothing changes."""
+        """torch's ``load_state_dict``, after checking that every param's saved
+        state has what the rule needs, in its param's shape; on an error
+        nothing changes. torch casts every floating state tensor to its
+        param's dtype; here each state array gets the dtype the loaded group's
+        storage options give it instead (float32 state of a bfloat16 param
+        stays float32, the master copy float32), as torch would cast it."""
         self._check_loadable(state_dict)
         super().load_state_dict(state_dict)
+        self._cast_state_as_stored(state_dict)
+
+    def _cast_state_as_stored(self, state_dict: Mapping[str, Any]) -> None:
+        """After torch's load: every state array of ``state_dict`` cast (from
+        the saved tensor, not torch's cast of it) to the dtype the core's
+        initial state has for the loaded group and the param's dtype."""
+        saved_state = state_dict["state"]
+        for g, (group, saved) in enumerate(zip(self.param_groups, state_dict["param_groups"])):
+            stored: dict[torch.dtype, dict[str, torch.dtype]] = {}
+            for param, saved_id in zip(group["params"], saved["params"]):
+                entry = saved_state.get(saved_id)
+                if not entry:
+                    continue
+                if param.dtype not in stored:
+                    stand_in = np.zeros(1, _NUMPY_DTYPES[param.dtype])
+                    made = self.row.rule.initial_state(self._core_group(group), stand_in, g)
+                    stored[param.dtype] = {self.row.torch_key(key): _TORCH_DTYPES[value.dtype]
+                                           for key, value in made.items() if isinstance(value, np.ndarray)}
+                state = self.state[param]
+                for key, dtype in stored[param.dtype].items():
+                    value = entry.get(key)
+                    if isinstance(value, torch.Tensor) and dtype != param.dtype:  # else torch's cast is right
+                        state[key] = value.to(dtype=dtype, device=param.device)
 
     def __getstate__(self) -> dict[str, Any]:
         # torch's keeps defaults, state and param_groups only (a deepcopy or
@@ -441,7 +568,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         index = 0
         for group in self.param_groups:
             try:
-                arrays = [self.row.torch_key(key) for key in self.row.rule.state_spec(self._core_group(group))[0]]
+                core_group = self._core_group(group)
+                keys = [*self.row.rule.state_spec(core_group)[0], *storage_state_keys(core_group)]
             except (TypeError, ValueError):
                 return  # the group's hyperparameters are wrong: the core's error says which
             for k, param in enumerate(group["params"]):
@@ -452,9 +580,22 @@ class FusedOptimizer(torch.optim.Optimizer):
                 _check_param(param, label)
                 _check_like_param(param.grad, param, f"the gradient of {label}")
                 state = self.state.get(param, _NO_STATE)
-                for key in arrays:
-                    if key in state:
-                        _check_like_param(state[key], param, f"state[{key!r}] of {label}")
+                for key in keys:
+                    if self.row.torch_key(key) in state:
+                        _check_like_param(state[self.row.torch_key(key)], param,
+                                          f"state[{self.row.torch_key(key)!r}] of {label}", key)
+
+
+def _amp_scaling(attributes: Mapping[str, Any]) -> tuple[float | None, bool]:
+    """The loss scale to divide the grads by and whether the step is to be
+    skipped, from the ``grad_scale`` and ``found_inf`` tensors GradScaler
+    sets on the optimizer for a step (absent otherwise)."""
+    grad_scale, found_inf = attributes.get("grad_scale"), attributes.get("found_inf")
+    if grad_scale is None and found_inf is None:
+        return None, False
+    if isinstance(grad_scale, torch.Tensor):
+        grad_scale = grad_scale.item()
+    return grad_scale, found_inf is not None and bool(found_inf.item())
 
 
 _NO_STATE: Mapping[str, Any] = {}
@@ -465,6 +606,7 @@ _FILL = np.ndarray.fill
 _GET = dict.__getitem__
 # Bounds the step counts the core is given (it counts in 64-bit ints).
 _MAX_STEP = 2**62
+_EXACT_IN_FLOAT32 = 2**24  # every whole number below it is a float32
 
 
 class _Plan:
@@ -476,7 +618,9 @@ class _Plan:
     C-speed passes over lists (``map``), so a step does only that:
 
     - the param groups, their ``params`` lists and the state layout their
-      settings ask for (``amsgrad`` turned on needs one more array);
+      settings ask for (``amsgrad`` or ``master_weights`` turned on needs one
+      more array), looked up again only when one of a group's values is
+      another object than at the last check (a scheduler's new lr);
     - each param's gradient: which params have one (a change rebuilds) and
       the gradient objects (a new one, as after ``zero_grad()`` and
       ``backward()``, gets a new view). The plan holds gradients weakly
@@ -492,7 +636,9 @@ class _Plan:
       found where torch keeps it (``param.grad``, ``opt.state[param][key]``):
       a tensor replaced, ``.data`` reassigned, ``share_memory_()``, ``set_()``;
     - the values of the 0-d state tensors (``step``, ``mu_product``), which
-      the core is given as numbers: one edited in place is read again.
+      the core is given as numbers: one edited in place is read again
+      (compared with the counts last written, which a float32 holds exactly
+      below 2**24, rather than reading them back after each step).
 
     Anything else rebuilds the plan. The plan holds every tensor it has a
     view of and its storage, so memory it points into is not freed and
@@ -510,7 +656,9 @@ class _Plan:
         self.groups = list(opt.param_groups)
         self.param_lists = [group["params"] for group in self.groups]
         self.param_ids = [list(map(id, params)) for params in self.param_lists]
-        self.specs = [row.rule.state_spec(opt._core_group(group)) for group in self.groups]
+        self.specs = [_state_layout(opt, group) for group in self.groups]
+        # The group's values the specs were read from: unchanged objects need no new spec.
+        self.spec_values = [list(group.values()) for group in self.groups]
         self.params = [p for params in self.param_lists for p in params]
         self.step_grads = list(map(_GRAD, self.params))  # held during a step only
         self.has_grad = [g is not None for g in self.step_grads]
@@ -533,10 +681,14 @@ class _Plan:
         self.state_held: list[Any] = []  # their storages, kept allocated
 
         index = 0
-        for params, (arrays, scalars) in zip(self.param_lists, self.specs):
-            array_keys = [(key, row.torch_key(key), value) for key, value in arrays.items()]
+        for g, (group, params, ((arrays, scalars), storage_keys)) in enumerate(
+                zip(self.groups, self.param_lists, self.specs)):
+            # The rule's arrays, then those the storage options add (the master copy, the Kahan buffer).
+            array_keys = [(key, row.torch_key(key), True) for key in arrays]
+            array_keys += [(key, row.torch_key(key), False) for key in storage_keys]
             scalar_keys = [(key, row.torch_key(key), value) for key, value in scalars.items()]
-            if row.counts_steps:
+            counts_steps = opt._counts_steps(group)
+            if counts_steps:
                 scalar_keys.insert(0, ("step", "step", 0.0))
             views: list[np.ndarray | None] = []
             for param in params:
@@ -548,29 +700,34 @@ class _Plan:
                     views.append(_view(param))
                     self.active.append(param)
                     self.watched.append(param)
-                    self.entries.append(self._entry(opt, param, index, array_keys, scalar_keys))
+                    self.entries.append(self._entry(opt, group, g, param, index, array_keys, scalar_keys,
+                                                    counts_steps))
                     self.grad_views.append(None)  # filled by _take_grads
                 index += 1
             self.group_views.append(views)
         self._take_grads()
         self.watched_ptrs = list(map(_DATA_PTR, self.watched))
         self.mirror_values = list(map(_ITEM, self.mirror_views))
+        self.counts_only = all(key == "step" for key in self.mirror_keys)
         if not self.pending:
             self._snapshot_state(opt)
 
-    def _entry(self, opt: FusedOptimizer, param: torch.Tensor, index: int, array_keys: list, scalar_keys: list
-               ) -> dict[str, Any]:
-        """One param's state for the core, from torch's (made at the rule's
-        initial values where it is missing, and stored only after the step)."""
+    def _entry(self, opt: FusedOptimizer, group: dict[str, Any], g: int, param: torch.Tensor, index: int,
+               array_keys: list, scalar_keys: list, counts_steps: bool) -> dict[str, Any]:
+        """One param's state for the core, from torch's (made as the core's
+        initial state where it is missing, and stored only after the step)."""
         state = opt.state.get(param, _NO_STATE)
         entry: dict[str, Any] = {}
-        created = False
-        for core_key, torch_key, initial in array_keys:
+        created = False  # a state array of the rule made now
+        initial = None
+        for core_key, torch_key, of_rule in array_keys:
             tensor = state.get(torch_key)
-            if tensor is None:  # a new param, or a setting turned on (amsgrad)
-                tensor = _new_array(param, initial)
+            if tensor is None:  # a new param, a setting turned on (amsgrad), a checkpoint without a master copy
+                if initial is None:
+                    initial = opt._initial_state(group, param, g)
+                tensor = initial[torch_key]
                 self.pending.append((param, torch_key, tensor))
-                created = True
+                created = created or of_rule
             elif not isinstance(tensor, torch.Tensor):
                 raise TypeError(f"state[{torch_key!r}] of params[{index}] must be a torch.Tensor, got "
                                 f"{type(tensor).__name__}")
@@ -593,7 +750,7 @@ class _Plan:
             self.mirror_keys.append(core_key)
             self.mirror_labels.append(label)
             self.state_held.append(tensor.untyped_storage())
-        if not opt.row.counts_steps:
+        if not counts_steps:
             # The core counts steps to know when a momentum buffer is new (it
             # then starts as a copy of the gradient); torch instead looks for
             # the buffer. Tell the core the same: it counts on from here.
@@ -624,12 +781,15 @@ class _Plan:
         groups = opt.param_groups
         if opt.state is not self.state_map or len(groups) != len(self.groups):
             return False
-        for group, cached, params, ids, spec in zip(groups, self.groups, self.param_lists, self.param_ids,
-                                                    self.specs):
+        for g, (group, cached, params, ids) in enumerate(zip(groups, self.groups, self.param_lists, self.param_ids)):
             if group is not cached or group["params"] is not params or list(map(id, params)) != ids:
                 return False
-            if opt.row.rule.state_spec(opt._core_group(group)) != spec:
-                return False
+            values = list(group.values())
+            if len(values) != len(self.spec_values[g]) or not all(map(operator.is_, values, self.spec_values[g])):
+                # A value replaced (a scheduler's lr): the state layout may differ (amsgrad turned on).
+                if _state_layout(opt, group) != self.specs[g]:
+                    return False
+                self.spec_values[g] = values
         state = opt.state
         if list(map(id, state)) != self.state_key_ids or list(map(id, state.values())) != self.state_dict_ids:
             return False
@@ -681,12 +841,24 @@ class _Plan:
                 self.state_slots.append((param, key))
             self.pending = []
             self._snapshot_state(opt)
-        deque(map(_FILL, self.mirror_views, map(_GET, self.mirror_entries, self.mirror_keys)), maxlen=0)
-        self.mirror_values = list(map(_ITEM, self.mirror_views))
+        values = list(map(_GET, self.mirror_entries, self.mirror_keys))
+        deque(map(_FILL, self.mirror_views, values), maxlen=0)
+        # What the tensors now hold, for the next step's check: the counts
+        # themselves while every mirror is a count a float32 holds exactly
+        # (reading 400 tensors back costs more than the check), else read back.
+        exact = self.counts_only and (not values or max(values) < _EXACT_IN_FLOAT32)
+        self.mirror_values = values if exact else list(map(_ITEM, self.mirror_views))
         # The params changed through NumPy, which autograd does not see: bump
         # their version counters, so a graph that saved them refuses to
         # backward through stale values, as after torch's in-place updates.
         _increment_versions(self.active)
+
+
+def _state_layout(opt: FusedOptimizer, group: Mapping[str, Any]) -> tuple:
+    """What state a group's settings ask for: the rule's (``state_spec``) and
+    the storage options' arrays (a master copy, a Kahan buffer)."""
+    core_group = opt._core_group(group)
+    return opt.row.rule.state_spec(core_group), storage_state_keys(core_group)
 
 
 class _Gone:
@@ -695,7 +867,6 @@ class _Gone:
 
 _NO_GRAD = weakref.ref(_Gone())  # a dead reference: where a param has no gradient
 _DEREF = weakref.ref.__call__
-_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -710,14 +881,26 @@ def _unowned_view(grad: torch.Tensor) -> np.ndarray:
     dtype = _NUMPY_DTYPES.get(grad.dtype)
     if (dtype is None or grad.device.type != "cpu" or grad.layout != torch.strided or not grad.is_contiguous()
             or grad.numel() == 0):
-        return (grad.detach() if grad.requires_grad else grad).numpy()
+        return _view(grad)
     return np.ndarray(grad.shape, dtype, _bytes_at(grad.nbytes).from_address(grad.data_ptr()))
 
 
 def _view(tensor: torch.Tensor) -> np.ndarray:
     """A NumPy view of a tensor's memory, whose base (a detached alias)
-    keeps that memory allocated even if the tensor's ``.data`` is replaced."""
+    keeps that memory allocated even if the tensor's ``.data`` is replaced.
+    A bfloat16 tensor, which ``.numpy()`` refuses (NumPy has no bfloat16 of
+    its own), is viewed through its bits as ml_dtypes' bfloat16: no copy."""
+    if tensor.dtype == torch.bfloat16:
+        return tensor.detach().view(torch.int16).numpy().view(_NUMPY_BFLOAT16)
     return tensor.detach().numpy()
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory (the core's new state arrays);
+    ml_dtypes' bfloat16 through its bits, as in _view."""
+    if array.dtype == _NUMPY_BFLOAT16:
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
 
 
 def _increment_versions(tensors: list[torch.Tensor]) -> None:
@@ -742,11 +925,6 @@ def _scalar_dtype() -> torch.dtype:
 def _new_scalar(value: float) -> torch.Tensor:
     """A 0-d state tensor (step, mu_product), as torch.optim makes one."""
     return torch.tensor(value, dtype=_scalar_dtype())
-
-
-def _new_array(param: torch.Tensor, value: float) -> torch.Tensor:
-    """A state tensor shaped like ``param``, every element ``value``."""
-    return torch.full_like(param, value, memory_format=torch.preserve_format)
 
 
 def _scalar_value(value: Any) -> float | None:
@@ -824,8 +1002,8 @@ def _check_param(param: Any, label: str, meta_allowed: bool = False) -> None:
     if param.dtype not in _FLOAT_DTYPES:
         kind = "complex " if param.is_complex() else ""
         raise TypeError(
-            f"{label} has {kind}dtype {param.dtype}: fusedopt.torch updates float32 and "
-            "float64 tensors only"
+            f"{label} has {kind}dtype {param.dtype}: fusedopt.torch updates float32, float64, "
+            "bfloat16 and float16 tensors only"
         )
     if not _is_dense(param):
         raise ValueError(
@@ -851,16 +1029,19 @@ def _same_layout(tensor: torch.Tensor, param: torch.Tensor) -> bool:
     return all(a == b for a, b, n in zip(tensor.stride(), param.stride(), param.shape) if n != 1)
 
 
-def _check_like_param(tensor: Any, param: torch.Tensor, label: str) -> None:
-    """A gradient or state tensor the core can use beside ``param``."""
+def _check_like_param(tensor: Any, param: torch.Tensor, label: str, state_key: str | None = None) -> None:
+    """A gradient (or, with ``state_key``, state tensor) the core can use beside ``param``."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{label} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.device.type != "cpu":
         raise TypeError(f"{label} is on {tensor.device}: fusedopt.torch works on CPU tensors only")
     if tensor.layout != torch.strided:
         raise TypeError(f"{label} is {tensor.layout}: fusedopt.torch works on dense tensors only")
-    if tensor.dtype != param.dtype:
-        raise TypeError(f"{label} has dtype {tensor.dtype}, the param has {param.dtype}")
+    allowed = (param.dtype,) if state_key is None else tuple(
+        _TORCH_DTYPES[dtype] for dtype in state_dtypes(state_key, _NUMPY_DTYPES[param.dtype]))
+    if tensor.dtype not in allowed:
+        may = "" if state_key is None else f" (it may be {' or '.join(map(str, allowed))})"
+        raise TypeError(f"{label} has dtype {tensor.dtype}, the param has {param.dtype}{may}")
     if tensor.shape != param.shape:
         raise ValueError(f"{label} has shape {tuple(tensor.shape)}, the param has {tuple(param.shape)}")
     if not _is_dense(tensor) or not _same_layout(tensor, param):
