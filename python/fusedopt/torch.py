@@ -132,11 +132,11 @@ from torch.optim.optimizer import _global_optimizer_pre_hooks as _global_step_pr
 import fusedopt
 from fusedopt import _core
 from fusedopt.precision import bfloat16 as _NUMPY_BFLOAT16
-from fusedopt.precision import normalized_group, state_dtypes, storage_options, storage_state_keys
+from fusedopt.precision import absmax_key, normalized_group, state_dtypes, storage_options, storage_state_keys
 from fusedopt.rule import NonFiniteGradError, Rule, nonfinite_grad_error as _nonfinite_grad_error
 
 __all__ = ["FusedOptimizer", "Row", "NonFiniteGradError", "Momentum", "SGD", "Adadelta", "Adam", "AdamW",
-           "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax", "Lion"]
+           "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax", "Lion", "Adam8bit", "AdamW8bit", "Lion8bit", "SGD8bit"]
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,7 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat
 # fusedopt's keyword options, shared by every class (the NumPy API's: see
 # fusedopt.Optimizer and docs/precision.md), with their defaults.
 _OPTIONS = {"nonfinite": "apply", "state_dtype": None, "master_weights": False, "kahan_sum": False,
-            "rounding": "nearest", "seed": 0}
+            "rounding": "nearest", "seed": 0, "state_bits": 32, "block_size": 256, "min_8bit_size": 4096}
 
 
 def _with_options(signature: inspect.Signature) -> inspect.Signature:
@@ -483,6 +483,12 @@ class FusedOptimizer(torch.optim.Optimizer):
                     stored[param.dtype] = {self.row.torch_key(key): _TORCH_DTYPES[value.dtype]
                                            for key, value in made.items() if isinstance(value, np.ndarray)}
                 state = self.state[param]
+                if self._8bit_block_size(group, param, g) is not None:
+                    # 8-bit: the uint8 codes (torch cast them to the param's dtype) and float32 scales, as saved.
+                    for key in map(self.row.torch_key, self.row.rule.state_spec(self._core_group(group))[0]):
+                        for name, dtype in ((key, torch.uint8), (absmax_key(key), torch.float32)):
+                            state[name] = entry[name].to(dtype=dtype, device=param.device)
+                    continue
                 for key, dtype in stored[param.dtype].items():
                     value = entry.get(key)
                     if isinstance(value, torch.Tensor) and dtype != param.dtype:  # else torch's cast is right
@@ -542,8 +548,14 @@ class FusedOptimizer(torch.optim.Optimizer):
                 entry = saved_state.get(saved_id)
                 if entry:  # a param that has been stepped
                     where = f"state_dict['state'][{saved_id!r}] ({self._label(index, group, k)})"
-                    _check_saved_state(entry, param, array_keys, scalar_keys, where)
+                    _check_saved_state(entry, param, array_keys, scalar_keys, where,
+                                       self._8bit_block_size(merged, param, g))
                 index += 1
+
+    def _8bit_block_size(self, group: Mapping[str, Any], param: torch.Tensor, g: int) -> int | None:
+        """The block size of ``param``'s 8-bit state in ``group``, None if it keeps float state."""
+        core_group = self._core_group(group)
+        return core_group["block_size"] if _core.keeps_8bit_state(core_group, param.numel(), g) else None
 
     # --------------------------------------------------------------- errors
     def _label(self, index: int, group: Mapping[str, Any], k: int) -> str:
@@ -720,6 +732,10 @@ class _Plan:
         entry: dict[str, Any] = {}
         created = False  # a state array of the rule made now
         initial = None
+        if group.get("state_bits") == 8 and _core.keeps_8bit_state(opt._core_group(group), param.numel(), g):
+            # 8-bit state: each rule array's codes, and its block scales beside it.
+            array_keys = array_keys + [(absmax_key(core_key), opt.row.torch_key(absmax_key(core_key)), False)
+                                       for core_key, _, of_rule in array_keys if of_rule]
         for core_key, torch_key, of_rule in array_keys:
             tensor = state.get(torch_key)
             if tensor is None:  # a new param, a setting turned on (amsgrad), a checkpoint without a master copy
@@ -1050,9 +1066,11 @@ def _check_like_param(tensor: Any, param: torch.Tensor, label: str, state_key: s
 
 
 def _check_saved_state(entry: Any, param: torch.Tensor, array_keys: list[str], scalar_keys: list[str],
-                       where: str) -> None:
+                       where: str, block_size: int | None = None) -> None:
     """One param's saved state, as load_state_dict will take it: the arrays
-    shaped like the param, the scalars ("step", "mu_product") numbers."""
+    shaped like the param, the scalars ("step", "mu_product") numbers; with
+    8-bit state (``block_size``), each array uint8 codes with a float32 scale
+    per block beside it."""
     if not isinstance(entry, Mapping):
         raise TypeError(f"{where} must be a dict, got {type(entry).__name__}")
     for key in scalar_keys + array_keys:
@@ -1068,7 +1086,16 @@ def _check_saved_state(entry: Any, param: torch.Tensor, array_keys: list[str], s
                              f"Python number), got {value!r:.60}")
     for key in array_keys:
         value = entry[key]
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        if block_size is not None:
+            if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8:
+                raise TypeError(f"{where}[{key!r}] must be a uint8 torch.Tensor of 8-bit codes (the group has "
+                                f"state_bits=8), got {value!r:.60}")
+            scales = entry.get(absmax_key(key))
+            blocks = -(-param.numel() // block_size)
+            if not isinstance(scales, torch.Tensor) or not scales.is_floating_point() or scales.shape != (blocks,):
+                raise ValueError(f"{where}[{absmax_key(key)!r}] must be a float tensor of {blocks} block scales "
+                                 f"(8-bit state, block_size={block_size}), got {scales!r:.60}")
+        elif not isinstance(value, torch.Tensor) or not value.is_floating_point():
             raise TypeError(f"{where}[{key!r}] must be a floating-point torch.Tensor, got {value!r:.60}")
         if value.shape != param.shape:
             raise ValueError(f"{where}[{key!r}] has shape {tuple(value.shape)}, the param has {tuple(param.shape)}")
@@ -1122,3 +1149,26 @@ class Adamax(FusedOptimizer, row=Row(fusedopt.Adamax, "Adamax")):
 
 class Lion(FusedOptimizer, row=Row(fusedopt.Lion, None)):
     pass
+
+
+# bitsandbytes' names: the rule's class with 8-bit block-quantized state by
+# default (state_bits=8; docs/precision.md).
+
+
+def _with_8bit_state(base: type[FusedOptimizer], name: str) -> type[FusedOptimizer]:
+    """``base`` with ``state_bits=8`` by default, named as bitsandbytes names it."""
+    def __init__(self, params: Iterable, *args: Any, state_bits: int = 8, **kwargs: Any) -> None:
+        base.__init__(self, params, *args, state_bits=state_bits, **kwargs)
+
+    signature = base.__signature__.replace(parameters=[
+        p.replace(default=8) if p.name == "state_bits" else p for p in base.__signature__.parameters.values()])
+    doc = (f"fusedopt.torch.{base.__name__} with 8-bit block-quantized state by default "
+           f"(``{base.__name__}(..., state_bits=8)``, bitsandbytes' {name}; docs/precision.md).")
+    return type(name, (base,), {"__init__": __init__, "__signature__": signature, "__doc__": doc,
+                                "__module__": __name__, "__qualname__": name})
+
+
+Adam8bit = _with_8bit_state(Adam, "Adam8bit")
+AdamW8bit = _with_8bit_state(AdamW, "AdamW8bit")
+Lion8bit = _with_8bit_state(Lion, "Lion8bit")
+SGD8bit = _with_8bit_state(SGD, "SGD8bit")
