@@ -85,12 +85,13 @@ def test_torch_adamw(tmp_path):
 
 def test_precision_digits(tmp_path):
     """The known result: bfloat16 with round to nearest stalls, stochastic
-    rounding, Kahan summation and master weights track float32."""
+    rounding, Kahan summation and master weights track float32; 8-bit state
+    trains as well in a quarter of the optimizer memory."""
     run_example("precision_digits.py", tmp_path)
     assert_pngs(tmp_path, ["precision_loss_curves.png"])
     summary = json.loads((tmp_path / "precision_summary.json").read_text())
     runs = summary["runs"]
-    assert len(runs) == 5
+    assert len(runs) == 7
     for name, run in runs.items():
         assert len(run["train"]) == len(run["test"]) == summary["epochs"] + 1
         assert all(math.isfinite(x) for x in run["train"] + run["test"]), name
@@ -100,3 +101,6 @@ def test_precision_digits(tmp_path):
     assert nearest > 1.2 * float32, (nearest, float32)
     for name in ("bfloat16, stochastic rounding", "bfloat16, Kahan summation", "bfloat16, float32 master weights"):
         assert abs(runs[name]["train"][-1] / float32 - 1) < 0.02, (name, runs[name]["train"][-1], float32)
+    for name in ("float32, 8-bit state", "bfloat16, 8-bit state, stochastic"):
+        assert abs(runs[name]["train"][-1] / float32 - 1) < 0.05, (name, runs[name]["train"][-1], float32)
+        assert runs[name]["state_bytes"] < 0.3 * runs["float32 (reference)"]["state_bytes"], name
