@@ -92,7 +92,7 @@ class Implementation:
 
 
 def _plain_floats_only(impl: Implementation, precision: Precision) -> str | None:
-    if precision.is_plain and precision.dtype in ("float32", "float64"):
+    if precision.is_wide:
         return None
     return f"{impl.family} is written for float32 and float64 arrays, not {precision.name}"
 
@@ -134,7 +134,7 @@ class Roof(Implementation):
 
     @contextlib.contextmanager
     def prepared(self, rule, precision, params, grad_sets):
-        if precision.is_plain and precision.dtype in ("float32", "float64"):
+        if precision.is_wide:
             states = [[np.zeros_like(p) for _ in rule.state_keys] for p in params]
             tensor_sets = [[[p, *s, g] for p, s, g in zip(params, states, grads)] for grads in grad_sets]
             roof = _core.roof

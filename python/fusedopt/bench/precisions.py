@@ -45,6 +45,11 @@ class Precision:
         """Params, grads and state in one float dtype: what every peer steps."""
         return not self.options
 
+    @property
+    def is_wide(self) -> bool:
+        """Plain float32 or float64: what the float roof and the plain loops take."""
+        return self.is_plain and self.dtype in ("float32", "float64")
+
     def bytes_per_element(self, rule: BenchRule) -> int:
         """Minimal traffic of one step: every array read once, every array
         but the grad written once; with master weights the float32 master is
