@@ -105,7 +105,14 @@ void bind_rule_class(py::module_& m) {
             storage.check_param(dtype, static_cast<std::size_t>(index));
             py::dict state;
             state["step"] = 0;
-            const bool quantized = storage.quantizes(param.size());
+            // A shard piece keeps 8-bit state as its full param does (StorageOptions::random_index).
+            std::int64_t deciding = param.size();
+            if (!storage.random_index.empty()) {
+              const py::sequence members = py::reinterpret_borrow<py::object>(group)["params"];
+              for (std::size_t k = 0; k < members.size() && k < storage.random_index.size(); ++k)
+                if (members[k].ptr() == param_object.ptr()) deciding = storage.random_index[k].deciding(deciding);
+            }
+            const bool quantized = storage.quantizes(deciding);
             for (int k = 0; k < keys.array_count; ++k) {
               const fusedopt::StateKey& key = keys.arrays[k];
               if (quantized) {

@@ -246,14 +246,17 @@ StorageOptions read_storage_options(const GroupReader& group) {
     }
   }
   if (PyObject* value = group.optional("_random_index")) {
-    const char* const expected = "_random_index must be a list of (position, element offset) pairs of ints >= 0";
+    const char* const expected =
+        "_random_index must be a list of (position, element offset[, param elements]) of ints >= 0";
     if (!PyList_Check(value) && !PyTuple_Check(value)) group.fail(expected);
     for (py::handle pair : py::reinterpret_borrow<py::sequence>(value)) {
-      if (!(PyList_Check(pair.ptr()) || PyTuple_Check(pair.ptr())) || py::len(pair) != 2) group.fail(expected);
+      if (!(PyList_Check(pair.ptr()) || PyTuple_Check(pair.ptr()))) group.fail(expected);
+      const auto count = py::len(pair);
+      if (count != 2 && count != 3) group.fail(expected);
       const py::sequence items = py::reinterpret_borrow<py::sequence>(pair);
-      std::int64_t numbers[2];
-      for (int k = 0; k < 2; ++k) {
-        PyObject* item = items[static_cast<std::size_t>(k)].ptr();
+      std::int64_t numbers[3] = {0, 0, 0};
+      for (std::size_t k = 0; k < count; ++k) {
+        PyObject* item = items[k].ptr();
         if (PyBool_Check(item) || !PyLong_Check(item)) group.fail(expected);
         numbers[k] = PyLong_AsLongLong(item);
         if (numbers[k] < 0) {
@@ -261,7 +264,7 @@ StorageOptions read_storage_options(const GroupReader& group) {
           group.fail(expected);
         }
       }
-      o.random_index.push_back({numbers[0], numbers[1]});
+      o.random_index.push_back({numbers[0], numbers[1], numbers[2]});
     }
   }
   if (o.master_weights + o.kahan_sum + o.stochastic > 1)

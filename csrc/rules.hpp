@@ -215,10 +215,16 @@ struct StorageOptions {
   std::int64_t group_index = 0;
   // Private, for fusedopt.distributed: a group of shard pieces (slices of
   // the full optimizer's params) has "_random_index", one (position, element
-  // offset) per param of the group: the full param's position and where the
-  // piece starts in it. Stochastic rounding then draws the full param's
-  // random bits. Empty: each param's own position, offset 0.
-  struct RandomIndex { std::int64_t position, offset; };
+  // offset[, param elements]) per param of the group: the full param's
+  // position, where the piece starts in it and the full param's size.
+  // Stochastic rounding then draws the full param's random bits, and the
+  // piece keeps 8-bit state exactly when its full param does. Empty: each
+  // param's own position, offset 0 and size.
+  struct RandomIndex {
+    std::int64_t position, offset;
+    std::int64_t param_elements;  // 0: the array's own size
+    std::int64_t deciding(std::int64_t own) const { return param_elements > 0 ? param_elements : own; }
+  };
   std::vector<RandomIndex> random_index;
 
   // The dtype a new state array of `key` is made in, for a param of `param_dtype`

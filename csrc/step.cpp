@@ -191,7 +191,7 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
     for (py::handle param_object : group_params[g]) {
       const std::int64_t i = index++;
       const StorageOptions::RandomIndex random_index =
-          storage.random_index.empty() ? StorageOptions::RandomIndex{i, 0} : storage.random_index[in_group];
+          storage.random_index.empty() ? StorageOptions::RandomIndex{i, 0, 0} : storage.random_index[in_group];
       ++in_group;
       py::handle grad_object = grads[static_cast<std::size_t>(i)];
       if (grad_object.is_none()) continue;  // like torch: a param without a gradient is left alone
@@ -215,7 +215,7 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
 
       Stream streams[kMaxStreams] = {w, gs};
       bool buffer_is_new = false;
-      const bool quantized = storage.quantizes(w.size);
+      const bool quantized = storage.quantizes(random_index.deciding(w.size));
       for (int k = 0; k < keys.array_count; ++k) {
         const StateKey& key = keys.arrays[k];
         const ArrayLabel label{"state", i, key.name};

@@ -117,14 +117,6 @@ def test_bad_random_index_is_refused_and_changes_nothing(bad, message):
     assert np.all(w == 1) and opt.state[0]["step"] == 0
 
 
-def test_eight_bit_state_is_refused_clearly():
-    """Not built yet (docs/distributed.md): refused at construction, with one rank."""
-    from fusedopt.distributed import ZeroRedundancyOptimizer
-    for optimizer_class, options in ((fusedopt.AdamW8bit, {}), (fusedopt.Adam, {"state_bits": 8})):
-        with pytest.raises(ValueError, match="does not shard 8-bit state"):
-            ZeroRedundancyOptimizer([np.ones(8192, np.float32)], optimizer_class=optimizer_class, **options)
-
-
 @pytest.mark.parametrize("world", [1, 2, 3, 8])
 def test_shard_layout(world):
     """Contiguous shards, cut only at param ends or at multiples of BLOCK
@@ -172,7 +164,10 @@ def test_sharded_step_is_the_unsharded_step(mpi_reports, world):
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_state_per_rank_is_one_nth(mpi_reports, world):
     """The shards' state adds up to the unsharded state, and each rank keeps
-    its elements' share: within BLOCK elements of 1/N."""
+    its elements' share: within BLOCK elements (512 with blocks of 512) of
+    1/N, and, where every element costs the same bytes, exactly their share
+    of the bytes (8-bit state mixes 8-bit params with float32 ones: less
+    than the whole there)."""
     reports = mpi_reports[world]["equal"]
     total = reports[0]["total_elements"]
     for case in reports[0]["memory"]:
@@ -180,8 +175,11 @@ def test_state_per_rank_is_one_nth(mpi_reports, world):
         full = shards[0]["full"]
         assert sum(s["shard"] for s in shards) == full, case
         for s in shards:
-            assert abs(s["elements"] - total / world) <= BLOCK, (case, s)
-            assert s["shard"] == full * s["elements"] // total, (case, s)
+            assert abs(s["elements"] - total / world) <= (512 if "512" in case else BLOCK), (case, s)
+            if "8bit" in case:
+                assert s["shard"] < full or world == 1, (case, s)
+            else:
+                assert s["shard"] == full * s["elements"] // total, (case, s)
 
 
 @pytest.mark.parametrize("world", [1, 3])

@@ -30,6 +30,7 @@ import numpy as np
 
 from . import _core, optimizers
 from .optimizer import Optimizer
+from .precision import absmax_key
 from .rule import NonFiniteGradError
 
 __all__ = ["ZeroRedundancyOptimizer", "BLOCK", "shard_layout"]
@@ -60,10 +61,11 @@ class Piece:
         return self.stop - self.start
 
 
-def shard_layout(sizes: Sequence[int], world_size: int) -> list[Piece]:
+def shard_layout(sizes: Sequence[int], world_size: int, block: int = BLOCK) -> list[Piece]:
     """The params (``sizes`` in elements, in optimizer order) laid end to end
     and cut into ``world_size`` contiguous shards of about equal size: each
-    cut snapped to the nearest param end or multiple of BLOCK inside a param.
+    cut snapped to the nearest param end or multiple of ``block`` (BLOCK, or
+    a multiple of it that 8-bit state's blocks divide) inside a param.
     Returns the pieces in flat order (so rank by rank); every param has at
     least one piece (an empty param one of size 0)."""
     offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
@@ -74,7 +76,7 @@ def shard_layout(sizes: Sequence[int], world_size: int) -> list[Piece]:
         p = max(0, np.searchsorted(offsets, target, side="right") - 1)
         p = min(p, len(sizes) - 1)
         inside = target - offsets[p]
-        cut = offsets[p] + min(int(round(inside / BLOCK)) * BLOCK, sizes[p])
+        cut = offsets[p] + min(int(round(inside / block)) * block, sizes[p])
         cuts.append(max(cut, cuts[-1]))
     cuts.append(total)
 
@@ -198,7 +200,13 @@ class ZeroRedundancyOptimizer:
         self.optimizer_class = optimizer_class
         self.rule = optimizer_class.rule
         self._params = flat
-        self.layout = shard_layout([p.size for p in flat], self.world_size)
+        # Cuts never split a block of 8-bit state: the group's options as the
+        # class fills them in (AdamW8bit's state_bits=8), read from a probe.
+        firsts = np.cumsum([0] + [count for _, count in user_groups]).tolist()
+        probe = optimizer_class([{**options, "params": [np.zeros(1, flat[first].dtype if count else np.float32)]}
+                                 for (options, count), first in zip(user_groups, firsts)], **defaults)
+        block = math.lcm(BLOCK, *(g["block_size"] for g in probe.param_groups if g.get("state_bits") == 8))
+        self.layout = shard_layout([p.size for p in flat], self.world_size, block)
         self._my_pieces = [k for k, piece in enumerate(self.layout) if piece.rank == self.rank]
 
         # The shard optimizer: group g holds this rank's pieces of group g's
@@ -213,14 +221,9 @@ class ZeroRedundancyOptimizer:
             shard_groups.append({
                 **options,
                 "params": [flat[piece.param].reshape(-1)[piece.start:piece.stop] for piece in mine],
-                _RANDOM_INDEX: [(piece.param, piece.start) for piece in mine],
+                _RANDOM_INDEX: [(piece.param, piece.start, flat[piece.param].size) for piece in mine],
             })
         self.optim = optimizer_class(shard_groups, **defaults)
-        if any(group.get("state_bits") == 8 for group in self.optim.param_groups):
-            # A piece would decide 8-bit state by its own size, not its param's
-            # (min_8bit_size), and the consolidated state_dict would need the
-            # pieces' block scales joined: not built yet (docs/distributed.md).
-            raise ValueError("ZeroRedundancyOptimizer does not shard 8-bit state (state_bits=8) yet")
         # The ranks check the averaged grads and agree (step); the shard step need not check again.
         self.nonfinite, self.optim.nonfinite = self.optim.nonfinite, "apply"
         self.skipped_steps = 0
@@ -474,7 +477,9 @@ class ZeroRedundancyOptimizer:
                 entry = {}
                 for key, value in first.items():
                     if isinstance(value, np.ndarray):
-                        entry[key] = np.concatenate([e[key] for _, e in found]).reshape(param.shape)
+                        joined = np.concatenate([e[key] for _, e in found])
+                        # 8-bit state's block scales stay 1-D; no block spans two pieces
+                        entry[key] = joined if _is_scale(key, first) else joined.reshape(param.shape)
                     else:
                         entry[key] = value
                 state[i] = entry
@@ -520,13 +525,14 @@ class ZeroRedundancyOptimizer:
                     raise ValueError(f"state_dict['param_groups'][{g}] has {len(ids)} params, the optimizer's "
                                      f"group {g} has {len(self.param_groups[g]['params'])}")
                 shard_ids = []
-                for piece, (position, first) in zip(shard["params"], shard[_RANDOM_INDEX]):
+                for piece, (position, first, _) in zip(shard["params"], shard[_RANDOM_INDEX]):
                     saved_id = ids[position - first_of_group[g]]
                     if saved_id not in saved_state:
                         raise ValueError(f"state_dict['state'] has no entry {saved_id} for params[{position}]")
                     shard_ids.append(len(shard_state))
                     shard_state[len(shard_state)] = _piece_of(saved_state[saved_id], self._params[position],
-                                                              position, first, piece.size)
+                                                              position, first, piece.size,
+                                                              self._block_size(saved, position))
                 shard_groups.append({**{k: v for k, v in saved.items() if k != "params"},
                                      "params": shard_ids, _RANDOM_INDEX: shard[_RANDOM_INDEX]})
             self.optim.load_state_dict({"state": shard_state, "param_groups": shard_groups})
@@ -536,6 +542,10 @@ class ZeroRedundancyOptimizer:
                 full.update({k: v for k, v in shard.items() if k not in ("params", _RANDOM_INDEX)})
                 full["params"] = params
             self._consolidated = None
+
+    def _block_size(self, group: Mapping[str, Any], position: int) -> int | None:
+        """The block size of params[position]'s 8-bit state in ``group``, None if it keeps float state."""
+        return group["block_size"] if _core.keeps_8bit_state(group, self._params[position].size) else None
 
     # ------------------------------------------------------------- reports
     @property
@@ -610,13 +620,24 @@ def _ordered_mean(parts: list[np.ndarray], out: np.ndarray) -> None:
         np.divide(out, out.dtype.type(len(parts)), out=out)
 
 
-def _piece_of(entry: Any, param: np.ndarray, position: int, first: int, size: int) -> Any:
+def _is_scale(key: str, entry: Mapping[str, Any]) -> bool:
+    """Whether ``key`` holds the block scales of another array of ``entry`` (8-bit state)."""
+    return any(key == absmax_key(other) for other in entry)
+
+
+def _piece_of(entry: Any, param: np.ndarray, position: int, first: int, size: int,
+              block_size: int | None = None) -> Any:
     """A full state entry's slice for one shard piece (arrays sliced, the rest
-    as saved); the shard optimizer's load_state_dict checks what is left."""
+    as saved; with 8-bit state, the scales of the piece's blocks: a piece
+    starts on a block boundary); the shard optimizer's load_state_dict checks
+    what is left."""
     if not isinstance(entry, Mapping):
         return entry
     out = {}
     for key, value in entry.items():
+        if isinstance(value, np.ndarray) and block_size is not None and _is_scale(key, entry):
+            out[key] = value.reshape(-1)[first // block_size:-(-(first + size) // block_size)]
+            continue
         if isinstance(value, np.ndarray):
             if value.shape != param.shape:
                 raise ValueError(f"state_dict['state'] entry for params[{position}][{key!r}] has shape "

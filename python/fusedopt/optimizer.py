@@ -10,7 +10,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import _core
-from .precision import absmax_key, normalized_group, state_dtypes, storage_options, storage_state_keys
+from .precision import (absmax_key, deciding_elements, normalized_group, state_dtypes, storage_options,
+                        storage_state_keys)
 from .rule import MAX_STEP, NonFiniteGradError, Rule, nonfinite_grad_error
 
 __all__ = ["Optimizer", "NonFiniteGradError", "NONFINITE_POLICIES"]
@@ -258,7 +259,8 @@ class Optimizer:
                     ) from None
                 if saved_id not in saved_state:
                     raise ValueError(f"state_dict['state'] has no entry {saved_id} for params[{index}]")
-                block_size = merged["block_size"] if _core.keeps_8bit_state(merged, param.size, g) else None
+                quantized = _core.keeps_8bit_state(merged, deciding_elements(merged, k, param), g)
+                block_size = merged["block_size"] if quantized else None
                 new_state.append(_checked_state(saved_state[saved_id], param, array_keys, scalar_keys, index,
                                                 self.rule.state_keys(merged) if block_size else (), block_size))
             new_groups.append(merged)

@@ -19,7 +19,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-__all__ = ["bfloat16", "DTYPES", "dtype_name", "storage_options", "storage_state_keys", "state_dtypes", "absmax_key"]
+__all__ = ["bfloat16", "DTYPES", "dtype_name", "storage_options", "storage_state_keys", "state_dtypes", "absmax_key",
+           "deciding_elements"]
 
 bfloat16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -93,6 +94,16 @@ def storage_state_keys(group: Mapping[str, Any]) -> list[str]:
     or the Kahan compensation."""
     return (["master_param"] if group.get("master_weights") else []) + (
         ["kahan_comp"] if group.get("kahan_sum") else [])
+
+
+def deciding_elements(group: Mapping[str, Any], k: int, param: np.ndarray) -> int:
+    """The element count that decides whether ``group["params"][k]`` keeps
+    8-bit state: its own, or its full param's for a shard piece of
+    fusedopt.distributed (the private "_random_index"; csrc/rules.hpp)."""
+    pieces = group.get("_random_index")
+    if pieces is not None and k < len(pieces) and len(pieces[k]) == 3 and pieces[k][2] > 0:
+        return int(pieces[k][2])
+    return param.size
 
 
 def absmax_key(key: str) -> str:

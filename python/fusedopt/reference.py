@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _core, optimizers
 from .optimizer import Optimizer
-from .precision import DTYPES, STORAGE_DEFAULTS, absmax_key, bfloat16
+from .precision import DTYPES, STORAGE_DEFAULTS, absmax_key, bfloat16, deciding_elements
 from .rule import nonfinite_grad_error
 
 __all__ = ["Momentum", "SGD", "Adadelta", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax",
@@ -249,16 +249,17 @@ def dequantize(codes: np.ndarray, absmax: np.ndarray, block_size: int, signed: b
     return values.astype(np.float32).reshape(codes.shape)
 
 
-def _random_index(group: dict[str, Any], param: np.ndarray, position: int) -> tuple[int, int]:
-    """(position, element offset) keying a param's stochastic rounding: its own
-    position and 0, or what a group of shard pieces says (the private
-    "_random_index" of fusedopt.distributed: the full param's position and
-    where the piece starts in it; csrc/rules.hpp, StorageOptions)."""
+def _random_index(group: dict[str, Any], param: np.ndarray, position: int) -> tuple[int, int, int]:
+    """(position, element offset) keying a param's stochastic rounding, and
+    the element count deciding its 8-bit state: its own position, 0 and its
+    size, or what a group of shard pieces says (the private "_random_index"
+    of fusedopt.distributed: the full param's position, where the piece
+    starts in it and the full param's size; csrc/rules.hpp, StorageOptions)."""
     pairs = group.get("_random_index")
     if pairs is None:
-        return position, 0
+        return position, 0, param.size
     k = next(k for k, p in enumerate(group["params"]) if p is param)
-    return tuple(pairs[k])
+    return pairs[k][0], pairs[k][1], deciding_elements(group, k, param)
 
 
 class _Staging:
@@ -266,11 +267,11 @@ class _Staging:
     their store back, as the core's staged kernel does."""
 
     def __init__(self, group: dict[str, Any], param: np.ndarray, state: dict[str, Any],
-                 random_index: tuple[int, int], signs: dict[str, bool]):
+                 random_index: tuple[int, int, int], signs: dict[str, bool]):
         self.group, self.param, self.state, self.random_index, self.signs = group, param, state, random_index, signs
         self.compute = np.dtype(np.float64 if param.dtype == np.float64 else np.float32)
         self.block_size = group.get("block_size", STORAGE_DEFAULTS["block_size"])
-        self.quantized = _core.keeps_8bit_state(group, param.size)  # the core's one decision
+        self.quantized = _core.keeps_8bit_state(group, random_index[2])  # the core's one decision
         self.scale_keys = {absmax_key(key) for key in signs} if self.quantized else set()
 
     def _state_dtype(self, key: str) -> np.dtype:
@@ -326,7 +327,7 @@ class _Staging:
             c = self.state.setdefault("kahan_comp", np.zeros_like(self.param))
             _kahan_store(w, self.param, c)
         elif self.group.get("rounding") == "stochastic":
-            position, first = self.random_index
+            position, first, _ = self.random_index
             key = random_key(self.group.get("seed", 0), self.state["step"], position)
             rounded = round_stochastic(w, self.param.dtype, random16(key, self.param.size, first))
             self.param[...] = rounded.reshape(self.param.shape)

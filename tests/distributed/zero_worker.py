@@ -41,6 +41,12 @@ ZeroRedundancyOptimizer.bucket_elements = 700
 PRECISIONS = {
     "float32": (np.float32, {}),
     "bfloat16-stochastic": (bfloat16, {"rounding": "stochastic", "seed": 1234}),
+    # 8-bit state: the 2049- and 1287-element params keep it and are cut between ranks into pieces
+    # smaller than min_8bit_size; the 1000-element one keeps float32 state. Blocks of 512 move the cuts.
+    "float32-8bit": (np.float32, {"state_bits": 8, "min_8bit_size": 1024}),
+    "bfloat16-8bit-stochastic": (bfloat16, {"state_bits": 8, "min_8bit_size": 1024, "rounding": "stochastic",
+                                            "seed": 1234}),
+    "float32-8bit-blocks-of-512": (np.float32, {"state_bits": 8, "min_8bit_size": 1024, "block_size": 512}),
 }
 
 
@@ -137,7 +143,8 @@ def scenario_equal(out):
     return {"failures": failures, "memory": memory, "total_elements": sum(SIZES)}
 
 
-RESUME_CASES = [("AdamW", "bfloat16-stochastic"), ("NAdam", "float32"), ("Adagrad", "float32")]
+RESUME_CASES = [("AdamW", "bfloat16-stochastic"), ("NAdam", "float32"), ("Adagrad", "float32"),
+                ("Adam", "float32-8bit-blocks-of-512")]
 
 
 def scenario_save(out):
