@@ -47,6 +47,8 @@ PRECISIONS = {
     "bfloat16-8bit-stochastic": (bfloat16, {"state_bits": 8, "min_8bit_size": 1024, "rounding": "stochastic",
                                             "seed": 1234}),
     "float32-8bit-blocks-of-512": (np.float32, {"state_bits": 8, "min_8bit_size": 1024, "block_size": 512}),
+    "bfloat16-master-weights": (bfloat16, {"master_weights": True, "state_dtype": np.float32}),
+    "float16-kahan": (np.float16, {"kahan_sum": True}),
 }
 
 
