@@ -117,6 +117,20 @@ def state_bytes(optimizer):
     return sum(v.nbytes for entry in optimizer.state for v in entry.values() if isinstance(v, np.ndarray))
 
 
+def step_side_by_side(sharded, sharded_params, full, full_params, dtype, steps, where, failures):
+    """The sharded optimizer on this rank's grads, the unsharded one on the
+    average, step by step: params compared after each step, the consolidated
+    state on rank 0 at the end."""
+    for step in steps:
+        per_rank = [rank_grads(dtype, step, r) for r in range(WORLD)]
+        sharded.step(per_rank[RANK])
+        full.step(averaged(per_rank))
+        compare(f"{where} step {step} params", sharded_params, full_params, failures)
+    sharded.consolidate_state_dict(to=0)
+    if RANK == 0:
+        compare(f"{where} state_dict", sharded.state_dict(), full.state_dict(), failures)
+
+
 # ----------------------------------------------------------------- scenarios
 def scenario_equal(out):
     """Every rule (every state array created), float32 and bf16 with
@@ -132,14 +146,8 @@ def scenario_equal(out):
             sharded_params, full_params = start_params(dtype), start_params(dtype)
             sharded = ZeroRedundancyOptimizer(groups(sharded_params, lr), cls, lr=lr, **kwargs)
             full = cls(groups(full_params, lr), lr=lr, **kwargs)
-            for step in range(1, STEPS + 1):
-                per_rank = [rank_grads(dtype, step, r) for r in range(WORLD)]
-                sharded.step(per_rank[RANK])
-                full.step(averaged(per_rank))
-                compare(f"{where} step {step} params", sharded_params, full_params, failures)
-            sharded.consolidate_state_dict(to=0)
-            if RANK == 0:
-                compare(f"{where} state_dict", sharded.state_dict(), full.state_dict(), failures)
+            step_side_by_side(sharded, sharded_params, full, full_params, dtype, range(1, STEPS + 1), where,
+                              failures)
             memory[where] = {"shard": sharded.state_bytes(), "full": state_bytes(full),
                              "elements": sum(p.size for k in sharded._my_pieces for p in [sharded.layout[k]])}
     return {"failures": failures, "memory": memory, "total_elements": sum(SIZES)}
@@ -182,14 +190,8 @@ def scenario_resume(out):
         saved_world = extra["world"]
         for step in range(1, STEPS + 1):
             full.step(averaged([rank_grads(dtype, step, r) for r in range(saved_world)]))
-        for step in range(STEPS + 1, 2 * STEPS + 1):
-            per_rank = [rank_grads(dtype, step, r) for r in range(WORLD)]
-            opt.step(per_rank[RANK])
-            full.step(averaged(per_rank))
-            compare(f"{name} {precision} resumed step {step} params", params, full_params, failures)
-        opt.consolidate_state_dict(to=0)
-        if RANK == 0:
-            compare(f"{name} {precision} resumed state_dict", opt.state_dict(), full.state_dict(), failures)
+        step_side_by_side(opt, params, full, full_params, dtype, range(STEPS + 1, 2 * STEPS + 1),
+                          f"{name} {precision} resumed", failures)
     return {"failures": failures}
 
 
