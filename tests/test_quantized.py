@@ -191,6 +191,16 @@ def largest_error(signed):
     return max(float(np.max(np.diff(codes))) / 2, 1 + codes[0] if signed else 0.0)  # the signed map has no -1
 
 
+def protocol_pair(name, kwargs, rng):
+    """bitsandbytes' start: params randn * 0.1 (16384 elements), one copy
+    stepped with 32-bit state and one with 8-bit state."""
+    size = 4096 * 4
+    start = (rng.standard_normal(size) * 0.1).astype(np.float32)
+    full, low = start.copy(), start.copy()
+    cls = getattr(fusedopt, name)
+    return size, full, low, cls([full], **kwargs), cls([low], **kwargs, state_bits=8)
+
+
 @pytest.mark.parametrize("name, kwargs", FULL_STATE_CASES, ids=FULL_STATE_CASE_IDS)
 def test_an_8bit_step_is_the_32bit_step_from_the_dequantized_state(name, kwargs):
     """bitsandbytes' test_optimizer8bit protocol (params randn * 0.1, grads
@@ -202,11 +212,7 @@ def test_an_8bit_step_is_the_32bit_step_from_the_dequantized_state(name, kwargs)
     the block's absmax: bitsandbytes' atol 3e-3, rtol 1e-3 assume its states'
     scale; a momentum buffer of RMSprop is near 10)."""
     rng = np.random.default_rng(31)
-    size = 4096 * 4
-    start = (rng.standard_normal(size) * 0.1).astype(np.float32)
-    full, low = start.copy(), start.copy()
-    cls = getattr(fusedopt, name)
-    opt32, opt8 = cls([full], **kwargs), cls([low], **kwargs, state_bits=8)
+    size, full, low, opt32, opt8 = protocol_pair(name, kwargs, rng)
     for step in range(1, 51):
         grad = (rng.standard_normal(size) * 0.01).astype(np.float32)
         opt32.step([grad])
@@ -237,11 +243,7 @@ def test_8bit_params_drift_from_the_32bit_run_within_bitsandbytes_error(name, kw
     the mean absolute error of the params stays below bitsandbytes' bound,
     6e-5, at every step."""
     rng = np.random.default_rng(32)
-    size = 4096 * 4
-    start = (rng.standard_normal(size) * 0.1).astype(np.float32)
-    full, low = start.copy(), start.copy()
-    cls = getattr(fusedopt, name)
-    opt32, opt8 = cls([full], **kwargs), cls([low], **kwargs, state_bits=8)
+    size, full, low, opt32, opt8 = protocol_pair(name, kwargs, rng)
     worst = 0.0
     for step in range(1, 51):
         grad = (rng.standard_normal(size) * 0.01).astype(np.float32)
