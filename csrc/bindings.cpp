@@ -10,6 +10,7 @@
 #include "quantize.hpp"
 #include "rules.hpp"
 #include "step.hpp"
+#include "torch_plan.hpp"
 
 namespace py = pybind11;
 using namespace pybind11::literals;
@@ -250,6 +251,16 @@ PYBIND11_MODULE(_core, m) {
         "Memory roof of mixed storage: for each (updated, read, stored), the read arrays' sum (as\n"
         "unsigned integers of their width) is added to the updated ones and written to the stored ones\n"
         "(benchmarks only).");
+
+  m.def("check_torch_plan", &fusedopt::check_torch_plan, "plan"_a, "param_groups"_a, "state"_a,
+        "fusedopt.torch's per-step check of its cached plan (a _Plan): (flags, grads), flags 0 when\n"
+        "the plan still describes the optimizer, else TORCH_PLAN_* bits; grads: each plan param's .grad.");
+  m.def("record_torch_plan", &fusedopt::record_torch_plan, "plan"_a,
+        "Copies the core's counts into fusedopt.torch's 0-d state tensors; returns what they now hold.");
+  m.attr("TORCH_PLAN_REBUILD") = int(fusedopt::kPlanRebuild);
+  m.attr("TORCH_PLAN_GROUP_VALUES") = int(fusedopt::kPlanGroupValues);
+  m.attr("TORCH_PLAN_NEW_GRADS") = int(fusedopt::kPlanNewGrads);
+  m.attr("TORCH_PLAN_MIRRORS_EDITED") = int(fusedopt::kPlanMirrorsEdited);
 
   m.def("num_threads", &fusedopt::num_threads, "The thread count a large step uses now.");
   m.def("thread_override", &fusedopt::thread_override,

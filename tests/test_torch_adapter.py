@@ -994,6 +994,10 @@ EDITS = [
      lambda opt, net: opt.state[net.body[2].bias]["exp_avg_sq"].share_memory_()),
     ("a step count edited in place", lambda opt, net: opt.state[net.body[0].bias]["step"].fill_(10)),
     ("a step count replaced", lambda opt, net: opt.state[net.body[0].bias].__setitem__("step", torch.tensor(3.0))),
+    # Read and written through their NumPy views (float32 and float64 steps are read from memory directly).
+    ("a step count replaced by an int64 tensor",
+     lambda opt, net: opt.state[net.body[2].bias].__setitem__("step", torch.tensor(5))),
+    ("a step count edited in place in an int64 tensor", lambda opt, net: opt.state[net.body[2].bias]["step"].add_(1)),
     ("a param's state deleted", lambda opt, net: opt.state.pop(net.body[4].bias)),
     ("a param's state dict replaced", lambda opt, net: opt.state.__setitem__(
         net.body[2].weight, {k: v.clone() for k, v in opt.state[net.body[2].weight].items()})),

@@ -109,6 +109,18 @@ def bytes_roof(
     unsigned integers of their width) is added to the updated ones and written to the stored ones
     (benchmarks only)."""
 
+TORCH_PLAN_REBUILD: int
+TORCH_PLAN_GROUP_VALUES: int
+TORCH_PLAN_NEW_GRADS: int
+TORCH_PLAN_MIRRORS_EDITED: int
+
+def check_torch_plan(plan: Any, param_groups: list[dict[str, Any]], state: dict[Any, Any]) -> tuple[int, list[Any] | None]:
+    """fusedopt.torch's per-step check of its cached plan (a _Plan): (flags, grads), flags 0 when
+    the plan still describes the optimizer, else TORCH_PLAN_* bits; grads: each plan param's .grad."""
+
+def record_torch_plan(plan: Any) -> list[float]:
+    """Copies the core's counts into fusedopt.torch's 0-d state tensors; returns what they now hold."""
+
 def num_threads() -> int:
     """The thread count a large step uses now."""
 

@@ -109,7 +109,6 @@ import functools
 import inspect
 import operator
 import weakref
-from collections import deque
 from dataclasses import dataclass, field
 from itertools import chain, compress
 from typing import Any, Callable, ClassVar, Iterable, Mapping
@@ -387,8 +386,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         this method is that wrapper (torch's would cost more than the step)."""
         if type(self).step is not FusedOptimizer.step:  # a subclass's own step, which torch wrapped
             return self._fused_step(closure)
+        profiling = torch._C._autograd._profiler_enabled()
+        if not (profiling or _global_step_pre_hooks or self._optimizer_step_pre_hooks
+                or self._optimizer_step_post_hooks or _global_step_post_hooks):
+            return self._fused_step(closure)  # all the wrapper does without hooks or a profiler
         args = (self,) if closure is None else (self, closure)
-        if not torch._C._autograd._profiler_enabled():
+        if not profiling:
             return self._step_with_hooks(args, {})
         with torch.autograd.profiler.record_function(f"Optimizer.step#{type(self).__name__}.step"):
             return self._step_with_hooks(args, {})
@@ -614,11 +617,10 @@ _NO_STATE: Mapping[str, Any] = {}
 _GRAD = operator.attrgetter("grad")
 _DATA_PTR = torch.Tensor.data_ptr
 _ITEM = np.ndarray.item
-_FILL = np.ndarray.fill
+_MIRROR_WIDTHS = {np.dtype(np.float32): 4, np.dtype(np.float64): 8}
 _GET = dict.__getitem__
 # Bounds the step counts the core is given (it counts in 64-bit ints).
 _MAX_STEP = 2**62
-_EXACT_IN_FLOAT32 = 2**24  # every whole number below it is a float32
 
 
 class _Plan:
@@ -667,7 +669,8 @@ class _Plan:
         self.state_map = opt.state
         self.groups = list(opt.param_groups)
         self.param_lists = [group["params"] for group in self.groups]
-        self.param_ids = [list(map(id, params)) for params in self.param_lists]
+        self.param_copies = [list(params) for params in self.param_lists]  # what the lists held
+        self.core_group_list: list[dict[str, Any]] | None = None  # core_groups()
         self.specs = [_state_layout(opt, group) for group in self.groups]
         # The group's values the specs were read from: unchanged objects need no new spec.
         self.spec_values = [list(group.values()) for group in self.groups]
@@ -720,7 +723,10 @@ class _Plan:
         self._take_grads()
         self.watched_ptrs = list(map(_DATA_PTR, self.watched))
         self.mirror_values = list(map(_ITEM, self.mirror_views))
-        self.counts_only = all(key == "step" for key in self.mirror_keys)
+        # Where the check and the record read and write them: float32 and
+        # float64 directly (width 4 or 8), any other dtype through its view.
+        self.mirror_addresses = [view.ctypes.data for view in self.mirror_views]
+        self.mirror_widths = [_MIRROR_WIDTHS.get(view.dtype, 0) for view in self.mirror_views]
         if not self.pending:
             self._snapshot_state(opt)
 
@@ -793,44 +799,25 @@ class _Plan:
     # ------------------------------------------------------------ each step
     def fits(self, opt: FusedOptimizer) -> bool:
         """Whether the plan still describes ``opt`` (after taking in new
-        gradient objects and re-reading edited 0-d state)."""
-        groups = opt.param_groups
-        if opt.state is not self.state_map or len(groups) != len(self.groups):
+        gradient objects and re-reading edited 0-d state). The walk over the
+        plan's lists is ``_core.check_torch_plan`` (csrc/torch_plan.cpp), which
+        reports what it found; what follows handles the rarer findings."""
+        changes, grads = _core.check_torch_plan(self, opt.param_groups, opt.state)
+        if changes & _core.TORCH_PLAN_REBUILD:
             return False
-        for g, (group, cached, params, ids) in enumerate(zip(groups, self.groups, self.param_lists, self.param_ids)):
-            if group is not cached or group["params"] is not params or list(map(id, params)) != ids:
-                return False
-            values = list(group.values())
-            if len(values) != len(self.spec_values[g]) or not all(map(operator.is_, values, self.spec_values[g])):
-                # A value replaced (a scheduler's lr): the state layout may differ (amsgrad turned on).
-                if _state_layout(opt, group) != self.specs[g]:
-                    return False
-                self.spec_values[g] = values
-        state = opt.state
-        if list(map(id, state)) != self.state_key_ids or list(map(id, state.values())) != self.state_dict_ids:
-            return False
-        try:
-            if list(map(_DATA_PTR, map(_GET, self.slot_dicts, self.slot_keys))) != self.slot_ptrs:
-                return False
-        except (KeyError, TypeError):  # a key deleted, a tensor replaced by a number, a dict by another mapping
-            return False
-        if list(map(_DATA_PTR, self.watched)) != self.watched_ptrs:
-            return False
-
-        grads = self.step_grads = list(map(_GRAD, self.params))
-        if not all(map(operator.is_, map(_DEREF, self.grad_refs), grads)):  # new gradient objects
-            if [g is not None for g in grads] != self.has_grad:
-                return False
+        if changes & _core.TORCH_PLAN_GROUP_VALUES:
+            # A value replaced (a scheduler's lr): the state layout may differ (amsgrad turned on).
+            self.core_group_list = None
+            for g, group in enumerate(self.groups):
+                values = list(group.values())
+                if len(values) != len(self.spec_values[g]) or not all(map(operator.is_, values, self.spec_values[g])):
+                    if _state_layout(opt, group) != self.specs[g]:
+                        return False
+                    self.spec_values[g] = values
+        self.step_grads = grads
+        if changes & _core.TORCH_PLAN_NEW_GRADS:
             self._take_grads()
-        else:
-            present = list(compress(grads, self.has_grad))
-            try:
-                if list(map(_DATA_PTR, present)) != self.grad_ptrs:
-                    self._take_grads()
-            except TypeError:  # a None: the gradient was freed (zero_grad()) and none came since
-                return False
-
-        if list(map(_ITEM, self.mirror_views)) != self.mirror_values:
+        if changes & _core.TORCH_PLAN_MIRRORS_EDITED:
             self._reread_mirrors()
         return True
 
@@ -845,8 +832,13 @@ class _Plan:
 
     def core_groups(self, opt: FusedOptimizer) -> list[dict[str, Any]]:
         """The groups as the core reads them: hyperparameters as they are
-        now (a scheduler edits them between steps), views for params."""
-        return [{**opt._core_group(group), "params": views} for group, views in zip(opt.param_groups, self.group_views)]
+        now (a scheduler edits them between steps), views for params. Kept
+        while every group's values are the objects they were (fits() drops
+        them otherwise): the core reads those objects' values at each step."""
+        if self.core_group_list is None:
+            self.core_group_list = [{**opt._core_group(group), "params": views}
+                                    for group, views in zip(opt.param_groups, self.group_views)]
+        return self.core_group_list
 
     def record(self, opt: FusedOptimizer) -> None:
         """After a step the core made: store the state it needed, copy its
@@ -857,13 +849,8 @@ class _Plan:
                 self.state_slots.append((param, key))
             self.pending = []
             self._snapshot_state(opt)
-        values = list(map(_GET, self.mirror_entries, self.mirror_keys))
-        deque(map(_FILL, self.mirror_views, values), maxlen=0)
-        # What the tensors now hold, for the next step's check: the counts
-        # themselves while every mirror is a count a float32 holds exactly
-        # (reading 400 tensors back costs more than the check), else read back.
-        exact = self.counts_only and (not values or max(values) < _EXACT_IN_FLOAT32)
-        self.mirror_values = values if exact else list(map(_ITEM, self.mirror_views))
+        # What the tensors now hold, for the next step's check.
+        self.mirror_values = _core.record_torch_plan(self)
         # The params changed through NumPy, which autograd does not see: bump
         # their version counters, so a graph that saved them refuses to
         # backward through stale values, as after torch's in-place updates.
@@ -882,7 +869,6 @@ class _Gone:
 
 
 _NO_GRAD = weakref.ref(_Gone())  # a dead reference: where a param has no gradient
-_DEREF = weakref.ref.__call__
 
 
 @functools.lru_cache(maxsize=4096)
@@ -925,6 +911,12 @@ def _increment_versions(tensors: list[torch.Tensor]) -> None:
 
 try:
     torch.autograd.graph.increment_version([])  # a list: torch >= 2.5
+    # What that public function calls, without its Python frame (a third of
+    # a 1-tensor step's bookkeeping), where torch has it and it takes a list.
+    _core_increment = getattr(torch._C, "_increment_version", None)
+    if _core_increment is not None:
+        _core_increment([])
+        _increment_versions = _core_increment  # noqa: F811
 except TypeError:  # earlier torch takes one tensor at a time
     def _increment_versions(tensors: list[torch.Tensor]) -> None:  # noqa: F811
         for tensor in tensors:

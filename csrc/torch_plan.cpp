@@ -1,0 +1,266 @@
+// fusedopt.torch's per-step check of its plan (python/fusedopt/torch.py,
+// _Plan), in C because in Python it cost more than the step itself: a few
+// hundred nanoseconds per list walked, and a 1-tensor step walks a dozen.
+// torch.py is the specification: _Plan's docstring says what is checked and
+// why; this file only walks the plan's own lists (read as its attributes,
+// never copied, so there is one description of the plan) and reports what
+// differs. Every object it calls into (data_ptr, .grad, a mapping's
+// __getitem__) may run Python code, so each list item is held while used
+// and each list's length is read again at every index.
+#include "torch_plan.hpp"
+
+#include <cstdint>
+#include <stdexcept>
+
+namespace fusedopt {
+namespace {
+
+// An error from an object the plan looks at means that it no longer
+// describes that object: the caller rebuilds, and the rebuild reports the
+// error with the param's name. Anything but an Exception (KeyboardInterrupt) propagates.
+bool clear_exception() {
+  if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
+  PyErr_Clear();
+  return false;
+}
+
+// The plan's lists are attributes of the _Plan object (torch.py builds
+// them), looked up by names interned once, so that a lookup hashes nothing.
+PyObject* intern(const char* name) { return PyUnicode_InternFromString(name); }
+struct PlanNames {
+  PyObject* const grad_ptrs = intern("grad_ptrs");
+  PyObject* const grad_refs = intern("grad_refs");
+  PyObject* const groups = intern("groups");
+  PyObject* const has_grad = intern("has_grad");
+  PyObject* const mirror_addresses = intern("mirror_addresses");
+  PyObject* const mirror_entries = intern("mirror_entries");
+  PyObject* const mirror_keys = intern("mirror_keys");
+  PyObject* const mirror_values = intern("mirror_values");
+  PyObject* const mirror_views = intern("mirror_views");
+  PyObject* const mirror_widths = intern("mirror_widths");
+  PyObject* const param_copies = intern("param_copies");
+  PyObject* const param_lists = intern("param_lists");
+  PyObject* const params = intern("params");
+  PyObject* const slot_dicts = intern("slot_dicts");
+  PyObject* const slot_keys = intern("slot_keys");
+  PyObject* const slot_ptrs = intern("slot_ptrs");
+  PyObject* const spec_values = intern("spec_values");
+  PyObject* const state_items = intern("state_items");
+  PyObject* const state_map = intern("state_map");
+  PyObject* const watched = intern("watched");
+  PyObject* const watched_ptrs = intern("watched_ptrs");
+};
+const PlanNames& plan_names() {
+  static const PlanNames names;  // made under the GIL, at the first check
+  return names;
+}
+// plan.<name>, which (but for state_map) is a list: the walks below index it unchecked.
+py::object attribute(py::handle plan, PyObject* name) {
+  PyObject* value = PyObject_GetAttr(plan.ptr(), name);
+  if (value == nullptr) throw py::error_already_set();
+  if (!PyList_Check(value) && name != plan_names().state_map) {
+    Py_DECREF(value);
+    throw py::type_error("fusedopt.torch's plan is broken: an attribute is not a list");
+  }
+  return py::reinterpret_steal<py::object>(value);
+}
+
+// list[i] held, or an empty handle once the list has become shorter.
+py::object item(py::handle list, Py_ssize_t i) {
+  if (i >= PyList_GET_SIZE(list.ptr())) return py::object();
+  return py::reinterpret_borrow<py::object>(PyList_GET_ITEM(list.ptr(), i));
+}
+
+// tensor.data_ptr(), or false after clearing the error of a non-tensor.
+bool data_ptr(py::handle tensor, void*& out) {
+  static PyObject* const name = PyUnicode_InternFromString("data_ptr");
+  PyObject* result = PyObject_CallMethodNoArgs(tensor.ptr(), name);
+  if (result == nullptr) return clear_exception();
+  out = PyLong_AsVoidPtr(result);
+  Py_DECREF(result);
+  return !PyErr_Occurred() || clear_exception();
+}
+
+// Whether `tensors[i].data_ptr()` is `pointers[i]` for every i (and the lengths agree).
+bool same_pointers(py::handle tensors, py::handle pointers) {
+  const Py_ssize_t n = PyList_GET_SIZE(pointers.ptr());
+  if (PyList_GET_SIZE(tensors.ptr()) != n) return false;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    py::object tensor = item(tensors, i), expected = item(pointers, i);
+    void* now = nullptr;
+    if (!tensor || !expected || !data_ptr(tensor, now)) return false;
+    if (now != PyLong_AsVoidPtr(expected.ptr())) return false;
+  }
+  return true;
+}
+
+// Whether a list holds the same objects as another, in order.
+bool same_objects(py::handle list, py::handle cached) {
+  if (!cached || !PyList_Check(cached.ptr())) return false;
+  const Py_ssize_t n = PyList_GET_SIZE(cached.ptr());
+  if (!PyList_Check(list.ptr()) || PyList_GET_SIZE(list.ptr()) != n) return false;
+  for (Py_ssize_t i = 0; i < n; ++i)
+    if (PyList_GET_ITEM(list.ptr(), i) != PyList_GET_ITEM(cached.ptr(), i)) return false;
+  return true;
+}
+
+// Whether a dict's values are the cached objects, in order.
+bool same_values(py::handle dict, py::handle cached) {
+  if (!cached || !PyList_Check(cached.ptr())) return false;
+  if (!PyDict_Check(dict.ptr()) || PyDict_GET_SIZE(dict.ptr()) != PyList_GET_SIZE(cached.ptr())) return false;
+  Py_ssize_t position = 0, i = 0;
+  PyObject *key, *value;
+  while (PyDict_Next(dict.ptr(), &position, &key, &value))
+    if (value != PyList_GET_ITEM(cached.ptr(), i++)) return false;
+  return true;
+}
+
+// Whether opt.state's keys and their dicts are the cached (key, dict) pairs, in order.
+bool same_state(py::handle state, py::handle items) {
+  if (!PyDict_Check(state.ptr()) || PyDict_GET_SIZE(state.ptr()) != PyList_GET_SIZE(items.ptr())) return false;
+  Py_ssize_t position = 0, i = 0;
+  PyObject *key, *value;
+  while (PyDict_Next(state.ptr(), &position, &key, &value)) {
+    PyObject* pair = PyList_GET_ITEM(items.ptr(), i++);
+    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || key != PyTuple_GET_ITEM(pair, 0) ||
+        value != PyTuple_GET_ITEM(pair, 1))
+      return false;
+  }
+  return true;
+}
+
+// The memory of every state tensor, looked up where torch keeps it: opt.state[param][key].
+bool same_state_memory(py::handle dicts, py::handle keys, py::handle pointers) {
+  const Py_ssize_t n = PyList_GET_SIZE(pointers.ptr());
+  if (PyList_GET_SIZE(dicts.ptr()) != n || PyList_GET_SIZE(keys.ptr()) != n) return false;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    py::object dict = item(dicts, i), key = item(keys, i), expected = item(pointers, i);
+    if (!dict || !key || !expected) return false;
+    PyObject* tensor = PyObject_GetItem(dict.ptr(), key.ptr());
+    if (tensor == nullptr) return clear_exception();
+    void* now = nullptr;
+    const bool read = data_ptr(tensor, now);
+    Py_DECREF(tensor);
+    if (!read || now != PyLong_AsVoidPtr(expected.ptr())) return false;
+  }
+  return true;
+}
+
+// The 0-d state tensors the core is given as numbers (step, mu_product) are
+// read and written through the memory the plan holds: `widths[k]` is 4 for
+// float32, 8 for float64, and 0 for any other dtype, read through its NumPy
+// view (`views[k]`) as torch.py did.
+struct Mirrors {
+  py::object views, addresses, widths;
+  Py_ssize_t size;
+  explicit Mirrors(py::handle plan, const PlanNames& names = plan_names())
+      : views(attribute(plan, names.mirror_views)), addresses(attribute(plan, names.mirror_addresses)),
+        widths(attribute(plan, names.mirror_widths)), size(PyList_GET_SIZE(addresses.ptr())) {
+    if (PyList_GET_SIZE(views.ptr()) != size || PyList_GET_SIZE(widths.ptr()) != size)
+      throw std::logic_error("fusedopt.torch's plan has mirror lists of different lengths");
+  }
+  int width(Py_ssize_t k) const { return int(PyLong_AsLong(PyList_GET_ITEM(widths.ptr(), k))); }
+  void* address(Py_ssize_t k) const { return PyLong_AsVoidPtr(PyList_GET_ITEM(addresses.ptr(), k)); }
+  // The value now in memory, as a Python number.
+  py::object read(Py_ssize_t k) const {
+    switch (width(k)) {
+      case 4: return py::float_(double(*static_cast<const float*>(address(k))));
+      case 8: return py::float_(*static_cast<const double*>(address(k)));
+      default: return py::reinterpret_borrow<py::object>(PyList_GET_ITEM(views.ptr(), k)).attr("item")();
+    }
+  }
+  void write(Py_ssize_t k, py::handle value) const {
+    switch (width(k)) {
+      case 4: *static_cast<float*>(address(k)) = static_cast<float>(value.cast<double>()); break;  // nearest, as NumPy
+      case 8: *static_cast<double*>(address(k)) = value.cast<double>(); break;
+      default: py::reinterpret_borrow<py::object>(PyList_GET_ITEM(views.ptr(), k)).attr("fill")(value);
+    }
+  }
+};
+
+}  // namespace
+
+py::tuple check_torch_plan(py::handle plan, py::handle param_groups, py::handle state) {
+  const PlanNames& names = plan_names();
+  const auto rebuild = [] { return py::make_tuple(int(kPlanRebuild), py::none()); };
+  // The groups, their params lists and the params in them.
+  py::object groups = attribute(plan, names.groups), param_lists = attribute(plan, names.param_lists);
+  py::object param_copies = attribute(plan, names.param_copies);
+  if (!PyList_Check(param_groups.ptr()) || !same_objects(param_groups, groups)) return rebuild();
+  int flags = 0;
+  py::object spec_values = attribute(plan, names.spec_values);
+  for (Py_ssize_t g = 0; g < PyList_GET_SIZE(groups.ptr()); ++g) {
+    py::object group = item(groups, g), params = item(param_lists, g);
+    if (!group || !params || !PyDict_Check(group.ptr())) return rebuild();
+    PyObject* now = PyDict_GetItemString(group.ptr(), "params");  // borrowed; no Python code runs
+    if (now == nullptr || now != params.ptr() || !same_objects(now, item(param_copies, g))) return rebuild();
+    if (!same_values(group, item(spec_values, g))) flags |= kPlanGroupValues;  // the caller looks
+  }
+  // opt.state: its dicts and the memory of every state tensor and param.
+  if (state.ptr() != attribute(plan, names.state_map).ptr() || !same_state(state, attribute(plan, names.state_items)))
+    return rebuild();
+  if (!same_state_memory(attribute(plan, names.slot_dicts), attribute(plan, names.slot_keys), attribute(plan, names.slot_ptrs)) ||
+      !same_pointers(attribute(plan, names.watched), attribute(plan, names.watched_ptrs)))
+    return rebuild();
+  // The gradients: the same objects (held weakly) with the same memory, or new ones.
+  py::object params = attribute(plan, names.params), refs = attribute(plan, names.grad_refs);
+  py::object has_grad = attribute(plan, names.has_grad), grad_ptrs = attribute(plan, names.grad_ptrs);
+  const Py_ssize_t n = PyList_GET_SIZE(params.ptr());
+  if (PyList_GET_SIZE(refs.ptr()) != n || PyList_GET_SIZE(has_grad.ptr()) != n) return rebuild();
+  py::list grads(n);
+  bool same_grads = true;
+  Py_ssize_t present = 0;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    py::object param = item(params, i);
+    if (!param) return rebuild();
+    PyObject* grad = PyObject_GetAttrString(param.ptr(), "grad");
+    if (grad == nullptr) {
+      clear_exception();
+      return rebuild();
+    }
+    PyList_SET_ITEM(grads.ptr(), i, grad);  // steals
+    py::object had = item(has_grad, i);
+    if (!had || (grad != Py_None) != (had.ptr() == Py_True)) return rebuild();
+    py::object ref = item(refs, i);
+    if (!ref || !PyWeakref_Check(ref.ptr()) || PyWeakref_GetObject(ref.ptr()) != grad) same_grads = false;
+    if (same_grads && grad != Py_None) {
+      void* ptr = nullptr;
+      py::object expected = item(grad_ptrs, present++);
+      if (!expected || !data_ptr(grad, ptr)) return rebuild();
+      if (ptr != PyLong_AsVoidPtr(expected.ptr())) same_grads = false;
+    }
+  }
+  if (!same_grads) flags |= kPlanNewGrads;
+  // The 0-d state tensors the core is given as numbers: edited in place?
+  const Mirrors mirrors(plan);
+  py::object values = attribute(plan, names.mirror_values);
+  if (PyList_GET_SIZE(values.ptr()) != mirrors.size) return rebuild();
+  for (Py_ssize_t k = 0; k < mirrors.size; ++k) {
+    py::object now = mirrors.read(k), cached = item(values, k);
+    if (!cached) return rebuild();
+    const int same = PyObject_RichCompareBool(now.ptr(), cached.ptr(), Py_EQ);
+    if (same < 0) throw py::error_already_set();
+    if (!same) {
+      flags |= kPlanMirrorsEdited;
+      break;
+    }
+  }
+  return py::make_tuple(flags, std::move(grads));
+}
+
+py::list record_torch_plan(py::handle plan) {
+  const PlanNames& names = plan_names();
+  const Mirrors mirrors(plan);
+  py::object entries = attribute(plan, names.mirror_entries), keys = attribute(plan, names.mirror_keys);
+  if (PyList_GET_SIZE(entries.ptr()) != mirrors.size || PyList_GET_SIZE(keys.ptr()) != mirrors.size)
+    throw std::logic_error("fusedopt.torch's plan has mirror lists of different lengths");
+  py::list stored(mirrors.size);
+  for (Py_ssize_t k = 0; k < mirrors.size; ++k) {
+    py::handle entry = PyList_GET_ITEM(entries.ptr(), k), key = PyList_GET_ITEM(keys.ptr(), k);
+    mirrors.write(k, entry[key]);
+    PyList_SET_ITEM(stored.ptr(), k, mirrors.read(k).release().ptr());
+  }
+  return stored;
+}
+
+}  // namespace fusedopt
