@@ -8,7 +8,7 @@
 //
 // The loops are written the way docs/algorithms.md writes the math and left for
 // the compiler to vectorise (no intrinsics, except in the bulk 16-bit
-// conversions, where the instructions exist and the compiler does not find them). The build turns FMA contraction
+// conversions and the 8-bit encoder, where the compiler does not find the code). The build turns FMA contraction
 // off, so the vector body and the scalar tail round identically and the
 // result does not depend on how the driver splits an array between threads.
 // The reference (python/fusedopt/reference.py) evaluates each line in the
