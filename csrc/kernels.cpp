@@ -8,15 +8,15 @@
 //
 // The loops are written the way docs/algorithms.md writes the math and left for
 // the compiler to vectorise (no intrinsics, except in the bulk 16-bit
-// conversions, where the instructions exist and the compiler does not find them). The build turns FMA contraction
+// conversions and the 8-bit encoder, where the compiler does not find the code). The build turns FMA contraction
 // off, so the vector body and the scalar tail round identically and the
 // result does not depend on how the driver splits an array between threads.
 // The reference (python/fusedopt/reference.py) evaluates each line in the
 // same order.
 #include <cstdint>
 
-#if defined(__AVX512F__) || defined(__F16C__)
-#include <immintrin.h>  // the 16-bit conversions only (see "16-bit storage")
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>  // the 16-bit conversions and the 8-bit codec only
 #endif
 
 #include "kernel_types.hpp"
@@ -654,10 +654,79 @@ inline std::uint32_t largest_magnitude_bits(const float* __restrict x, int64_t n
   return largest;
 }
 
+// The vector encoder (AVX2, which the avx512 target has too): quant_encode's
+// integer steps, eight lanes at a time, so every target gives the same bits.
+// The bucket lookups stay scalar loads, but fed from memory: a first pass
+// stores each element's bucket as 16 bits, a second reads them four to a
+// 64-bit word, loads the four entries and finishes in vector lanes. This is
+// faster here than moving lanes to registers one by one (GCC's own
+// vectorisation of quant_encode) or a hardware gather (slower still).
+#if defined(__AVX2__)
+constexpr int64_t kCodecBlock = 32;   // elements per vector step: four vectors packed into 32 codes
+constexpr int64_t kCodecChunk = 256;  // elements whose buckets the first pass stores for the second
+static_assert(2 * kQuantBucketsPerSign <= 65536, "a bucket index must fit in 16 bits");
+
+// The table entries of the four 16-bit bucket indices in `word`.
+inline __m128i look_up4(const std::int32_t* __restrict table, std::uint64_t word) {
+  return _mm_setr_epi32(table[word & 0xFFFFu], table[(word >> 16) & 0xFFFFu], table[(word >> 32) & 0xFFFFu],
+                        table[word >> 48]);
+}
+#endif
+
 __attribute__((noinline)) void encode_block(const std::int32_t* __restrict buckets, const float* __restrict x,
                                             float divisor, bool scaled, std::uint8_t* __restrict codes, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float normalized = x[i] / divisor;  // x / absmax; loaded unconditionally, so the loop vectorises
+  int64_t i = 0;
+#if defined(__AVX2__)
+  constexpr int kFirst = (kQuantLowestExponent - 1) << kQuantBucketMantissaBits;
+  constexpr int kOne = 127 << kQuantBucketMantissaBits;
+  const __m256 d = _mm256_set1_ps(divisor);
+  const __m256 keep = _mm256_castsi256_ps(_mm256_set1_epi32(scaled ? -1 : 0));  // not scaled: encode +0
+  alignas(32) std::uint32_t bits[kCodecChunk];
+  alignas(32) std::uint16_t index[kCodecChunk];
+  for (; i + kCodecBlock <= n;) {
+    const int64_t m = (n - i < kCodecChunk ? n - i : kCodecChunk) / kCodecBlock * kCodecBlock;
+    // Pass 1: x / absmax, and its bucket (quant_encode's first lines).
+    const auto bucket8 = [&](int64_t j) {
+      const __m256i u = _mm256_castps_si256(_mm256_and_ps(_mm256_div_ps(_mm256_loadu_ps(x + i + j), d), keep));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(bits + j), u);
+      const __m256i top = _mm256_srli_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF)), 16);
+      const __m256i clamped =
+          _mm256_min_epi32(_mm256_max_epi32(top, _mm256_set1_epi32(kFirst)), _mm256_set1_epi32(kOne));
+      const __m256i negative = _mm256_srai_epi32(u, 31);  // all ones for x < 0
+      return _mm256_add_epi32(_mm256_sub_epi32(clamped, _mm256_set1_epi32(kFirst)),
+                              _mm256_and_si256(negative, _mm256_set1_epi32(kQuantBucketsPerSign)));
+    };
+    for (int64_t j = 0; j < m; j += 16) {
+      // packus works within 128-bit halves; the permute puts the four quarters back in order
+      const __m256i words = _mm256_permute4x64_epi64(_mm256_packus_epi32(bucket8(j), bucket8(j + 8)), 0xD8);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(index + j), words);
+    }
+    // Pass 2: first + (key >= threshold), with key = +-low16(x); 32 codes per store.
+    const auto code8 = [&](int64_t j) {
+      std::uint64_t low_words, high_words;
+      __builtin_memcpy(&low_words, index + j, 8);
+      __builtin_memcpy(&high_words, index + j + 4, 8);
+      const __m256i entry = _mm256_set_m128i(look_up4(buckets, high_words), look_up4(buckets, low_words));
+      const __m256i u = _mm256_load_si256(reinterpret_cast<const __m256i*>(bits + j));
+      const __m256i negative = _mm256_srai_epi32(u, 31);
+      const __m256i low = _mm256_and_si256(u, _mm256_set1_epi32(0xFFFF));
+      const __m256i key = _mm256_sub_epi32(_mm256_xor_si256(low, negative), negative);  // -low for x < 0
+      const __m256i below = _mm256_cmpgt_epi32(_mm256_srai_epi32(entry, 8), key);       // key < threshold
+      return _mm256_add_epi32(_mm256_and_si256(entry, _mm256_set1_epi32(0xFF)),
+                              _mm256_add_epi32(_mm256_set1_epi32(1), below));
+    };
+    for (int64_t j = 0; j < m; j += kCodecBlock) {
+      // packs work within 128-bit halves: the bytes come out as dwords 0 4 1 5 2 6 3 7
+      const __m256i packed = _mm256_packus_epi16(_mm256_packus_epi32(code8(j), code8(j + 8)),
+                                                 _mm256_packus_epi32(code8(j + 16), code8(j + 24)));
+      const __m256i ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i + j), ordered);
+    }
+    i += m;
+  }
+#endif
+  for (; i < n; ++i) {  // the scalar targets, and the tail of a tensor's last block
+    const float normalized = x[i] / divisor;  // x / absmax
     codes[i] = static_cast<std::uint8_t>(quant_encode(buckets, scaled ? normalized : 0.0f));
   }
 }

@@ -37,6 +37,7 @@ try:
 except importlib.metadata.PackageNotFoundError:
     HAVE_DEEPSPEED = False
 HAVE_BITSANDBYTES = importlib.util.find_spec("bitsandbytes") is not None
+HAVE_TORCHAO = importlib.util.find_spec("torchao") is not None
 
 
 @pytest.fixture(scope="session")
@@ -180,6 +181,28 @@ def test_bitsandbytes_is_the_8bit_peer_when_asked_for(tmp_path):
             codes = 2 * (2 if rule == "adamw" else 1)  # each state array's codes read and written
             assert row["bytes_per_element"] == (12 if precision == "float32+8bit" else 6) + codes
 
+
+def test_torchao_is_the_other_8bit_peer_when_asked_for(tmp_path):
+    """--impls torchao: its 8-bit Adam and AdamW on the 8-bit modes only (a
+    size its block of 256 divides), a note for the rest, and a note (not a
+    failure) when it is not installed."""
+    run_bench(tmp_path, "--rules", "adamw,lion", "--sizes", "8192", "--models", "none",
+              "--dtypes", "float32,float32+8bit,bfloat16+8bit", "--impls", "fusedopt,torchao", "--threads", "1",
+              "--seconds", "0.01", "--min-samples", "3", "--json", str(tmp_path / "bench.json"), timeout=600)
+    rows = {(row["rule"], row["precision"]): row for row in json.loads((tmp_path / "bench.json").read_text())["results"]
+            if row["family"] == "torchao"}
+    assert set(rows) == {(rule, precision) for rule in ("adamw", "lion")
+                         for precision in ("float32", "float32+8bit", "bfloat16+8bit")}
+    for (rule, precision), row in rows.items():
+        if not HAVE_TORCHAO:
+            assert row["skipped"] == "torchao is not installed (pip install 'fusedopt[peers]')"
+        elif rule == "lion":
+            assert row["skipped"] == "torchao has no 8-bit Lion()"
+        elif precision == "float32":
+            assert row["skipped"] == "torchao's 8-bit optimizers keep 8-bit state, not float32's"
+        else:
+            assert row["skipped"] is None and row["seconds"]["median"] > 0
+            assert row["bytes_per_element"] == (12 if precision == "float32+8bit" else 6) + 4
 
 def test_precision_modes_are_workloads_with_their_peers(tmp_path):
     """--dtypes bfloat16: every bfloat16 mode, each with its bytes per element

@@ -96,6 +96,50 @@ def test_the_encoder_finds_the_exact_nearest_code(target, signed, rng):
     assert np.array_equal(bits(decoded), bits(codes[ref_codes]))
 
 
+@pytest.mark.parametrize("block_size, tail", [(64, 1), (64, 33), (256, 31), (256, 32), (4096, 255), (4096, 300)])
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_the_encoder_is_exact_in_every_lane_chunk_and_tail(target, signed, block_size, tail, rng):
+    """The vector encoder works in steps of 32 elements and looks its buckets
+    up in chunks of 256: the encoder's hard values (every code, threshold and
+    tie, +-1, zeros, subnormals), shuffled over every position of blocks of
+    every length and of a short last block (a vector tail, a chunk and a
+    scalar tail), with absmax 1 (the brute-force nearest code) and scaled by
+    a per block absmax (the reference). Blocks of zeros and a last block
+    holding an infinity encode the code of 0."""
+    codes, thresholds = _core.quantization_map(signed)
+    hard = rng.permutation(encoder_values(codes, thresholds, rng)[:3 * 4096])
+    blocks = -(-hard.size // (block_size - 1)) + 1  # the last one short
+    laid_out = np.zeros(blocks * block_size, np.float32)
+    for b in range(blocks - 1):  # each full block starts with 1: its absmax
+        chunk = hard[b * (block_size - 1):(b + 1) * (block_size - 1)]
+        laid_out[b * block_size] = 1.0
+        laid_out[b * block_size + 1:b * block_size + 1 + chunk.size] = chunk
+    count = (blocks - 1) * block_size + tail
+    laid_out, last = laid_out[:count], slice((blocks - 1) * block_size, count)
+    laid_out[last] = rng.choice(hard, tail)
+    laid_out[last.start] = -1.0  # its absmax: -1 is the signed map's smallest code, 0 the unsigned map's
+    got, absmax = np.empty(count, np.uint8), np.empty(blocks, np.float32)
+    _core.quantize(laid_out, got, absmax, block_size, signed)
+    assert np.all(absmax == 1.0)
+    want = nearest_codes(laid_out, codes)
+    wrong = np.flatnonzero(got != want)
+    assert wrong.size == 0, (f"{wrong.size} of {count} values get another code, the first at {wrong[0]}, "
+                             f"{laid_out[wrong[0]]!r}: {got[wrong[0]]}, want {want[wrong[0]]}")
+    assert got[last.start] == 0 and 255 in got  # the smallest and the largest code
+    scales = (10.0 ** rng.uniform(-30, 30, blocks)).astype(np.float32)
+    scales[1] = 0.0
+    scaled = laid_out * np.repeat(scales, block_size)[:count]
+    scaled[last.stop - 1] = np.inf if tail > 1 else scaled[last.stop - 1]
+    with np.errstate(over="ignore", invalid="ignore"):
+        _core.quantize(scaled, got, absmax, block_size, signed)
+        want_codes, want_absmax = reference.quantize(scaled, block_size, signed)
+    assert np.array_equal(got, want_codes) and np.array_equal(bits(absmax), bits(want_absmax))
+    zero_code = np.flatnonzero(codes == 0.0)[0]
+    assert np.all(got[block_size:2 * block_size] == zero_code)
+    if tail > 1:
+        assert np.isnan(absmax[-1]) and np.all(got[last] == zero_code)
+
+
 @pytest.mark.parametrize("block_size", [64, 256, 4096])
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_quantize_and_dequantize_are_the_reference_bitwise(target, signed, block_size, rng):

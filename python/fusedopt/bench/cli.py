@@ -24,8 +24,9 @@ T = TypeVar("T")
 QUICK = dict(rules=[rule_named(key) for key in QUICK_RULES], sizes=workloads.QUICK_SIZES, models=["model200"],
              dtypes=["float32"], seconds=0.04, min_samples=3)
 # Peers that run only when asked for: DeepSpeed builds its kernel on first
-# use (minutes), which would break --quick's minute.
-OPT_IN_FAMILIES = ("deepspeed", "bitsandbytes")
+# use (minutes), torchao compiles its step (torch.compile), both of which
+# would break --quick's minute.
+OPT_IN_FAMILIES = ("deepspeed", "bitsandbytes", "torchao")
 FULL = dict(rules=RULES, sizes=workloads.DEFAULT_SIZES, models=list(workloads.MODELS), dtypes=["float32", "float64"],
             seconds=0.2, min_samples=5)
 
@@ -208,7 +209,7 @@ def main(args: argparse.Namespace, command: str | None = None) -> int:
     print(f"fusedopt {features['version']} on {features['cpu']}: targets {', '.join(settings.targets)}, "
           f"threads {', '.join(map(str, settings.threads))}; numpy {machine['numpy']}, "
           f"torch {machine['torch'] or 'not installed'}, deepspeed {machine['deepspeed'] or 'not installed'}, "
-          f"bitsandbytes {machine['bitsandbytes'] or 'not installed'}")
+          f"bitsandbytes {machine['bitsandbytes'] or 'not installed'}, torchao {machine['torchao'] or 'not installed'}")
     if "load_average" in machine:
         load, cpus = machine["load_average"][0], machine.get("cpus_usable") or machine["cpu_count"] or 1
         print(f"load average {load:.2f} on {cpus} CPUs")

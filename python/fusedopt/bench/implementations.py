@@ -18,6 +18,7 @@ import importlib.util
 import hashlib
 import inspect
 import itertools
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -388,6 +389,41 @@ class BitsAndBytes(Implementation):
             yield step_with(optimizer.step)
 
 
+
+class TorchAO(Implementation):
+    """torchao's 8-bit Adam and AdamW, the other peer of fusedopt's 8-bit state."""
+
+    description = ("torchao's Adam8bit / AdamW8bit (block-wise 8-bit state, its step through torch.compile) on "
+                   "tensors sharing the arrays' memory, grads set; blocks of the largest power of two up to 256 "
+                   "that divides every param's size, since torchao keeps 32-bit state for a tensor its block size "
+                   "does not divide (and for tensors under 4096 elements)")
+    CLASSES = {"Adam": "Adam8bit", "AdamW": "AdamW8bit"}
+
+    @property
+    def label(self):
+        return f"torchao {self.threads}t"
+
+    def unavailable(self, rule):
+        if importlib.util.find_spec("torchao") is None:
+            return "torchao is not installed (pip install 'fusedopt[peers]')"
+        if rule.optimizer not in self.CLASSES:
+            return f"torchao has no 8-bit {rule.describe()}"
+        return None
+
+    def refuses(self, precision):
+        if not precision.name.endswith("+8bit"):
+            return f"torchao's 8-bit optimizers keep 8-bit state, not {precision.name}'s"
+        return None
+
+    @contextlib.contextmanager
+    def prepared(self, rule, precision, params, grad_sets):
+        import torchao.optim
+        optimizer_class = getattr(torchao.optim, self.CLASSES[rule.optimizer])
+        block_size = math.gcd(256, *(p.size for p in params))
+        with _torch_tensors(params, grad_sets, self.threads) as (tensors, step_with):
+            optimizer = optimizer_class(tensors, **rule.kwargs, block_size=block_size)
+            yield step_with(optimizer.step)
+
 # Families in the order of the table; the torch ones in increasing speed.
 FAMILIES: dict[str, type[Implementation]] = {
     "roof": Roof,
@@ -400,10 +436,11 @@ FAMILIES: dict[str, type[Implementation]] = {
     "torch fused": Torch,
     "deepspeed": DeepSpeed,
     "bitsandbytes": BitsAndBytes,
+    "torchao": TorchAO,
 }
 
 # The families that run on torch tensors: their refusals are reported, not raised.
-PEERS = (Torch, DeepSpeed, BitsAndBytes)
+PEERS = (Torch, DeepSpeed, BitsAndBytes, TorchAO)
 
 # The short names the command line accepts.
 FAMILY_KEYS = {family.replace(" ", "-"): family for family in FAMILIES}

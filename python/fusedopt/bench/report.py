@@ -27,7 +27,7 @@ __all__ = ["derive", "format_section", "format_summary", "machine_info", "write_
 
 # The peers fusedopt is compared with, in the order of the summary's columns.
 PEER_FAMILIES = ["numpy", "numpy tuned", "cython loop", "torch for", "torch foreach", "torch fused", "deepspeed",
-                 "bitsandbytes"]
+                 "bitsandbytes", "torchao"]
 
 
 def derive(results: Iterable[Result], settings: Settings) -> list[dict[str, Any]]:
@@ -187,7 +187,7 @@ def machine_info() -> dict[str, Any]:
     if hasattr(os, "getloadavg"):
         info["load_average"] = list(os.getloadavg())
     info["environment"] = {name: os.environ[name] for name in ENVIRONMENT if name in os.environ}
-    for name in ("torch", "Cython", "deepspeed", "bitsandbytes"):  # from the metadata: importing deepspeed takes seconds
+    for name in ("torch", "Cython", "deepspeed", "bitsandbytes", "torchao"):  # from the metadata: importing deepspeed takes seconds
         try:
             info[name.lower()] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
