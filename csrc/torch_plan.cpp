@@ -28,6 +28,7 @@ bool clear_exception() {
 // them), looked up by names interned once, so that a lookup hashes nothing.
 PyObject* intern(const char* name) { return PyUnicode_InternFromString(name); }
 struct PlanNames {
+  PyObject* const grad = intern("grad");  // a param's, not the plan's
   PyObject* const grad_ptrs = intern("grad_ptrs");
   PyObject* const grad_refs = intern("grad_refs");
   PyObject* const groups = intern("groups");
@@ -54,15 +55,25 @@ const PlanNames& plan_names() {
   static const PlanNames names;  // made under the GIL, at the first check
   return names;
 }
-// plan.<name>, which (but for state_map) is a list: the walks below index it unchecked.
-py::object attribute(py::handle plan, PyObject* name) {
-  PyObject* value = PyObject_GetAttr(plan.ptr(), name);
-  if (value == nullptr) throw py::error_already_set();
-  if (!PyList_Check(value) && name != plan_names().state_map) {
-    Py_DECREF(value);
-    throw py::type_error("fusedopt.torch's plan is broken: an attribute is not a list");
+// plan.<name>, which (but for state_map) is a list: the walks below index
+// it unchecked. Read from the plan's __dict__ (a _Plan has no descriptors
+// but its methods), which skips the lookup in the class a getattr makes.
+py::object attribute(py::handle plan_dict, PyObject* name) {
+  PyObject* value = PyDict_GetItemWithError(plan_dict.ptr(), name);  // borrowed
+  if (value == nullptr) {
+    if (!PyErr_Occurred()) PyErr_Format(PyExc_AttributeError, "fusedopt.torch's plan has no %S", name);
+    throw py::error_already_set();
   }
-  return py::reinterpret_steal<py::object>(value);
+  if (!PyList_Check(value) && name != plan_names().state_map)
+    throw py::type_error("fusedopt.torch's plan is broken: an attribute is not a list");
+  return py::reinterpret_borrow<py::object>(value);
+}
+
+// A plan's __dict__.
+py::object attributes_of(py::handle plan) {
+  PyObject* dict = PyObject_GenericGetDict(plan.ptr(), nullptr);
+  if (dict == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(dict);
 }
 
 // list[i] held, or an empty handle once the list has become shorter.
@@ -169,6 +180,16 @@ struct Mirrors {
       default: return py::reinterpret_borrow<py::object>(PyList_GET_ITEM(views.ptr(), k)).attr("item")();
     }
   }
+  // Whether the tensor still holds `value` (a number the record or the plan read).
+  bool holds(Py_ssize_t k, py::handle value) const {
+    const int width_k = width(k);
+    if (width_k != 0 && PyFloat_CheckExact(value.ptr()))  // the record's own numbers: no object made
+      return PyFloat_AS_DOUBLE(value.ptr()) == (width_k == 4 ? double(*static_cast<const float*>(address(k)))
+                                                             : *static_cast<const double*>(address(k)));
+    const int same = PyObject_RichCompareBool(read(k).ptr(), value.ptr(), Py_EQ);
+    if (same < 0) throw py::error_already_set();
+    return same != 0;
+  }
   void write(Py_ssize_t k, py::handle value) const {
     switch (width(k)) {
       case 4: *static_cast<float*>(address(k)) = static_cast<float>(value.cast<double>()); break;  // nearest, as NumPy
@@ -180,8 +201,9 @@ struct Mirrors {
 
 }  // namespace
 
-py::tuple check_torch_plan(py::handle plan, py::handle param_groups, py::handle state) {
+py::tuple check_torch_plan(py::handle plan_object, py::handle param_groups, py::handle state) {
   const PlanNames& names = plan_names();
+  const py::object plan = attributes_of(plan_object);
   const auto rebuild = [] { return py::make_tuple(int(kPlanRebuild), py::none()); };
   // The groups, their params lists and the params in them.
   py::object groups = attribute(plan, names.groups), param_lists = attribute(plan, names.param_lists);
@@ -192,7 +214,7 @@ py::tuple check_torch_plan(py::handle plan, py::handle param_groups, py::handle 
   for (Py_ssize_t g = 0; g < PyList_GET_SIZE(groups.ptr()); ++g) {
     py::object group = item(groups, g), params = item(param_lists, g);
     if (!group || !params || !PyDict_Check(group.ptr())) return rebuild();
-    PyObject* now = PyDict_GetItemString(group.ptr(), "params");  // borrowed; no Python code runs
+    PyObject* now = PyDict_GetItem(group.ptr(), names.params);  // borrowed; no Python code runs
     if (now == nullptr || now != params.ptr() || !same_objects(now, item(param_copies, g))) return rebuild();
     if (!same_values(group, item(spec_values, g))) flags |= kPlanGroupValues;  // the caller looks
   }
@@ -213,7 +235,7 @@ py::tuple check_torch_plan(py::handle plan, py::handle param_groups, py::handle 
   for (Py_ssize_t i = 0; i < n; ++i) {
     py::object param = item(params, i);
     if (!param) return rebuild();
-    PyObject* grad = PyObject_GetAttrString(param.ptr(), "grad");
+    PyObject* grad = PyObject_GetAttr(param.ptr(), names.grad);
     if (grad == nullptr) {
       clear_exception();
       return rebuild();
@@ -236,11 +258,9 @@ py::tuple check_torch_plan(py::handle plan, py::handle param_groups, py::handle 
   py::object values = attribute(plan, names.mirror_values);
   if (PyList_GET_SIZE(values.ptr()) != mirrors.size) return rebuild();
   for (Py_ssize_t k = 0; k < mirrors.size; ++k) {
-    py::object now = mirrors.read(k), cached = item(values, k);
+    py::object cached = item(values, k);
     if (!cached) return rebuild();
-    const int same = PyObject_RichCompareBool(now.ptr(), cached.ptr(), Py_EQ);
-    if (same < 0) throw py::error_already_set();
-    if (!same) {
+    if (!mirrors.holds(k, cached)) {
       flags |= kPlanMirrorsEdited;
       break;
     }
@@ -248,8 +268,9 @@ py::tuple check_torch_plan(py::handle plan, py::handle param_groups, py::handle 
   return py::make_tuple(flags, std::move(grads));
 }
 
-py::list record_torch_plan(py::handle plan) {
+py::list record_torch_plan(py::handle plan_object) {
   const PlanNames& names = plan_names();
+  const py::object plan = attributes_of(plan_object);
   const Mirrors mirrors(plan);
   py::object entries = attribute(plan, names.mirror_entries), keys = attribute(plan, names.mirror_keys);
   if (PyList_GET_SIZE(entries.ptr()) != mirrors.size || PyList_GET_SIZE(keys.ptr()) != mirrors.size)

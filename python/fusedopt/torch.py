@@ -437,8 +437,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 plan.record(self)
                 self.skipped_steps += 1
                 return loss
-            bad = self.row.rule.step(plan.core_groups(self), grad_views, plan.entries, self.nonfinite != "apply",
-                                     grad_scale)
+            bad = plan.rule_step(plan.core_groups(self), grad_views, plan.entries, self.nonfinite != "apply",
+                                 grad_scale)
         except (TypeError, ValueError, RuntimeError):
             self._plan = None
             self._raise_for_unusable_tensor()  # a clearer error naming the param, if one is
@@ -671,6 +671,7 @@ class _Plan:
         self.param_lists = [group["params"] for group in self.groups]
         self.param_copies = [list(params) for params in self.param_lists]  # what the lists held
         self.core_group_list: list[dict[str, Any]] | None = None  # core_groups()
+        self.rule_step = row.rule.step
         self.specs = [_state_layout(opt, group) for group in self.groups]
         # The group's values the specs were read from: unchanged objects need no new spec.
         self.spec_values = [list(group.values()) for group in self.groups]
@@ -803,6 +804,9 @@ class _Plan:
         plan's lists is ``_core.check_torch_plan`` (csrc/torch_plan.cpp), which
         reports what it found; what follows handles the rarer findings."""
         changes, grads = _core.check_torch_plan(self, opt.param_groups, opt.state)
+        if not changes:
+            self.step_grads = grads
+            return True
         if changes & _core.TORCH_PLAN_REBUILD:
             return False
         if changes & _core.TORCH_PLAN_GROUP_VALUES:
