@@ -424,7 +424,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         # torch.amp.GradScaler's protocol with optimizers that unscale inside
         # their kernel (_step_supports_amp_scaling): it sets these two 0-d
         # tensors for the step, found_inf already checked over the grads.
-        grad_scale, found_inf = _amp_scaling(self.__dict__)
+        attributes = self.__dict__
+        if "grad_scale" in attributes or "found_inf" in attributes:
+            grad_scale, found_inf = _amp_scaling(attributes)
+        else:
+            grad_scale, found_inf = None, False
         try:
             if plan is None or not plan.fits(self):
                 self._plan = None  # building may raise
