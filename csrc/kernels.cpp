@@ -59,12 +59,12 @@ inline T sign(T x) {
 // c ? a : b for a float or a 32-bit integer, as bit masks: the compiler
 // keeps it a select, which vectorises. Written as a conditional, GCC sinks
 // the arithmetic of a or b into a branch (it may not evaluate float
-// arithmetic the source skips) and a loop with a branch stays scalar when it
-// is too big to unswitch, as the 16-bit loops are.
+// arithmetic the source skips), and a loop with a branch stays scalar unless
+// the compiler unswitches it.
 template <class T>
-inline T choose(bool c, T a, T b) {
+inline T select_bits(bool c, T a, T b) {
   using Bits = std::conditional_t<sizeof(T) == sizeof(std::uint64_t), std::uint64_t, std::uint32_t>;
-  static_assert(sizeof(T) == sizeof(Bits), "choose takes 4- or 8-byte values");
+  static_assert(sizeof(T) == sizeof(Bits), "select_bits takes 4- or 8-byte values");
   const Bits mask = Bits(0) - Bits(c);
   return __builtin_bit_cast(T, (__builtin_bit_cast(Bits, a) & mask) | (__builtin_bit_cast(Bits, b) & ~mask));
 }
@@ -85,7 +85,7 @@ inline float bf16_load(std::uint16_t h) { return float_of(std::uint32_t(h) << 16
 inline std::uint16_t bf16_nearest(float x) {
   // A NaN becomes the quiet NaN of its sign (as ml_dtypes), which the rounding
   // keeps; selecting before the rounding leaves one narrowing to 16 bits.
-  const std::uint32_t u = choose(x != x, (bits_of(x) & 0x80000000u) | 0x7FC00000u, bits_of(x));
+  const std::uint32_t u = select_bits(x != x, (bits_of(x) & 0x80000000u) | 0x7FC00000u, bits_of(x));
   return static_cast<std::uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);  // ties to even
 }
 
@@ -99,7 +99,7 @@ inline float f16_load(std::uint16_t h) {
   const std::uint32_t special = magnitude + ((255u - 31u) << 23);  // inf and NaN: all-ones exponent
   // A subnormal half is m * 2^-24: scale m's bits into a float and subtract the implicit one (exact).
   const std::uint32_t subnormal = bits_of(float_of(magnitude + (113u << 23)) - float_of(113u << 23));
-  const std::uint32_t out = choose(exponent == 0x0F800000u, special, choose(exponent == 0, subnormal, normal));
+  const std::uint32_t out = select_bits(exponent == 0x0F800000u, special, select_bits(exponent == 0, subnormal, normal));
   return float_of(sign | out);
 }
 
@@ -115,9 +115,9 @@ inline std::uint16_t f16_nearest(float x) {
   // the float's mantissa, and the float addition rounds them to nearest even.
   const std::uint32_t subnormal = (bits_of(float_of(a) + 0.5f) - bits_of(0.5f)) << 13;
   const std::uint32_t nan = (0x7C00u | (a >> 13 & 0x3FFu) | std::uint32_t((a & 0x7FE000u) == 0)) << 13;
-  std::uint32_t out = choose(magnitude < 0x38800000, subnormal, normal);
-  out = choose(magnitude >= 0x47800000, 0x7C00u << 13, out);  // 65536 and above: infinity (rounding reaches it below)
-  out = choose(x != x, nan, out);
+  std::uint32_t out = select_bits(magnitude < 0x38800000, subnormal, normal);
+  out = select_bits(magnitude >= 0x47800000, 0x7C00u << 13, out);  // 65536 and above: infinity (rounding reaches it below)
+  out = select_bits(x != x, nan, out);
   return static_cast<std::uint16_t>((out | ((u >> 31) << 28)) >> 13);  // the sign, then the half
 }
 
@@ -192,12 +192,12 @@ void sgd_loop(const SgdScalars& s, Stored<P>* __restrict w, const Stored<P>* __r
   for (int64_t i = begin; i < end; ++i) {
     const T weight = P::load(w[i]);
     T grad = grad_sign * P::load(g[i]);                   // maximize: g <- -g
-    grad = choose(decay, grad + weight_decay * weight, grad);  // g <- g + wd * w
+    grad = decay ? grad + weight_decay * weight : grad;  // g <- g + wd * w
     if constexpr (kUseMomentum) {
-      const T buffer = choose(first, grad,                // b <- g on the first step
-                              momentum * S::load(b[i]) + one_minus_dampening * grad);  // b <- mu b + (1-d) g
+      const T buffer = first ? grad                       // b <- g on the first step
+                             : momentum * S::load(b[i]) + one_minus_dampening * grad;  // b <- mu b + (1-d) g
       b[i] = S::store(buffer);
-      grad = choose(nesterov, grad + momentum * buffer, buffer);  // g <- g + mu b, or g <- b
+      grad = nesterov ? grad + momentum * buffer : buffer;  // g <- g + mu b, or g <- b
     }
     w[i] = P::store(weight - lr * grad);                  // w <- w - lr * g
   }
@@ -226,7 +226,7 @@ void adadelta_loop(const AdadeltaScalars& s, Stored<P>* __restrict w, const Stor
   for (int64_t i = begin; i < end; ++i) {
     const T weight = P::load(w[i]);
     T grad = grad_sign * P::load(g[i]);                                // maximize: g <- -g
-    grad = choose(decay, grad + weight_decay * weight, grad);         // g <- g + wd * w
+    grad = decay ? grad + weight_decay * weight : grad;           // g <- g + wd * w
     const T grad_square = rho * S::load(square_avg[i]) + one_minus_rho * (grad * grad);  // Eg <- rho Eg + (1-rho) g^2
     square_avg[i] = S::store(grad_square);
     if constexpr (kScaleByWeights) {
@@ -275,7 +275,7 @@ void adam_loop(const AdamScalars& s, Stored<P>* __restrict w, const Stored<P>* _
   for (int64_t i = begin; i < end; ++i) {
     const T weight = P::load(w[i]);
     T grad = grad_sign * P::load(g[i]);                          // maximize: g <- -g
-    grad = choose(coupled_decay, grad + weight_decay * weight, grad);  // L2: g <- g + wd * w
+    grad = coupled_decay ? grad + weight_decay * weight : grad;  // L2: g <- g + wd * w
     const T param = decay_factor * weight;                       // AdamW: w <- (1 - lr wd) w
     const T exp_avg = beta1 * S::load(m[i]) + one_minus_beta1 * grad;             // m <- b1 m + (1-b1) g
     m[i] = S::store(exp_avg);
@@ -319,7 +319,7 @@ void rmsprop_loop(const RmspropScalars& s, Stored<P>* __restrict w, const Stored
   for (int64_t i = begin; i < end; ++i) {
     const T weight = P::load(w[i]);
     T grad = grad_sign * P::load(g[i]);                          // maximize: g <- -g
-    grad = choose(decay, grad + weight_decay * weight, grad);   // g <- g + wd * w
+    grad = decay ? grad + weight_decay * weight : grad;     // g <- g + wd * w
     const T grad_square = alpha * S::load(square_avg[i]) + one_minus_alpha * (grad * grad);
                                                                  // v <- a v + (1-a) g^2
     square_avg[i] = S::store(grad_square);
@@ -374,7 +374,7 @@ void adagrad(const void* scalars, void* const* streams, int64_t begin, int64_t e
   for (int64_t i = begin; i < end; ++i) {
     const T weight = P::load(w[i]);
     T grad = grad_sign * P::load(g[i]);                       // maximize: g <- -g
-    grad = choose(decay, grad + weight_decay * weight, grad);  // g <- g + wd * w
+    grad = decay ? grad + weight_decay * weight : grad;  // g <- g + wd * w
     const T square_sum = S::load(sum[i]) + grad * grad;       // s <- s + g^2
     sum[i] = S::store(square_sum);
     const T std = square_root(square_sum) + eps;              // sqrt(s) + eps
@@ -403,7 +403,7 @@ void nadam(const void* scalars, void* const* streams, int64_t begin, int64_t end
   for (int64_t i = begin; i < end; ++i) {
     const T weight = P::load(w[i]);
     T grad = grad_sign * P::load(g[i]);                          // maximize: g <- -g
-    grad = choose(coupled_decay, grad + weight_decay * weight, grad);  // L2: g <- g + wd * w
+    grad = coupled_decay ? grad + weight_decay * weight : grad;  // L2: g <- g + wd * w
     const T param = decay_factor * weight;                       // decoupled: w <- (1 - lr wd) w
     const T exp_avg = beta1 * S::load(m[i]) + one_minus_beta1 * grad;             // m <- b1 m + (1-b1) g
     m[i] = S::store(exp_avg);
@@ -430,7 +430,7 @@ void radam_loop(const RadamScalars& s, Stored<P>* __restrict w, const Stored<P>*
   for (int64_t i = begin; i < end; ++i) {
     const T weight = P::load(w[i]);
     T grad = grad_sign * P::load(g[i]);                          // maximize: g <- -g
-    grad = choose(coupled_decay, grad + weight_decay * weight, grad);  // L2: g <- g + wd * w
+    grad = coupled_decay ? grad + weight_decay * weight : grad;  // L2: g <- g + wd * w
     const T param = decay_factor * weight;                       // decoupled: w <- (1 - lr wd) w
     const T exp_avg = beta1 * S::load(m[i]) + one_minus_beta1 * grad;             // m <- b1 m + (1-b1) g
     m[i] = S::store(exp_avg);
@@ -474,7 +474,7 @@ void adamax(const void* scalars, void* const* streams, int64_t begin, int64_t en
   for (int64_t i = begin; i < end; ++i) {
     const T weight = P::load(w[i]);
     T grad = grad_sign * P::load(g[i]);                                      // maximize: g <- -g
-    grad = choose(decay, grad + weight_decay * weight, grad);               // g <- g + wd * w
+    grad = decay ? grad + weight_decay * weight : grad;                 // g <- g + wd * w
     const T exp_avg = beta1 * S::load(m[i]) + one_minus_beta1 * grad;        // m <- b1 m + (1-b1) g
     m[i] = S::store(exp_avg);
     const T exp_inf = maximum(beta2 * S::load(u[i]), absolute(grad) + eps);  // u <- max(b2 u, |g| + eps)
