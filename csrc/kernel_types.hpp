@@ -20,8 +20,7 @@ constexpr int kFloatDtypeCount = 2;  // the passes over grads take float32 and f
 
 // The arithmetic a rule's loop does: the index of its kernels in a
 // KernelTable row. float32 is the compute type of float32 and of both 16-bit
-// formats, which the rule loops convert in registers (the fused modes below)
-// or the staged kernel converts through tiles (docs/architecture.md).
+// formats, which are staged through it (docs/architecture.md).
 enum Compute : int { kComputeFloat32 = 0, kComputeFloat64 = 1, kComputeCount = 2 };
 constexpr Compute compute_of(Dtype dtype) { return dtype == kFloat64 ? kComputeFloat64 : kComputeFloat32; }
 constexpr Dtype dtype_of(Compute compute) { return compute == kComputeFloat64 ? kFloat64 : kFloat32; }
@@ -44,25 +43,6 @@ enum RuleId : int {
 constexpr int kMaxStreams = 6;
 using Kernel = void (*)(const void* scalars, void* const* streams, std::int64_t begin,
                         std::int64_t end);
-
-// The 16-bit modes whose rule loops convert in registers (a KernelTable's
-// `fused` kernels): params and grads in a 16-bit format, every state array
-// in that format or in float32, the param stored to nearest. Any other mix
-// of formats (and grad_scale, master weights, stochastic rounding, Kahan
-// summation, 8-bit state) runs the staged kernel.
-enum FusedMode : int {
-  kFusedBfloat16,               // params, grads and state in bfloat16
-  kFusedFloat16,                // params, grads and state in float16
-  kFusedBfloat16Float32State,   // bfloat16 params and grads, float32 state
-  kFusedFloat16Float32State,    // float16 params and grads, float32 state
-  kFusedModeCount,
-  kNotFused = -1,
-};
-constexpr FusedMode fused_mode(Dtype param, Dtype state) {
-  return param == kBfloat16 ? (state == kBfloat16 ? kFusedBfloat16 : state == kFloat32 ? kFusedBfloat16Float32State : kNotFused)
-         : param == kFloat16 ? (state == kFloat16 ? kFusedFloat16 : state == kFloat32 ? kFusedFloat16Float32State : kNotFused)
-                             : kNotFused;
-}
 
 // The passes over gradients around a step.
 //
@@ -157,8 +137,6 @@ using DequantizeKernel = void (*)(const QuantMap* map, const std::uint8_t* codes
 struct KernelTable {
   const char* target;  // the name FUSEDOPT_ISA uses
   Kernel kernels[kRuleCount][kComputeCount];
-  // 16-bit streams converted in the rule's loop; null where the target stages that mode (and for kRoof).
-  Kernel fused[kRuleCount][kFusedModeCount];
   Kernel staged[kComputeCount];  // scalars: a StagedScalars
   FiniteCheck all_finite[kDtypeCount];
   ReduceKernel norm_partial[kNormKindCount][kFloatDtypeCount];

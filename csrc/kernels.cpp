@@ -14,7 +14,6 @@
 // The reference (python/fusedopt/reference.py) evaluates each line in the
 // same order.
 #include <cstdint>
-#include <type_traits>
 
 #if defined(__AVX512F__) || defined(__F16C__)
 #include <immintrin.h>  // the 16-bit conversions only (see "16-bit storage")
@@ -56,17 +55,314 @@ inline T sign(T x) {
   return x != x ? x : s;
 }
 
-// c ? a : b for a float or a 32-bit integer, as bit masks: the compiler
-// keeps it a select, which vectorises. Written as a conditional, GCC sinks
-// the arithmetic of a or b into a branch (it may not evaluate float
-// arithmetic the source skips), and a loop with a branch stays scalar unless
-// the compiler unswitches it.
+// ---------------------------------------------------------------- Momentum
+// The course's heavy ball. Streams: w, g, velocity.
 template <class T>
-inline T select_bits(bool c, T a, T b) {
-  using Bits = std::conditional_t<sizeof(T) == sizeof(std::uint64_t), std::uint64_t, std::uint32_t>;
-  static_assert(sizeof(T) == sizeof(Bits), "select_bits takes 4- or 8-byte values");
-  const Bits mask = Bits(0) - Bits(c);
-  return __builtin_bit_cast(T, (__builtin_bit_cast(Bits, a) & mask) | (__builtin_bit_cast(Bits, b) & ~mask));
+void momentum_loop(const MomentumScalars& s, T* __restrict w, const T* __restrict g,
+                   T* __restrict v, int64_t begin, int64_t end) {
+  const T lr = T(s.lr), momentum = T(s.momentum);
+  for (int64_t i = begin; i < end; ++i) {
+    v[i] = momentum * v[i] - lr * g[i];  // v <- gamma * v - lr * g
+    w[i] = w[i] + v[i];                  // w <- w + v
+  }
+}
+
+template <class T>
+void momentum(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  momentum_loop(*static_cast<const MomentumScalars*>(scalars), static_cast<T*>(streams[0]),
+                static_cast<const T*>(streams[1]), static_cast<T*>(streams[2]), begin, end);
+}
+
+// --------------------------------------------------------------------- SGD
+// torch.optim.SGD. Streams: w, g, momentum_buffer (only with momentum).
+template <class T, bool kUseMomentum>
+void sgd_loop(const SgdScalars& s, T* __restrict w, const T* __restrict g, T* __restrict b,
+              int64_t begin, int64_t end) {
+  const T lr = T(s.lr), momentum = T(s.momentum), one_minus_dampening = T(1.0 - s.dampening);
+  const T weight_decay = T(s.weight_decay), grad_sign = T(s.grad_sign);
+  const bool decay = s.weight_decay != 0.0, first = s.first_step, nesterov = s.nesterov;
+  for (int64_t i = begin; i < end; ++i) {
+    T grad = grad_sign * g[i];                            // maximize: g <- -g
+    grad = decay ? grad + weight_decay * w[i] : grad;     // g <- g + wd * w
+    if constexpr (kUseMomentum) {
+      b[i] = first ? grad                                 // b <- g on the first step
+                   : momentum * b[i] + one_minus_dampening * grad;  // b <- mu b + (1-d) g
+      grad = nesterov ? grad + momentum * b[i] : b[i];    // g <- g + mu b, or g <- b
+    }
+    w[i] = w[i] - lr * grad;                              // w <- w - lr * g
+  }
+}
+
+template <class T>
+void sgd(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  const auto& s = *static_cast<const SgdScalars*>(scalars);
+  auto* w = static_cast<T*>(streams[0]);
+  auto* g = static_cast<const T*>(streams[1]);
+  auto* b = static_cast<T*>(streams[2]);
+  if (s.use_momentum)
+    sgd_loop<T, true>(s, w, g, b, begin, end);
+  else
+    sgd_loop<T, false>(s, w, g, b, begin, end);
+}
+
+// ---------------------------------------------------------------- Adadelta
+// torch.optim.Adadelta (Zeiler): streams w, g, square_avg, acc_delta.
+// The course's variant: streams w, g, square_avg, square_weight_avg.
+template <class T, bool kScaleByWeights>
+void adadelta_loop(const AdadeltaScalars& s, T* __restrict w, const T* __restrict g,
+                   T* __restrict square_avg, T* __restrict scale_avg, int64_t begin,
+                   int64_t end) {
+  const T lr = T(s.lr), rho = T(s.rho), one_minus_rho = T(1.0 - s.rho), eps = T(s.eps);
+  const T weight_decay = T(s.weight_decay), grad_sign = T(s.grad_sign);
+  const bool decay = s.weight_decay != 0.0;
+  for (int64_t i = begin; i < end; ++i) {
+    T grad = grad_sign * g[i];                                       // maximize: g <- -g
+    grad = decay ? grad + weight_decay * w[i] : grad;                // g <- g + wd * w
+    square_avg[i] = rho * square_avg[i] + one_minus_rho * (grad * grad);  // Eg <- rho Eg + (1-rho) g^2
+    if constexpr (kScaleByWeights) {
+      scale_avg[i] = rho * scale_avg[i] + one_minus_rho * (w[i] * w[i]);  // Sw <- rho Sw + (1-rho) w^2
+      w[i] = w[i] - lr * square_root((scale_avg[i] + eps) / (square_avg[i] + eps)) * grad;
+                                                    // w <- w - lr sqrt((Sw+eps)/(Sg+eps)) g
+    } else {
+      const T dx = square_root(scale_avg[i] + eps) / square_root(square_avg[i] + eps) * grad;
+                                                    // dx <- sqrt(Edx+eps) / sqrt(Eg+eps) g
+      scale_avg[i] = rho * scale_avg[i] + one_minus_rho * (dx * dx);  // Edx <- rho Edx + (1-rho) dx^2
+      w[i] = w[i] - lr * dx;                                          // w <- w - lr dx
+    }
+  }
+}
+
+template <class T>
+void adadelta(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  const auto& s = *static_cast<const AdadeltaScalars*>(scalars);
+  auto* w = static_cast<T*>(streams[0]);
+  auto* g = static_cast<const T*>(streams[1]);
+  auto* square_avg = static_cast<T*>(streams[2]);
+  auto* scale_avg = static_cast<T*>(streams[3]);
+  if (s.scale_by_weights)
+    adadelta_loop<T, true>(s, w, g, square_avg, scale_avg, begin, end);
+  else
+    adadelta_loop<T, false>(s, w, g, square_avg, scale_avg, begin, end);
+}
+
+// -------------------------------------------------------------------- Adam
+// torch.optim.Adam / AdamW. Streams: w, g, exp_avg, exp_avg_sq, and
+// max_exp_avg_sq with amsgrad.
+template <class T, bool kAmsgrad>
+void adam_loop(const AdamScalars& s, T* __restrict w, const T* __restrict g, T* __restrict m,
+               T* __restrict v, T* __restrict v_max, int64_t begin, int64_t end) {
+  const T beta1 = T(s.beta1), one_minus_beta1 = T(1.0 - s.beta1);
+  const T beta2 = T(s.beta2), one_minus_beta2 = T(1.0 - s.beta2);
+  const T eps = T(s.eps), weight_decay = T(s.weight_decay), decay_factor = T(s.decay_factor);
+  const T step_size = T(s.step_size), bias_correction2_sqrt = T(s.bias_correction2_sqrt);
+  const T grad_sign = T(s.grad_sign);
+  const bool coupled_decay = s.weight_decay != 0.0;
+  for (int64_t i = begin; i < end; ++i) {
+    T grad = grad_sign * g[i];                                  // maximize: g <- -g
+    grad = coupled_decay ? grad + weight_decay * w[i] : grad;   // L2: g <- g + wd * w
+    const T param = decay_factor * w[i];                        // AdamW: w <- (1 - lr wd) w
+    m[i] = beta1 * m[i] + one_minus_beta1 * grad;               // m <- b1 m + (1-b1) g
+    v[i] = beta2 * v[i] + one_minus_beta2 * (grad * grad);      // v <- b2 v + (1-b2) g^2
+    T second_moment = v[i];
+    if constexpr (kAmsgrad) {
+      v_max[i] = maximum(v_max[i], v[i]);                       // vmax <- max(vmax, v)
+      second_moment = v_max[i];
+    }
+    w[i] = param - step_size * m[i] / (square_root(second_moment) / bias_correction2_sqrt + eps);
+                                   // w <- w - lr/(1-b1^t) m / (sqrt(v)/sqrt(1-b2^t) + eps)
+  }
+}
+
+template <class T>
+void adam(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  const auto& s = *static_cast<const AdamScalars*>(scalars);
+  auto* w = static_cast<T*>(streams[0]);
+  auto* g = static_cast<const T*>(streams[1]);
+  auto* m = static_cast<T*>(streams[2]);
+  auto* v = static_cast<T*>(streams[3]);
+  auto* v_max = static_cast<T*>(streams[4]);
+  if (s.amsgrad)
+    adam_loop<T, true>(s, w, g, m, v, v_max, begin, end);
+  else
+    adam_loop<T, false>(s, w, g, m, v, v_max, begin, end);
+}
+
+// ----------------------------------------------------------------- RMSprop
+// torch.optim.RMSprop. Streams: w, g, square_avg, then momentum_buffer (with
+// momentum), then grad_avg (centered).
+template <class T, bool kMomentum, bool kCentered>
+void rmsprop_loop(const RmspropScalars& s, T* __restrict w, const T* __restrict g,
+                  T* __restrict square_avg, T* __restrict b, T* __restrict grad_avg,
+                  int64_t begin, int64_t end) {
+  const T lr = T(s.lr), alpha = T(s.alpha), one_minus_alpha = T(1.0 - s.alpha), eps = T(s.eps);
+  const T weight_decay = T(s.weight_decay), momentum = T(s.momentum), grad_sign = T(s.grad_sign);
+  const bool decay = s.weight_decay != 0.0;
+  for (int64_t i = begin; i < end; ++i) {
+    T grad = grad_sign * g[i];                                   // maximize: g <- -g
+    grad = decay ? grad + weight_decay * w[i] : grad;            // g <- g + wd * w
+    square_avg[i] = alpha * square_avg[i] + one_minus_alpha * (grad * grad);
+                                                                 // v <- a v + (1-a) g^2
+    T mean_square = square_avg[i];
+    if constexpr (kCentered) {
+      grad_avg[i] = alpha * grad_avg[i] + one_minus_alpha * grad;  // gbar <- a gbar + (1-a) g
+      mean_square = mean_square - grad_avg[i] * grad_avg[i];      // v - gbar^2
+    }
+    const T avg = square_root(mean_square) + eps;                // avg <- sqrt(v [- gbar^2]) + eps
+    if constexpr (kMomentum) {
+      b[i] = momentum * b[i] + grad / avg;                       // b <- mu b + g / avg
+      w[i] = w[i] - lr * b[i];                                   // w <- w - lr b
+    } else {
+      w[i] = w[i] - lr * (grad / avg);                           // w <- w - lr g / avg
+    }
+  }
+}
+
+template <class T>
+void rmsprop(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  const auto& s = *static_cast<const RmspropScalars*>(scalars);
+  auto* w = static_cast<T*>(streams[0]);
+  auto* g = static_cast<const T*>(streams[1]);
+  auto* square_avg = static_cast<T*>(streams[2]);
+  int next = 3;  // the optional streams follow in the order the rule names them
+  auto* b = s.use_momentum ? static_cast<T*>(streams[next++]) : nullptr;
+  auto* grad_avg = s.centered ? static_cast<T*>(streams[next++]) : nullptr;
+  if (s.use_momentum && s.centered)
+    rmsprop_loop<T, true, true>(s, w, g, square_avg, b, grad_avg, begin, end);
+  else if (s.use_momentum)
+    rmsprop_loop<T, true, false>(s, w, g, square_avg, b, grad_avg, begin, end);
+  else if (s.centered)
+    rmsprop_loop<T, false, true>(s, w, g, square_avg, b, grad_avg, begin, end);
+  else
+    rmsprop_loop<T, false, false>(s, w, g, square_avg, b, grad_avg, begin, end);
+}
+
+// ----------------------------------------------------------------- Adagrad
+// torch.optim.Adagrad. Streams: w, g, sum.
+template <class T>
+void adagrad(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  const auto& s = *static_cast<const AdagradScalars*>(scalars);
+  T* __restrict w = static_cast<T*>(streams[0]);
+  const T* __restrict g = static_cast<const T*>(streams[1]);
+  T* __restrict sum = static_cast<T*>(streams[2]);
+  const T step_size = T(s.step_size), eps = T(s.eps), weight_decay = T(s.weight_decay);
+  const T grad_sign = T(s.grad_sign);
+  const bool decay = s.weight_decay != 0.0;
+  for (int64_t i = begin; i < end; ++i) {
+    T grad = grad_sign * g[i];                                // maximize: g <- -g
+    grad = decay ? grad + weight_decay * w[i] : grad;         // g <- g + wd * w
+    sum[i] = sum[i] + grad * grad;                            // s <- s + g^2
+    const T std = square_root(sum[i]) + eps;                  // sqrt(s) + eps
+    w[i] = w[i] - step_size * (grad / std);                   // w <- w - lr_t g / (sqrt(s) + eps)
+  }
+}
+
+// ------------------------------------------------------------------- NAdam
+// torch.optim.NAdam (Dozat 2016, with torch's momentum schedule mu_t).
+// Streams: w, g, exp_avg, exp_avg_sq. The running product of the mu_t is a
+// scalar state, advanced by rules.cpp; only its consequences arrive here.
+template <class T>
+void nadam(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  const auto& s = *static_cast<const NadamScalars*>(scalars);
+  T* __restrict w = static_cast<T*>(streams[0]);
+  const T* __restrict g = static_cast<const T*>(streams[1]);
+  T* __restrict m = static_cast<T*>(streams[2]);
+  T* __restrict v = static_cast<T*>(streams[3]);
+  const T beta1 = T(s.beta1), one_minus_beta1 = T(1.0 - s.beta1);
+  const T beta2 = T(s.beta2), one_minus_beta2 = T(1.0 - s.beta2);
+  const T eps = T(s.eps), weight_decay = T(s.weight_decay), decay_factor = T(s.decay_factor);
+  const T bias_correction2 = T(s.bias_correction2), grad_step = T(s.grad_step);
+  const T momentum_step = T(s.momentum_step), grad_sign = T(s.grad_sign);
+  const bool coupled_decay = s.weight_decay != 0.0;
+  for (int64_t i = begin; i < end; ++i) {
+    T grad = grad_sign * g[i];                                  // maximize: g <- -g
+    grad = coupled_decay ? grad + weight_decay * w[i] : grad;   // L2: g <- g + wd * w
+    const T param = decay_factor * w[i];                        // decoupled: w <- (1 - lr wd) w
+    m[i] = beta1 * m[i] + one_minus_beta1 * grad;               // m <- b1 m + (1-b1) g
+    v[i] = beta2 * v[i] + one_minus_beta2 * (grad * grad);      // v <- b2 v + (1-b2) g^2
+    const T denom = square_root(v[i] / bias_correction2) + eps; // sqrt(v / (1-b2^t)) + eps
+    w[i] = param - grad_step * (grad / denom)                   // w <- w - lr (1-mu_t)/(1-P_t) g / denom
+                 - momentum_step * (m[i] / denom);              //        - lr mu_t+1/(1-P_t+1) m / denom
+  }
+}
+
+// ------------------------------------------------------------------- RAdam
+// torch.optim.RAdam (Liu et al. 2019). Streams: w, g, exp_avg, exp_avg_sq.
+// Whether the variance is rectified this step is decided once per tensor.
+template <class T, bool kRectified>
+void radam_loop(const RadamScalars& s, T* __restrict w, const T* __restrict g, T* __restrict m,
+                T* __restrict v, int64_t begin, int64_t end) {
+  const T beta1 = T(s.beta1), one_minus_beta1 = T(1.0 - s.beta1);
+  const T beta2 = T(s.beta2), one_minus_beta2 = T(1.0 - s.beta2);
+  const T eps = T(s.eps), weight_decay = T(s.weight_decay), decay_factor = T(s.decay_factor);
+  const T step_size = T(s.step_size), grad_sign = T(s.grad_sign);
+  const bool coupled_decay = s.weight_decay != 0.0;
+  for (int64_t i = begin; i < end; ++i) {
+    T grad = grad_sign * g[i];                                  // maximize: g <- -g
+    grad = coupled_decay ? grad + weight_decay * w[i] : grad;   // L2: g <- g + wd * w
+    const T param = decay_factor * w[i];                        // decoupled: w <- (1 - lr wd) w
+    m[i] = beta1 * m[i] + one_minus_beta1 * grad;               // m <- b1 m + (1-b1) g
+    v[i] = beta2 * v[i] + one_minus_beta2 * (grad * grad);      // v <- b2 v + (1-b2) g^2
+    if constexpr (kRectified)
+      w[i] = param - step_size * (m[i] / (square_root(v[i]) + eps));
+                          // w <- w - lr/(1-b1^t) sqrt(1-b2^t) r_t m / (sqrt(v) + eps)
+    else
+      w[i] = param - step_size * m[i];                          // w <- w - lr/(1-b1^t) m
+  }
+}
+
+template <class T>
+void radam(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  const auto& s = *static_cast<const RadamScalars*>(scalars);
+  auto* w = static_cast<T*>(streams[0]);
+  auto* g = static_cast<const T*>(streams[1]);
+  auto* m = static_cast<T*>(streams[2]);
+  auto* v = static_cast<T*>(streams[3]);
+  if (s.rectified)
+    radam_loop<T, true>(s, w, g, m, v, begin, end);
+  else
+    radam_loop<T, false>(s, w, g, m, v, begin, end);
+}
+
+// ------------------------------------------------------------------ Adamax
+// torch.optim.Adamax (Kingma & Ba, section 7.1). Streams: w, g, exp_avg, exp_inf.
+template <class T>
+void adamax(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  const auto& s = *static_cast<const AdamaxScalars*>(scalars);
+  T* __restrict w = static_cast<T*>(streams[0]);
+  const T* __restrict g = static_cast<const T*>(streams[1]);
+  T* __restrict m = static_cast<T*>(streams[2]);
+  T* __restrict u = static_cast<T*>(streams[3]);
+  const T beta1 = T(s.beta1), one_minus_beta1 = T(1.0 - s.beta1), beta2 = T(s.beta2);
+  const T eps = T(s.eps), weight_decay = T(s.weight_decay), step_size = T(s.step_size);
+  const T grad_sign = T(s.grad_sign);
+  const bool decay = s.weight_decay != 0.0;
+  for (int64_t i = begin; i < end; ++i) {
+    T grad = grad_sign * g[i];                                  // maximize: g <- -g
+    grad = decay ? grad + weight_decay * w[i] : grad;           // g <- g + wd * w
+    m[i] = beta1 * m[i] + one_minus_beta1 * grad;               // m <- b1 m + (1-b1) g
+    u[i] = maximum(beta2 * u[i], absolute(grad) + eps);         // u <- max(b2 u, |g| + eps)
+    w[i] = w[i] - step_size * (m[i] / u[i]);                    // w <- w - lr/(1-b1^t) m / u
+  }
+}
+
+// -------------------------------------------------------------------- Lion
+// Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms").
+// Streams: w, g, exp_avg.
+template <class T>
+void lion(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
+  const auto& s = *static_cast<const LionScalars*>(scalars);
+  T* __restrict w = static_cast<T*>(streams[0]);
+  const T* __restrict g = static_cast<const T*>(streams[1]);
+  T* __restrict m = static_cast<T*>(streams[2]);
+  const T lr = T(s.lr), beta1 = T(s.beta1), one_minus_beta1 = T(1.0 - s.beta1);
+  const T beta2 = T(s.beta2), one_minus_beta2 = T(1.0 - s.beta2);
+  const T decay_factor = T(s.decay_factor), grad_sign = T(s.grad_sign);
+  for (int64_t i = begin; i < end; ++i) {
+    const T grad = grad_sign * g[i];                                  // maximize: g <- -g
+    const T update = sign(beta1 * m[i] + one_minus_beta1 * grad);     // c <- sign(b1 m + (1-b1) g)
+    w[i] = w[i] * decay_factor - lr * update;                         // w <- w (1 - lr wd) - lr c
+    m[i] = beta2 * m[i] + one_minus_beta2 * grad;                     // m <- b2 m + (1-b2) g
+  }
 }
 
 // ------------------------------------------------------- 16-bit storage
@@ -83,10 +379,10 @@ inline float float_of(std::uint32_t u) { return __builtin_bit_cast(float, u); }
 inline float bf16_load(std::uint16_t h) { return float_of(std::uint32_t(h) << 16); }
 
 inline std::uint16_t bf16_nearest(float x) {
-  // A NaN becomes the quiet NaN of its sign (as ml_dtypes), which the rounding
-  // keeps; selecting before the rounding leaves one narrowing to 16 bits.
-  const std::uint32_t u = select_bits(x != x, (bits_of(x) & 0x80000000u) | 0x7FC00000u, bits_of(x));
-  return static_cast<std::uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);  // ties to even
+  const std::uint32_t u = bits_of(x);
+  const std::uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;  // ties to even
+  const std::uint32_t quiet_nan = ((u >> 16) & 0x8000u) | 0x7FC0u;      // the sign kept, as ml_dtypes
+  return static_cast<std::uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? quiet_nan : rounded);
 }
 
 // float16: exponent 5 bits (bias 15), mantissa 10 bits. NaN keeps the top
@@ -99,413 +395,26 @@ inline float f16_load(std::uint16_t h) {
   const std::uint32_t special = magnitude + ((255u - 31u) << 23);  // inf and NaN: all-ones exponent
   // A subnormal half is m * 2^-24: scale m's bits into a float and subtract the implicit one (exact).
   const std::uint32_t subnormal = bits_of(float_of(magnitude + (113u << 23)) - float_of(113u << 23));
-  const std::uint32_t out = select_bits(exponent == 0x0F800000u, special, select_bits(exponent == 0, subnormal, normal));
+  const std::uint32_t out = exponent == 0x0F800000u ? special : exponent == 0 ? subnormal : normal;
   return float_of(sign | out);
 }
 
 inline std::uint16_t f16_nearest(float x) {
-  // Every case is selected as the half's bits times 2^13, and one shift at the
-  // end brings them down: selects before a shift stay in 32-bit SIMD lanes.
   const std::uint32_t u = bits_of(x);
+  const std::uint32_t sign = (u >> 16) & 0x8000u;
   const std::uint32_t a = u & 0x7FFFFFFFu;
-  const auto magnitude = static_cast<std::int32_t>(a);  // signed compares: one instruction each in SIMD
   // Normal halves: rebias the exponent, round the 13 dropped bits to nearest even.
-  const std::uint32_t normal = a - ((127u - 15u) << 23) + 0xFFFu + ((a >> 13) & 1u);
+  const std::uint32_t normal = (a - ((127u - 15u) << 23) + 0xFFFu + ((a >> 13) & 1u)) >> 13;
   // Subnormal halves (and zero): adding 0.5 puts the half's bits at the bottom of
   // the float's mantissa, and the float addition rounds them to nearest even.
-  const std::uint32_t subnormal = (bits_of(float_of(a) + 0.5f) - bits_of(0.5f)) << 13;
-  const std::uint32_t nan = (0x7C00u | (a >> 13 & 0x3FFu) | std::uint32_t((a & 0x7FE000u) == 0)) << 13;
-  std::uint32_t out = select_bits(magnitude < 0x38800000, subnormal, normal);
-  out = select_bits(magnitude >= 0x47800000, 0x7C00u << 13, out);  // 65536 and above: infinity (rounding reaches it below)
-  out = select_bits(x != x, nan, out);
-  return static_cast<std::uint16_t>((out | ((u >> 31) << 28)) >> 13);  // the sign, then the half
+  const std::uint32_t subnormal = bits_of(float_of(a) + 0.5f) - bits_of(0.5f);
+  const std::uint32_t nan = 0x7C00u | (a >> 13 & 0x3FFu) | ((a & 0x7FE000u) == 0 ? 1u : 0u);
+  std::uint32_t out = a < 0x38800000u ? subnormal : normal;
+  out = a >= 0x47800000u ? 0x7C00u : out;  // 65536 and above: infinity (rounding reaches it below)
+  out = a > 0x7F800000u ? nan : out;
+  return static_cast<std::uint16_t>(sign | out);
 }
 
-// ----------------------------------------------------------- stream formats
-// A rule's loop reads and writes each stream through its format: load turns
-// a stored element into the compute type, store rounds a computed value back
-// (to nearest even). Plain<T> is a float32 or float64 array; Bfloat16 and
-// Float16 convert in registers, so a 16-bit step is one pass over memory
-// with no staging tile (docs/architecture.md, "Precisions"). The formats of
-// the param (and its grad) and of the state are the loop's template
-// arguments, P and S. Each line of a loop reads the state it needs once into
-// a local and stores the new value once: a later line uses the unrounded
-// value, exactly as the float32 kernel on staged tiles does, so the fused
-// 16-bit step is bitwise the staged one.
-template <class T>
-struct Plain {
-  using Stored = T;
-  using Compute = T;
-  static T load(T x) { return x; }
-  static T store(T x) { return x; }
-};
-
-struct Bfloat16 {
-  using Stored = std::uint16_t;
-  using Compute = float;
-  static float load(std::uint16_t h) { return bf16_load(h); }
-  static std::uint16_t store(float x) { return bf16_nearest(x); }
-};
-
-struct Float16 {
-  using Stored = std::uint16_t;
-  using Compute = float;
-  static float load(std::uint16_t h) { return f16_load(h); }
-  static std::uint16_t store(float x) { return f16_nearest(x); }
-};
-
-// The element pointers of a kernel's streams, as its formats store them.
-template <class F>
-using Stored = typename F::Stored;
-template <class F>
-inline Stored<F>* stream(void* const* streams, int k) { return static_cast<Stored<F>*>(streams[k]); }
-
-// ---------------------------------------------------------------- Momentum
-// The course's heavy ball. Streams: w, g, velocity.
-template <class P, class S>
-void momentum_loop(const MomentumScalars& s, Stored<P>* __restrict w, const Stored<P>* __restrict g,
-                   Stored<S>* __restrict v, int64_t begin, int64_t end) {
-  using T = typename P::Compute;
-  const T lr = T(s.lr), momentum = T(s.momentum);
-  for (int64_t i = begin; i < end; ++i) {
-    const T velocity = momentum * S::load(v[i]) - lr * P::load(g[i]);  // v <- gamma * v - lr * g
-    v[i] = S::store(velocity);
-    w[i] = P::store(P::load(w[i]) + velocity);                           // w <- w + v
-  }
-}
-
-template <class P, class S = P>
-void momentum(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
-  momentum_loop<P, S>(*static_cast<const MomentumScalars*>(scalars), stream<P>(streams, 0), stream<P>(streams, 1),
-                      stream<S>(streams, 2), begin, end);
-}
-
-// --------------------------------------------------------------------- SGD
-// torch.optim.SGD. Streams: w, g, momentum_buffer (only with momentum).
-template <class P, class S, bool kUseMomentum>
-void sgd_loop(const SgdScalars& s, Stored<P>* __restrict w, const Stored<P>* __restrict g,
-              Stored<S>* __restrict b, int64_t begin, int64_t end) {
-  using T = typename P::Compute;
-  const T lr = T(s.lr), momentum = T(s.momentum), one_minus_dampening = T(1.0 - s.dampening);
-  const T weight_decay = T(s.weight_decay), grad_sign = T(s.grad_sign);
-  const bool decay = s.weight_decay != 0.0, first = s.first_step, nesterov = s.nesterov;
-  for (int64_t i = begin; i < end; ++i) {
-    const T weight = P::load(w[i]);
-    T grad = grad_sign * P::load(g[i]);                   // maximize: g <- -g
-    grad = decay ? grad + weight_decay * weight : grad;  // g <- g + wd * w
-    if constexpr (kUseMomentum) {
-      const T buffer = first ? grad                       // b <- g on the first step
-                             : momentum * S::load(b[i]) + one_minus_dampening * grad;  // b <- mu b + (1-d) g
-      b[i] = S::store(buffer);
-      grad = nesterov ? grad + momentum * buffer : buffer;  // g <- g + mu b, or g <- b
-    }
-    w[i] = P::store(weight - lr * grad);                  // w <- w - lr * g
-  }
-}
-
-template <class P, class S = P>
-void sgd(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
-  const auto& s = *static_cast<const SgdScalars*>(scalars);
-  if (s.use_momentum)
-    sgd_loop<P, S, true>(s, stream<P>(streams, 0), stream<P>(streams, 1), stream<S>(streams, 2), begin, end);
-  else
-    sgd_loop<P, S, false>(s, stream<P>(streams, 0), stream<P>(streams, 1), stream<S>(streams, 2), begin, end);
-}
-
-// ---------------------------------------------------------------- Adadelta
-// torch.optim.Adadelta (Zeiler): streams w, g, square_avg, acc_delta.
-// The course's variant: streams w, g, square_avg, square_weight_avg.
-template <class P, class S, bool kScaleByWeights>
-void adadelta_loop(const AdadeltaScalars& s, Stored<P>* __restrict w, const Stored<P>* __restrict g,
-                   Stored<S>* __restrict square_avg, Stored<S>* __restrict scale_avg, int64_t begin,
-                   int64_t end) {
-  using T = typename P::Compute;
-  const T lr = T(s.lr), rho = T(s.rho), one_minus_rho = T(1.0 - s.rho), eps = T(s.eps);
-  const T weight_decay = T(s.weight_decay), grad_sign = T(s.grad_sign);
-  const bool decay = s.weight_decay != 0.0;
-  for (int64_t i = begin; i < end; ++i) {
-    const T weight = P::load(w[i]);
-    T grad = grad_sign * P::load(g[i]);                                // maximize: g <- -g
-    grad = decay ? grad + weight_decay * weight : grad;           // g <- g + wd * w
-    const T grad_square = rho * S::load(square_avg[i]) + one_minus_rho * (grad * grad);  // Eg <- rho Eg + (1-rho) g^2
-    square_avg[i] = S::store(grad_square);
-    if constexpr (kScaleByWeights) {
-      const T weight_square = rho * S::load(scale_avg[i]) + one_minus_rho * (weight * weight);
-                                                    // Sw <- rho Sw + (1-rho) w^2
-      scale_avg[i] = S::store(weight_square);
-      w[i] = P::store(weight - lr * square_root((weight_square + eps) / (grad_square + eps)) * grad);
-                                                    // w <- w - lr sqrt((Sw+eps)/(Sg+eps)) g
-    } else {
-      const T delta_square = S::load(scale_avg[i]);
-      const T dx = square_root(delta_square + eps) / square_root(grad_square + eps) * grad;
-                                                    // dx <- sqrt(Edx+eps) / sqrt(Eg+eps) g
-      scale_avg[i] = S::store(rho * delta_square + one_minus_rho * (dx * dx));  // Edx <- rho Edx + (1-rho) dx^2
-      w[i] = P::store(weight - lr * dx);                                        // w <- w - lr dx
-    }
-  }
-}
-
-template <class P, class S = P>
-void adadelta(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
-  const auto& s = *static_cast<const AdadeltaScalars*>(scalars);
-  auto* w = stream<P>(streams, 0);
-  auto* g = stream<P>(streams, 1);
-  auto* square_avg = stream<S>(streams, 2);
-  auto* scale_avg = stream<S>(streams, 3);
-  if (s.scale_by_weights)
-    adadelta_loop<P, S, true>(s, w, g, square_avg, scale_avg, begin, end);
-  else
-    adadelta_loop<P, S, false>(s, w, g, square_avg, scale_avg, begin, end);
-}
-
-// -------------------------------------------------------------------- Adam
-// torch.optim.Adam / AdamW. Streams: w, g, exp_avg, exp_avg_sq, and
-// max_exp_avg_sq with amsgrad.
-template <class P, class S, bool kAmsgrad>
-void adam_loop(const AdamScalars& s, Stored<P>* __restrict w, const Stored<P>* __restrict g,
-               Stored<S>* __restrict m, Stored<S>* __restrict v, Stored<S>* __restrict v_max, int64_t begin,
-               int64_t end) {
-  using T = typename P::Compute;
-  const T beta1 = T(s.beta1), one_minus_beta1 = T(1.0 - s.beta1);
-  const T beta2 = T(s.beta2), one_minus_beta2 = T(1.0 - s.beta2);
-  const T eps = T(s.eps), weight_decay = T(s.weight_decay), decay_factor = T(s.decay_factor);
-  const T step_size = T(s.step_size), bias_correction2_sqrt = T(s.bias_correction2_sqrt);
-  const T grad_sign = T(s.grad_sign);
-  const bool coupled_decay = s.weight_decay != 0.0;
-  for (int64_t i = begin; i < end; ++i) {
-    const T weight = P::load(w[i]);
-    T grad = grad_sign * P::load(g[i]);                          // maximize: g <- -g
-    grad = coupled_decay ? grad + weight_decay * weight : grad;  // L2: g <- g + wd * w
-    const T param = decay_factor * weight;                       // AdamW: w <- (1 - lr wd) w
-    const T exp_avg = beta1 * S::load(m[i]) + one_minus_beta1 * grad;             // m <- b1 m + (1-b1) g
-    m[i] = S::store(exp_avg);
-    const T exp_avg_sq = beta2 * S::load(v[i]) + one_minus_beta2 * (grad * grad);  // v <- b2 v + (1-b2) g^2
-    v[i] = S::store(exp_avg_sq);
-    T second_moment = exp_avg_sq;
-    if constexpr (kAmsgrad) {
-      second_moment = maximum(S::load(v_max[i]), exp_avg_sq);    // vmax <- max(vmax, v)
-      v_max[i] = S::store(second_moment);
-    }
-    w[i] = P::store(param - step_size * exp_avg / (square_root(second_moment) / bias_correction2_sqrt + eps));
-                                   // w <- w - lr/(1-b1^t) m / (sqrt(v)/sqrt(1-b2^t) + eps)
-  }
-}
-
-template <class P, class S = P>
-void adam(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
-  const auto& s = *static_cast<const AdamScalars*>(scalars);
-  auto* w = stream<P>(streams, 0);
-  auto* g = stream<P>(streams, 1);
-  auto* m = stream<S>(streams, 2);
-  auto* v = stream<S>(streams, 3);
-  auto* v_max = stream<S>(streams, 4);
-  if (s.amsgrad)
-    adam_loop<P, S, true>(s, w, g, m, v, v_max, begin, end);
-  else
-    adam_loop<P, S, false>(s, w, g, m, v, v_max, begin, end);
-}
-
-// ----------------------------------------------------------------- RMSprop
-// torch.optim.RMSprop. Streams: w, g, square_avg, then momentum_buffer (with
-// momentum), then grad_avg (centered).
-template <class P, class S, bool kMomentum, bool kCentered>
-void rmsprop_loop(const RmspropScalars& s, Stored<P>* __restrict w, const Stored<P>* __restrict g,
-                  Stored<S>* __restrict square_avg, Stored<S>* __restrict b, Stored<S>* __restrict grad_avg,
-                  int64_t begin, int64_t end) {
-  using T = typename P::Compute;
-  const T lr = T(s.lr), alpha = T(s.alpha), one_minus_alpha = T(1.0 - s.alpha), eps = T(s.eps);
-  const T weight_decay = T(s.weight_decay), momentum = T(s.momentum), grad_sign = T(s.grad_sign);
-  const bool decay = s.weight_decay != 0.0;
-  for (int64_t i = begin; i < end; ++i) {
-    const T weight = P::load(w[i]);
-    T grad = grad_sign * P::load(g[i]);                          // maximize: g <- -g
-    grad = decay ? grad + weight_decay * weight : grad;     // g <- g + wd * w
-    const T grad_square = alpha * S::load(square_avg[i]) + one_minus_alpha * (grad * grad);
-                                                                 // v <- a v + (1-a) g^2
-    square_avg[i] = S::store(grad_square);
-    T mean_square = grad_square;
-    if constexpr (kCentered) {
-      const T mean = alpha * S::load(grad_avg[i]) + one_minus_alpha * grad;  // gbar <- a gbar + (1-a) g
-      grad_avg[i] = S::store(mean);
-      mean_square = mean_square - mean * mean;                  // v - gbar^2
-    }
-    const T avg = square_root(mean_square) + eps;                // avg <- sqrt(v [- gbar^2]) + eps
-    if constexpr (kMomentum) {
-      const T buffer = momentum * S::load(b[i]) + grad / avg;    // b <- mu b + g / avg
-      b[i] = S::store(buffer);
-      w[i] = P::store(weight - lr * buffer);                     // w <- w - lr b
-    } else {
-      w[i] = P::store(weight - lr * (grad / avg));               // w <- w - lr g / avg
-    }
-  }
-}
-
-template <class P, class S = P>
-void rmsprop(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
-  const auto& s = *static_cast<const RmspropScalars*>(scalars);
-  auto* w = stream<P>(streams, 0);
-  auto* g = stream<P>(streams, 1);
-  auto* square_avg = stream<S>(streams, 2);
-  int next = 3;  // the optional streams follow in the order the rule names them
-  auto* b = s.use_momentum ? stream<S>(streams, next++) : nullptr;
-  auto* grad_avg = s.centered ? stream<S>(streams, next++) : nullptr;
-  if (s.use_momentum && s.centered)
-    rmsprop_loop<P, S, true, true>(s, w, g, square_avg, b, grad_avg, begin, end);
-  else if (s.use_momentum)
-    rmsprop_loop<P, S, true, false>(s, w, g, square_avg, b, grad_avg, begin, end);
-  else if (s.centered)
-    rmsprop_loop<P, S, false, true>(s, w, g, square_avg, b, grad_avg, begin, end);
-  else
-    rmsprop_loop<P, S, false, false>(s, w, g, square_avg, b, grad_avg, begin, end);
-}
-
-// ----------------------------------------------------------------- Adagrad
-// torch.optim.Adagrad. Streams: w, g, sum.
-template <class P, class S = P>
-void adagrad(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
-  using T = typename P::Compute;
-  const auto& s = *static_cast<const AdagradScalars*>(scalars);
-  Stored<P>* __restrict w = stream<P>(streams, 0);
-  const Stored<P>* __restrict g = stream<P>(streams, 1);
-  Stored<S>* __restrict sum = stream<S>(streams, 2);
-  const T step_size = T(s.step_size), eps = T(s.eps), weight_decay = T(s.weight_decay);
-  const T grad_sign = T(s.grad_sign);
-  const bool decay = s.weight_decay != 0.0;
-  for (int64_t i = begin; i < end; ++i) {
-    const T weight = P::load(w[i]);
-    T grad = grad_sign * P::load(g[i]);                       // maximize: g <- -g
-    grad = decay ? grad + weight_decay * weight : grad;  // g <- g + wd * w
-    const T square_sum = S::load(sum[i]) + grad * grad;       // s <- s + g^2
-    sum[i] = S::store(square_sum);
-    const T std = square_root(square_sum) + eps;              // sqrt(s) + eps
-    w[i] = P::store(weight - step_size * (grad / std));       // w <- w - lr_t g / (sqrt(s) + eps)
-  }
-}
-
-// ------------------------------------------------------------------- NAdam
-// torch.optim.NAdam (Dozat 2016, with torch's momentum schedule mu_t).
-// Streams: w, g, exp_avg, exp_avg_sq. The running product of the mu_t is a
-// scalar state, advanced by rules.cpp; only its consequences arrive here.
-template <class P, class S = P>
-void nadam(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
-  using T = typename P::Compute;
-  const auto& s = *static_cast<const NadamScalars*>(scalars);
-  Stored<P>* __restrict w = stream<P>(streams, 0);
-  const Stored<P>* __restrict g = stream<P>(streams, 1);
-  Stored<S>* __restrict m = stream<S>(streams, 2);
-  Stored<S>* __restrict v = stream<S>(streams, 3);
-  const T beta1 = T(s.beta1), one_minus_beta1 = T(1.0 - s.beta1);
-  const T beta2 = T(s.beta2), one_minus_beta2 = T(1.0 - s.beta2);
-  const T eps = T(s.eps), weight_decay = T(s.weight_decay), decay_factor = T(s.decay_factor);
-  const T bias_correction2 = T(s.bias_correction2), grad_step = T(s.grad_step);
-  const T momentum_step = T(s.momentum_step), grad_sign = T(s.grad_sign);
-  const bool coupled_decay = s.weight_decay != 0.0;
-  for (int64_t i = begin; i < end; ++i) {
-    const T weight = P::load(w[i]);
-    T grad = grad_sign * P::load(g[i]);                          // maximize: g <- -g
-    grad = coupled_decay ? grad + weight_decay * weight : grad;  // L2: g <- g + wd * w
-    const T param = decay_factor * weight;                       // decoupled: w <- (1 - lr wd) w
-    const T exp_avg = beta1 * S::load(m[i]) + one_minus_beta1 * grad;             // m <- b1 m + (1-b1) g
-    m[i] = S::store(exp_avg);
-    const T exp_avg_sq = beta2 * S::load(v[i]) + one_minus_beta2 * (grad * grad);  // v <- b2 v + (1-b2) g^2
-    v[i] = S::store(exp_avg_sq);
-    const T denom = square_root(exp_avg_sq / bias_correction2) + eps;  // sqrt(v / (1-b2^t)) + eps
-    w[i] = P::store(param - grad_step * (grad / denom)           // w <- w - lr (1-mu_t)/(1-P_t) g / denom
-                          - momentum_step * (exp_avg / denom));  //        - lr mu_t+1/(1-P_t+1) m / denom
-  }
-}
-
-// ------------------------------------------------------------------- RAdam
-// torch.optim.RAdam (Liu et al. 2019). Streams: w, g, exp_avg, exp_avg_sq.
-// Whether the variance is rectified this step is decided once per tensor.
-template <class P, class S, bool kRectified>
-void radam_loop(const RadamScalars& s, Stored<P>* __restrict w, const Stored<P>* __restrict g,
-                Stored<S>* __restrict m, Stored<S>* __restrict v, int64_t begin, int64_t end) {
-  using T = typename P::Compute;
-  const T beta1 = T(s.beta1), one_minus_beta1 = T(1.0 - s.beta1);
-  const T beta2 = T(s.beta2), one_minus_beta2 = T(1.0 - s.beta2);
-  const T eps = T(s.eps), weight_decay = T(s.weight_decay), decay_factor = T(s.decay_factor);
-  const T step_size = T(s.step_size), grad_sign = T(s.grad_sign);
-  const bool coupled_decay = s.weight_decay != 0.0;
-  for (int64_t i = begin; i < end; ++i) {
-    const T weight = P::load(w[i]);
-    T grad = grad_sign * P::load(g[i]);                          // maximize: g <- -g
-    grad = coupled_decay ? grad + weight_decay * weight : grad;  // L2: g <- g + wd * w
-    const T param = decay_factor * weight;                       // decoupled: w <- (1 - lr wd) w
-    const T exp_avg = beta1 * S::load(m[i]) + one_minus_beta1 * grad;             // m <- b1 m + (1-b1) g
-    m[i] = S::store(exp_avg);
-    const T exp_avg_sq = beta2 * S::load(v[i]) + one_minus_beta2 * (grad * grad);  // v <- b2 v + (1-b2) g^2
-    v[i] = S::store(exp_avg_sq);
-    if constexpr (kRectified)
-      w[i] = P::store(param - step_size * (exp_avg / (square_root(exp_avg_sq) + eps)));
-                          // w <- w - lr/(1-b1^t) sqrt(1-b2^t) r_t m / (sqrt(v) + eps)
-    else
-      w[i] = P::store(param - step_size * exp_avg);              // w <- w - lr/(1-b1^t) m
-  }
-}
-
-template <class P, class S = P>
-void radam(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
-  const auto& s = *static_cast<const RadamScalars*>(scalars);
-  auto* w = stream<P>(streams, 0);
-  auto* g = stream<P>(streams, 1);
-  auto* m = stream<S>(streams, 2);
-  auto* v = stream<S>(streams, 3);
-  if (s.rectified)
-    radam_loop<P, S, true>(s, w, g, m, v, begin, end);
-  else
-    radam_loop<P, S, false>(s, w, g, m, v, begin, end);
-}
-
-// ------------------------------------------------------------------ Adamax
-// torch.optim.Adamax (Kingma & Ba, section 7.1). Streams: w, g, exp_avg, exp_inf.
-template <class P, class S = P>
-void adamax(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
-  using T = typename P::Compute;
-  const auto& s = *static_cast<const AdamaxScalars*>(scalars);
-  Stored<P>* __restrict w = stream<P>(streams, 0);
-  const Stored<P>* __restrict g = stream<P>(streams, 1);
-  Stored<S>* __restrict m = stream<S>(streams, 2);
-  Stored<S>* __restrict u = stream<S>(streams, 3);
-  const T beta1 = T(s.beta1), one_minus_beta1 = T(1.0 - s.beta1), beta2 = T(s.beta2);
-  const T eps = T(s.eps), weight_decay = T(s.weight_decay), step_size = T(s.step_size);
-  const T grad_sign = T(s.grad_sign);
-  const bool decay = s.weight_decay != 0.0;
-  for (int64_t i = begin; i < end; ++i) {
-    const T weight = P::load(w[i]);
-    T grad = grad_sign * P::load(g[i]);                                      // maximize: g <- -g
-    grad = decay ? grad + weight_decay * weight : grad;                 // g <- g + wd * w
-    const T exp_avg = beta1 * S::load(m[i]) + one_minus_beta1 * grad;        // m <- b1 m + (1-b1) g
-    m[i] = S::store(exp_avg);
-    const T exp_inf = maximum(beta2 * S::load(u[i]), absolute(grad) + eps);  // u <- max(b2 u, |g| + eps)
-    u[i] = S::store(exp_inf);
-    w[i] = P::store(weight - step_size * (exp_avg / exp_inf));               // w <- w - lr/(1-b1^t) m / u
-  }
-}
-
-// -------------------------------------------------------------------- Lion
-// Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms").
-// Streams: w, g, exp_avg.
-template <class P, class S = P>
-void lion(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
-  using T = typename P::Compute;
-  const auto& s = *static_cast<const LionScalars*>(scalars);
-  Stored<P>* __restrict w = stream<P>(streams, 0);
-  const Stored<P>* __restrict g = stream<P>(streams, 1);
-  Stored<S>* __restrict m = stream<S>(streams, 2);
-  const T lr = T(s.lr), beta1 = T(s.beta1), one_minus_beta1 = T(1.0 - s.beta1);
-  const T beta2 = T(s.beta2), one_minus_beta2 = T(1.0 - s.beta2);
-  const T decay_factor = T(s.decay_factor), grad_sign = T(s.grad_sign);
-  for (int64_t i = begin; i < end; ++i) {
-    const T grad = grad_sign * P::load(g[i]);                          // maximize: g <- -g
-    const T exp_avg = S::load(m[i]);
-    const T update = sign(beta1 * exp_avg + one_minus_beta1 * grad);   // c <- sign(b1 m + (1-b1) g)
-    w[i] = P::store(P::load(w[i]) * decay_factor - lr * update);      // w <- w (1 - lr wd) - lr c
-    m[i] = S::store(beta2 * exp_avg + one_minus_beta2 * grad);         // m <- b2 m + (1-b2) g
-  }
-}
-
-// ---------------------- 16-bit storage: stochastic rounding, bulk conversions
 // Counter-based random bits for stochastic rounding: a hash of the tensor's
 // key (seed, step, the param's position) and the element's index, so every
 // thread count, tile, SIMD lane and shard draws the same bits (murmur3's
@@ -1118,23 +1027,10 @@ void clamp(const void* scalars, void* const* streams, int64_t begin, int64_t end
 extern const KernelTable kernel_table = {
     FUSEDOPT_STRINGIFY(FUSEDOPT_TARGET),
     {
-#define FUSEDOPT_KERNEL_ROW(Type, name, summary) {name<Plain<float>>, name<Plain<double>>},
+#define FUSEDOPT_KERNEL_ROW(Type, name, summary) {name<float>, name<double>},
         FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_KERNEL_ROW)
 #undef FUSEDOPT_KERNEL_ROW
         /* kRoof */ {roof<float>, roof<double>},
-    },
-    {
-#if defined(__F16C__)
-// float16 stays staged where F16C converts a tile in bulk: the fused loop's
-// integer conversions cost more than the tile (docs/architecture.md).
-#define FUSEDOPT_FUSED_ROW(Type, name, summary) {name<Bfloat16>, nullptr, name<Bfloat16, Plain<float>>, nullptr},
-#else
-#define FUSEDOPT_FUSED_ROW(Type, name, summary) \
-  {name<Bfloat16>, name<Float16>, name<Bfloat16, Plain<float>>, name<Float16, Plain<float>>},
-#endif
-        FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_FUSED_ROW)
-#undef FUSEDOPT_FUSED_ROW
-        /* kRoof */ {},
     },
     {staged<float>, staged<double>},
     {all_finite<float>, all_finite<double>, all_finite_bits<0x7F80>, all_finite_bits<0x7C00>},

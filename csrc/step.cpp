@@ -265,33 +265,20 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
       p.scalars = Rule::scalars(settings[g].hyper, {p.t, buffer_is_new, p.scalar_state});
 
       // The kernel streams: straight to the arrays when all are stored in the
-      // compute type or in a fused 16-bit mode (the rule's loop converts in
-      // registers), else through the staged kernel.
+      // compute type, else through the staged kernel.
       const Compute compute = compute_of(w.dtype);
       const int stream_count = 2 + keys.array_count;
       std::int64_t bytes_per_element = 0;  // reads and writes
       p.is_staged = grad_scale.active || storage.master_weights || quantized;
-      bool all_compute_type = true;
       for (int k = 0; k < stream_count; ++k) {
         const bool codes = p.staged.quant_maps[k] != nullptr;  // 1 byte; its absmax, 8 / block_size, is not counted
-        all_compute_type = all_compute_type && streams[k].dtype == dtype_of(compute);
+        p.is_staged = p.is_staged || streams[k].dtype != dtype_of(compute);
         bytes_per_element += (codes ? 1 : itemsize(streams[k].dtype)) * (k == 1 ? 1 : 2);
       }
       if (storage.master_weights) bytes_per_element += itemsize(w.dtype);       // the param, written
       if (storage.kahan_sum) bytes_per_element += 2 * itemsize(w.dtype);        // the compensation
       p.task = Task{table.kernels[Rule::id][compute], nullptr, {}, w.size, bytes_per_element,
                     quantized ? storage.block_size : 1};
-      // 16-bit params stored to nearest with every state array in one dtype:
-      // the rule's fused loop, unless the step needs what only staging does.
-      FusedMode fused = kNotFused;
-      if (!all_compute_type && !p.is_staged && !storage.kahan_sum && !storage.stochastic) {
-        fused = fused_mode(w.dtype, stream_count > 2 ? streams[2].dtype : w.dtype);
-        for (int k = 3; k < stream_count; ++k)
-          if (streams[k].dtype != streams[2].dtype) fused = kNotFused;
-      }
-      if (fused != kNotFused && table.fused[Rule::id][fused] == nullptr) fused = kNotFused;  // staged on this target
-      if (fused != kNotFused) p.task.kernel = table.fused[Rule::id][fused];
-      p.is_staged = p.is_staged || (!all_compute_type && fused == kNotFused);
       for (int k = 0; k < stream_count; ++k) p.task.streams[k] = streams[k].data;
       if (p.is_staged) {
         StagedScalars& s = p.staged;

@@ -91,9 +91,10 @@ def test_two_threads_and_a_large_array_are_the_reference_bitwise(parallel_everyw
                                runs=EVERY_THREAD_COUNT)
 
 
-# The modes whose rule loops convert 16-bit streams in registers (csrc/kernels.cpp, "stream formats").
-FUSED_PRECISIONS = [p for p in PRECISIONS if p.name in
-                    ("bfloat16", "float16", "bfloat16-state-float32", "float16-state-float32")]
+# The 16-bit modes a step converts in 16-element SIMD blocks with a scalar
+# redo of a block that holds a NaN (csrc/kernels.cpp, the bulk conversions).
+NEAREST_PRECISIONS = [p for p in PRECISIONS if p.name in
+                      ("bfloat16", "float16", "bfloat16-state-float32", "float16-state-float32")]
 
 # (where, element, raw 16-bit pattern) for each dtype: a signalling NaN with a
 # payload, a negative quiet NaN with a payload, infinities, the smallest
@@ -108,7 +109,7 @@ SPECIAL_LANES = {
 # With float32 state a NaN's payload survives in the state while the 16-bit
 # param keeps only its sign; when two different NaNs meet in one operation,
 # which one x86 returns depends on the operand order the compiler picked (on
-# main the staged SGD already differs from NumPy there). So the NaNs of those
+# main the SGD step differs from NumPy there). So the NaNs of those
 # modes are the one NaN x86 makes itself (inf - inf), sign bit set.
 DEFAULT_NAN = {"bfloat16": 0xFFC0, "float16": 0xFE00}
 
@@ -123,9 +124,9 @@ def special_lanes(precision):
             for where, i, pattern in SPECIAL_LANES[dtype]]
 
 
-@pytest.mark.parametrize("precision", FUSED_PRECISIONS, ids=[p.name for p in FUSED_PRECISIONS])
+@pytest.mark.parametrize("precision", NEAREST_PRECISIONS, ids=[p.name for p in NEAREST_PRECISIONS])
 @pytest.mark.parametrize("name, kwargs", FULL_STATE_CASES, ids=FULL_STATE_CASE_IDS)
-def test_a_nan_or_an_inf_in_one_lane_of_a_fused_step_is_the_reference_bitwise(name, kwargs, precision):
+def test_a_nan_or_an_inf_in_one_lane_of_a_16bit_step_is_the_reference_bitwise(name, kwargs, precision):
     """NaNs with payloads (signalling ones included), infinities and a
     subnormal, one per SIMD lane, in params and grads of 33 elements (two
     AVX-512 vectors and a tail), every target: params and state as the
