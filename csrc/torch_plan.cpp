@@ -221,9 +221,11 @@ py::tuple check_torch_plan(py::handle plan_object, py::handle param_groups, py::
   // opt.state: its dicts and the memory of every state tensor and param.
   if (state.ptr() != attribute(plan, names.state_map).ptr() || !same_state(state, attribute(plan, names.state_items)))
     return rebuild();
-  if (!same_state_memory(attribute(plan, names.slot_dicts), attribute(plan, names.slot_keys), attribute(plan, names.slot_ptrs)) ||
-      !same_pointers(attribute(plan, names.watched), attribute(plan, names.watched_ptrs)))
-    return rebuild();
+  const bool same_memory =
+      same_state_memory(attribute(plan, names.slot_dicts), attribute(plan, names.slot_keys),
+                        attribute(plan, names.slot_ptrs)) &&
+      same_pointers(attribute(plan, names.watched), attribute(plan, names.watched_ptrs));
+  if (!same_memory) return rebuild();
   // The gradients: the same objects (held weakly) with the same memory, or new ones.
   py::object params = attribute(plan, names.params), refs = attribute(plan, names.grad_refs);
   py::object has_grad = attribute(plan, names.has_grad), grad_ptrs = attribute(plan, names.grad_ptrs);
