@@ -158,51 +158,34 @@ def test_deepspeed_is_a_peer_when_asked_for(tmp_path):
     assert "vs deepspeed" in out
 
 
-def test_bitsandbytes_is_the_8bit_peer_when_asked_for(tmp_path):
-    """--impls bitsandbytes: its 8-bit Adam/AdamW/Lion/SGD with momentum on
-    the 8-bit modes only, a note for the rest, and a note (not a failure)
-    when it is not installed."""
-    run_bench(tmp_path, "--rules", "adamw,lion,adadelta", "--sizes", "1e4", "--models", "none",
-              "--dtypes", "float32,float32+8bit,bfloat16+8bit", "--impls", "fusedopt,bitsandbytes", "--threads", "1",
-              "--seconds", "0.01", "--min-samples", "3", "--json", str(tmp_path / "bench.json"))
+@pytest.mark.parametrize("peer, installed, rules, size, missing", [
+    ("bitsandbytes", HAVE_BITSANDBYTES, ("adamw", "lion", "adadelta"), "1e4", {"adadelta": "Adadelta()"}),
+    # torchao keeps 32-bit state where its block of 256 does not divide the size.
+    ("torchao", HAVE_TORCHAO, ("adamw", "lion"), "8192", {"lion": "Lion()"}),
+])
+def test_an_8bit_library_is_a_peer_when_asked_for(tmp_path, peer, installed, rules, size, missing):
+    """--impls bitsandbytes or torchao: its 8-bit optimizers on the 8-bit
+    modes only, a note for the rest (a rule it lacks, a mode it lacks), and
+    a note (not a failure) when it is not installed."""
+    run_bench(tmp_path, "--rules", ",".join(rules), "--sizes", size, "--models", "none",
+              "--dtypes", "float32,float32+8bit,bfloat16+8bit", "--impls", f"fusedopt,{peer}", "--threads", "1",
+              "--seconds", "0.01", "--min-samples", "3", "--json", str(tmp_path / "bench.json"), timeout=600)
     rows = {(row["rule"], row["precision"]): row for row in json.loads((tmp_path / "bench.json").read_text())["results"]
-            if row["family"] == "bitsandbytes"}
-    assert set(rows) == {(rule, precision) for rule in ("adamw", "lion", "adadelta")
+            if row["family"] == peer}
+    assert set(rows) == {(rule, precision) for rule in rules
                          for precision in ("float32", "float32+8bit", "bfloat16+8bit")}
     for (rule, precision), row in rows.items():
-        if not HAVE_BITSANDBYTES:
-            assert row["skipped"] == "bitsandbytes is not installed (pip install 'fusedopt[peers]')"
-        elif rule == "adadelta":
-            assert row["skipped"] == "bitsandbytes has no 8-bit Adadelta()"
+        if not installed:
+            assert row["skipped"] == f"{peer} is not installed (pip install 'fusedopt[peers]')"
+        elif rule in missing:
+            assert row["skipped"] == f"{peer} has no 8-bit {missing[rule]}"
         elif precision == "float32":
-            assert row["skipped"] == "bitsandbytes' 8-bit optimizers keep 8-bit state, not float32's"
+            assert row["skipped"] == f"{peer}'s 8-bit optimizers keep 8-bit state, not float32's"
         else:
             assert row["skipped"] is None and row["seconds"]["median"] > 0
             codes = 2 * (2 if rule == "adamw" else 1)  # each state array's codes read and written
             assert row["bytes_per_element"] == (12 if precision == "float32+8bit" else 6) + codes
 
-
-def test_torchao_is_the_other_8bit_peer_when_asked_for(tmp_path):
-    """--impls torchao: its 8-bit Adam and AdamW on the 8-bit modes only (a
-    size its block of 256 divides), a note for the rest, and a note (not a
-    failure) when it is not installed."""
-    run_bench(tmp_path, "--rules", "adamw,lion", "--sizes", "8192", "--models", "none",
-              "--dtypes", "float32,float32+8bit,bfloat16+8bit", "--impls", "fusedopt,torchao", "--threads", "1",
-              "--seconds", "0.01", "--min-samples", "3", "--json", str(tmp_path / "bench.json"), timeout=600)
-    rows = {(row["rule"], row["precision"]): row for row in json.loads((tmp_path / "bench.json").read_text())["results"]
-            if row["family"] == "torchao"}
-    assert set(rows) == {(rule, precision) for rule in ("adamw", "lion")
-                         for precision in ("float32", "float32+8bit", "bfloat16+8bit")}
-    for (rule, precision), row in rows.items():
-        if not HAVE_TORCHAO:
-            assert row["skipped"] == "torchao is not installed (pip install 'fusedopt[peers]')"
-        elif rule == "lion":
-            assert row["skipped"] == "torchao has no 8-bit Lion()"
-        elif precision == "float32":
-            assert row["skipped"] == "torchao's 8-bit optimizers keep 8-bit state, not float32's"
-        else:
-            assert row["skipped"] is None and row["seconds"]["median"] > 0
-            assert row["bytes_per_element"] == (12 if precision == "float32+8bit" else 6) + 4
 
 def test_precision_modes_are_workloads_with_their_peers(tmp_path):
     """--dtypes bfloat16: every bfloat16 mode, each with its bytes per element

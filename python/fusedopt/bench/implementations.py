@@ -355,74 +355,74 @@ def deepspeed_adam():
     return DeepSpeedCPUAdam
 
 
-class BitsAndBytes(Implementation):
-    """bitsandbytes' 8-bit optimizers, the peer of fusedopt's 8-bit state."""
+class EightBitPeer(Implementation):
+    """A library's 8-bit optimizers as the peer of fusedopt's 8-bit state:
+    ``module`` is its package, ``CLASSES`` maps fusedopt's class names to
+    its own (in ``module.optim``), ``make`` builds one on torch tensors."""
+
+    module: str
+    CLASSES: dict[str, str]
+
+    @property
+    def label(self):
+        return f"{self.module} {self.threads}t"
+
+    def unavailable(self, rule):
+        if importlib.util.find_spec(self.module) is None:
+            return f"{self.module} is not installed (pip install 'fusedopt[peers]')"
+        if rule.optimizer not in self.CLASSES or not self.runs(rule):
+            return f"{self.module} has no 8-bit {rule.describe()}"
+        return None
+
+    def runs(self, rule):
+        """Whether the library's class of the rule runs its settings."""
+        return True
+
+    def refuses(self, precision):
+        if not precision.name.endswith("+8bit"):
+            return f"{self.module}'s 8-bit optimizers keep 8-bit state, not {precision.name}'s"
+        return None
+
+    def make(self, optimizer_class, tensors, rule, params):
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def prepared(self, rule, precision, params, grad_sets):
+        library = importlib.import_module(f"{self.module}.optim")
+        optimizer_class = getattr(library, self.CLASSES[rule.optimizer])
+        with _torch_tensors(params, grad_sets, self.threads) as (tensors, step_with):
+            yield step_with(self.make(optimizer_class, tensors, rule, params).step)
+
+
+class BitsAndBytes(EightBitPeer):
+    """bitsandbytes' 8-bit optimizers."""
 
     description = ("bitsandbytes' Adam8bit / AdamW8bit / Lion8bit / SGD8bit (block-wise 8-bit state, "
                    "min_8bit_size=0) on tensors sharing the arrays' memory, grads set; on the CPU an "
                    "unfused eager step")
-    # fusedopt's class -> bitsandbytes' 8-bit class of the same update.
+    module = "bitsandbytes"
     CLASSES = {"Adam": "Adam8bit", "AdamW": "AdamW8bit", "Lion": "Lion8bit", "SGD": "SGD8bit"}
 
-    @property
-    def label(self):
-        return f"bitsandbytes {self.threads}t"
+    def runs(self, rule):
+        return rule.optimizer != "SGD" or bool(rule.kwargs.get("momentum"))  # SGD8bit keeps a momentum buffer
 
-    def unavailable(self, rule):
-        if importlib.util.find_spec("bitsandbytes") is None:
-            return "bitsandbytes is not installed (pip install 'fusedopt[peers]')"
-        if rule.optimizer not in self.CLASSES or (rule.optimizer == "SGD" and not rule.kwargs.get("momentum")):
-            return f"bitsandbytes has no 8-bit {rule.describe()}"
-        return None
-
-    def refuses(self, precision):
-        if not precision.name.endswith("+8bit"):
-            return f"bitsandbytes' 8-bit optimizers keep 8-bit state, not {precision.name}'s"
-        return None
-
-    @contextlib.contextmanager
-    def prepared(self, rule, precision, params, grad_sets):
-        import bitsandbytes
-        optimizer_class = getattr(bitsandbytes.optim, self.CLASSES[rule.optimizer])
-        with _torch_tensors(params, grad_sets, self.threads) as (tensors, step_with):
-            optimizer = optimizer_class(tensors, **rule.kwargs, min_8bit_size=0)
-            yield step_with(optimizer.step)
+    def make(self, optimizer_class, tensors, rule, params):
+        return optimizer_class(tensors, **rule.kwargs, min_8bit_size=0)
 
 
-
-class TorchAO(Implementation):
-    """torchao's 8-bit Adam and AdamW, the other peer of fusedopt's 8-bit state."""
+class TorchAO(EightBitPeer):
+    """torchao's 8-bit Adam and AdamW."""
 
     description = ("torchao's Adam8bit / AdamW8bit (block-wise 8-bit state, its step through torch.compile) on "
                    "tensors sharing the arrays' memory, grads set; blocks of the largest power of two up to 256 "
                    "that divides every param's size, since torchao keeps 32-bit state for a tensor its block size "
                    "does not divide (and for tensors under 4096 elements)")
+    module = "torchao"
     CLASSES = {"Adam": "Adam8bit", "AdamW": "AdamW8bit"}
 
-    @property
-    def label(self):
-        return f"torchao {self.threads}t"
+    def make(self, optimizer_class, tensors, rule, params):
+        return optimizer_class(tensors, **rule.kwargs, block_size=math.gcd(256, *(p.size for p in params)))
 
-    def unavailable(self, rule):
-        if importlib.util.find_spec("torchao") is None:
-            return "torchao is not installed (pip install 'fusedopt[peers]')"
-        if rule.optimizer not in self.CLASSES:
-            return f"torchao has no 8-bit {rule.describe()}"
-        return None
-
-    def refuses(self, precision):
-        if not precision.name.endswith("+8bit"):
-            return f"torchao's 8-bit optimizers keep 8-bit state, not {precision.name}'s"
-        return None
-
-    @contextlib.contextmanager
-    def prepared(self, rule, precision, params, grad_sets):
-        import torchao.optim
-        optimizer_class = getattr(torchao.optim, self.CLASSES[rule.optimizer])
-        block_size = math.gcd(256, *(p.size for p in params))
-        with _torch_tensors(params, grad_sets, self.threads) as (tensors, step_with):
-            optimizer = optimizer_class(tensors, **rule.kwargs, block_size=block_size)
-            yield step_with(optimizer.step)
 
 # Families in the order of the table; the torch ones in increasing speed.
 FAMILIES: dict[str, type[Implementation]] = {
