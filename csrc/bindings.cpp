@@ -257,6 +257,8 @@ PYBIND11_MODULE(_core, m) {
         "the plan still describes the optimizer, else TORCH_PLAN_* bits; grads: each plan param's .grad.");
   m.def("record_torch_plan", &fusedopt::record_torch_plan, "plan"_a,
         "Copies the core's counts into fusedopt.torch's 0-d state tensors; returns what they now hold.");
+  m.def("unowned_view", &fusedopt::unowned_view, "dtype"_a, "shape"_a, "address"_a,
+        "fusedopt.torch's view of a gradient's memory, neither owning nor keeping it alive (private).");
   m.attr("TORCH_PLAN_REBUILD") = int(fusedopt::kPlanRebuild);
   m.attr("TORCH_PLAN_GROUP_VALUES") = int(fusedopt::kPlanGroupValues);
   m.attr("TORCH_PLAN_NEW_GRADS") = int(fusedopt::kPlanNewGrads);

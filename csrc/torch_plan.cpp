@@ -9,6 +9,8 @@
 // and each list's length is read again at every index.
 #include "torch_plan.hpp"
 
+#include <pybind11/numpy.h>
+
 #include <cstdint>
 #include <stdexcept>
 
@@ -284,6 +286,18 @@ py::list record_torch_plan(py::handle plan_object) {
     PyList_SET_ITEM(stored.ptr(), k, mirrors.read(k).release().ptr());
   }
   return stored;
+}
+
+py::object unowned_view(const py::dtype& dtype, const std::vector<py::ssize_t>& shape, std::uintptr_t address) {
+  using Api = py::detail::npy_api;
+  Api& api = Api::get();
+  // With data given and no base, NumPy neither owns nor keeps anything alive.
+  PyObject* array = api.PyArray_NewFromDescr_(
+      api.PyArray_Type_, dtype.inc_ref().ptr() /* stolen */, static_cast<int>(shape.size()), shape.data(), nullptr,
+      reinterpret_cast<void*>(address), Api::NPY_ARRAY_C_CONTIGUOUS_ | Api::NPY_ARRAY_ALIGNED_ | Api::NPY_ARRAY_WRITEABLE_,
+      nullptr);
+  if (array == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(array);
 }
 
 }  // namespace fusedopt

@@ -1,7 +1,11 @@
 // fusedopt.torch's per-step check of its cached plan (torch_plan.cpp).
 #pragma once
 
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <vector>
 
 namespace fusedopt {
 namespace py = pybind11;
@@ -19,5 +23,10 @@ py::tuple check_torch_plan(py::handle plan, py::handle param_groups, py::handle 
 // Copies the core's numbers (plan.mirror_entries[k][plan.mirror_keys[k]]) into
 // torch's 0-d tensors; returns the values they now hold.
 py::list record_torch_plan(py::handle plan);
+// A C-contiguous, writeable array of `dtype` and `shape` over memory at
+// `address` that it neither owns nor keeps alive: a gradient's view, which
+// the plan uses only while it has checked that the gradient still owns that
+// memory (torch.py, _unowned_view). Private to fusedopt.torch.
+py::object unowned_view(const py::dtype& dtype, const std::vector<py::ssize_t>& shape, std::uintptr_t address);
 
 }  // namespace fusedopt

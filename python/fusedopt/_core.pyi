@@ -118,6 +118,9 @@ def check_torch_plan(plan: Any, param_groups: list[dict[str, Any]], state: dict[
     """fusedopt.torch's per-step check of its cached plan (a _Plan): (flags, grads), flags 0 when
     the plan still describes the optimizer, else TORCH_PLAN_* bits; grads: each plan param's .grad."""
 
+def unowned_view(dtype: np.dtype, shape: Sequence[int], address: int) -> np.ndarray:
+    """fusedopt.torch's view of a gradient's memory, neither owning nor keeping it alive (private)."""
+
 def record_torch_plan(plan: Any) -> list[float]:
     """Copies the core's counts into fusedopt.torch's 0-d state tensors; returns what they now hold."""
 

@@ -104,8 +104,6 @@ both compute it in float64).
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import inspect
 import operator
 import weakref
@@ -879,20 +877,14 @@ class _Gone:
 _NO_GRAD = weakref.ref(_Gone())  # a dead reference: where a param has no gradient
 
 
-@functools.lru_cache(maxsize=4096)
-def _bytes_at(size: int) -> type[ctypes.Array]:
-    return ctypes.c_char * size
-
-
 def _unowned_view(grad: torch.Tensor) -> np.ndarray:
     """A NumPy view of a gradient's memory that does not keep it allocated
     (the plan checks before each use that the gradient still owns it); any
     gradient the core would refuse gets an ordinary view, for its error."""
     dtype = _NUMPY_DTYPES.get(grad.dtype)
-    if (dtype is None or grad.device.type != "cpu" or grad.layout != torch.strided or not grad.is_contiguous()
-            or grad.numel() == 0):
+    if dtype is None or not grad.is_cpu or grad.layout != torch.strided or not grad.is_contiguous() or grad.numel() == 0:
         return _view(grad)
-    return np.ndarray(grad.shape, dtype, _bytes_at(grad.nbytes).from_address(grad.data_ptr()))
+    return _core.unowned_view(dtype, grad.shape, grad.data_ptr())
 
 
 def _view(tensor: torch.Tensor) -> np.ndarray:
