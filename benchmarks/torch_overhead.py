@@ -17,12 +17,19 @@ round, then their median. DeepSpeed's CPU Adam runs when it is importable
 (``pip install "fusedopt[peers]"``; DS_ACCELERATOR=cpu is set here; its
 kernel is compiled on first use, which takes a minute once).
 
-    python benchmarks/torch_overhead.py [--counts 1,10,100,400] [--size 1000] [--threads 2]
+    python benchmarks/torch_overhead.py [--counts 1,10,100,400] [--size 1000] [--threads 2] [--new-grads]
+
+With ``--new-grads`` every step is given new gradient tensors, as a
+training loop's ``zero_grad()`` (set_to_none, torch's default) and backward
+give it (two sets taken in turn, assigned to ``param.grad`` before each step,
+the assignments timed for every implementation); the NumPy API steps NumPy
+views of them, made at each step as a torch loop would make them.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import sys
@@ -64,22 +71,36 @@ def deepspeed_unavailable() -> str | None:
     return None
 
 
-def stepper(name: str, params: list[torch.nn.Parameter]) -> Callable[[], object]:
+def stepper(name: str, params: list[torch.nn.Parameter], new_grads: bool = False) -> Callable[[], object]:
     """One step of implementation ``name`` over ``params`` (each optimizer
-    keeps its own state; all of them update the same params)."""
-    if name == "fusedopt.torch":
-        return fusedopt.torch.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY).step
-    if name == "torch fused":
-        return torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, fused=True).step
-    if name == "DeepSpeed CPU Adam":
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-        return DeepSpeedCPUAdam(params, lr=LR, weight_decay=WEIGHT_DECAY, adamw_mode=True).step
+    keeps its own state; all of them update the same params); with
+    ``new_grads``, each step first gives every param a new gradient tensor."""
     if name == FLOOR:
         views = [p.detach().numpy() for p in params]
-        grads = [p.grad.numpy() for p in params]
         opt = fusedopt.AdamW(views, lr=LR, weight_decay=WEIGHT_DECAY)
-        return lambda: opt.step(grads)
-    raise ValueError(f"unknown implementation {name!r}; choose from {IMPLEMENTATIONS}")
+        if not new_grads:
+            grads = [p.grad.numpy() for p in params]
+            return lambda: opt.step(grads)
+        step = lambda: opt.step([p.grad.numpy() for p in params])  # noqa: E731
+    elif name == "fusedopt.torch":
+        step = fusedopt.torch.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY).step
+    elif name == "torch fused":
+        step = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, fused=True).step
+    elif name == "DeepSpeed CPU Adam":
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        step = DeepSpeedCPUAdam(params, lr=LR, weight_decay=WEIGHT_DECAY, adamw_mode=True).step
+    else:
+        raise ValueError(f"unknown implementation {name!r}; choose from {IMPLEMENTATIONS}")
+    if not new_grads:
+        return step
+    grad_sets = [[p.grad.clone() for p in params] for _ in range(2)]
+    turn = itertools.cycle(grad_sets)
+
+    def step_with_new_grads() -> object:
+        for param, grad in zip(params, next(turn)):
+            param.grad = grad
+        return step()
+    return step_with_new_grads
 
 
 def set_threads(count: int) -> int:
@@ -90,10 +111,11 @@ def set_threads(count: int) -> int:
     return previous
 
 
-def compare(names: list[str], count: int, size: int, rounds: int, seconds: float) -> dict[str, list[float]]:
+def compare(names: list[str], count: int, size: int, rounds: int, seconds: float,
+            new_grads: bool = False) -> dict[str, list[float]]:
     """Seconds per step of each implementation, one median per round."""
     params = make_params(count, size)
-    steps = {name: stepper(name, params) for name in names}
+    steps = {name: stepper(name, params, new_grads) for name in names}
     for step in steps.values():  # lazy state made, DeepSpeed's kernel loaded
         step()
     medians: dict[str, list[float]] = {name: [] for name in names}
@@ -112,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=7, help="turns of each implementation (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=0.1, help="length of one turn (default: %(default)s)")
     parser.add_argument("--impls", default=",".join(IMPLEMENTATIONS), help="default: %(default)s")
+    parser.add_argument("--new-grads", action="store_true",
+                        help="new gradient tensors before every step, as after zero_grad() and a backward")
     args = parser.parse_args(argv)
 
     names = args.impls.split(",")
@@ -125,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(args.threads)
 
     features = fusedopt.cpu_features()
-    print(f"AdamW float32, {args.size:,} elements per tensor, {args.threads} threads; "
+    grads = "new gradient tensors at every step" if args.new_grads else "the same gradients at every step"
+    print(f"AdamW float32, {args.size:,} elements per tensor, {args.threads} threads, {grads}; "
           f"fusedopt {features['version']} ({features['isa']}), torch {torch.__version__}, "
           f"Python {platform.python_version()}, {platform.machine()}")
     print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
@@ -135,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     print(header)
     print("|---:|" + "---:|" * len(names))
     for count in map(int, args.counts.split(",")):
-        medians = compare(names, count, args.size, args.rounds, args.seconds)
+        medians = compare(names, count, args.size, args.rounds, args.seconds, args.new_grads)
         cells = []
         for name in names:
             times = np.asarray(medians[name])
