@@ -630,8 +630,9 @@ class _Plan:
     while they still describe the optimizer.
 
     Building them costs microseconds per param (a NumPy view of every
-    tensor, the core's dicts, the state checked); checking them costs a few
-    C-speed passes over lists (``map``), so a step does only that:
+    tensor, the core's dicts, the state checked); checking them is one walk
+    over the plan's lists in C (``_core.check_torch_plan``,
+    csrc/torch_plan.cpp), so a step does only that:
 
     - the param groups, their ``params`` lists and the state layout their
       settings ask for (``amsgrad`` or ``master_weights`` turned on needs one
@@ -792,9 +793,7 @@ class _Plan:
 
     def _snapshot_state(self, opt: FusedOptimizer) -> None:
         """What the identity check of ``opt.state`` compares with."""
-        self.state_items = list(opt.state.items())  # held: their ids stay theirs
-        self.state_key_ids = [id(key) for key, _ in self.state_items]
-        self.state_dict_ids = [id(entry) for _, entry in self.state_items]
+        self.state_items = list(opt.state.items())  # held: their identities stay theirs
         self.slot_dicts = [opt.state[param] for param, _ in self.state_slots]
         self.slot_keys = [key for _, key in self.state_slots]
         self.slot_ptrs = list(map(_DATA_PTR, map(_GET, self.slot_dicts, self.slot_keys)))
@@ -911,16 +910,18 @@ def _increment_versions(tensors: list[torch.Tensor]) -> None:
 
 try:
     torch.autograd.graph.increment_version([])  # a list: torch >= 2.5
-    # What that public function calls, without its Python frame (a third of
-    # a 1-tensor step's bookkeeping), where torch has it and it takes a list.
-    _core_increment = getattr(torch._C, "_increment_version", None)
-    if _core_increment is not None:
-        _core_increment([])
-        _increment_versions = _core_increment  # noqa: F811
 except TypeError:  # earlier torch takes one tensor at a time
     def _increment_versions(tensors: list[torch.Tensor]) -> None:  # noqa: F811
         for tensor in tensors:
             torch.autograd.graph.increment_version(tensor)
+else:
+    # What that public function calls, without its Python frame (a third of
+    # a 1-tensor step's bookkeeping), where torch has it and it takes a list.
+    try:
+        torch._C._increment_version([])
+        _increment_versions = torch._C._increment_version  # noqa: F811
+    except (AttributeError, TypeError):
+        pass
 
 
 def _scalar_dtype() -> torch.dtype:
