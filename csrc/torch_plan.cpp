@@ -12,6 +12,7 @@
 #include <pybind11/numpy.h>
 
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 
 namespace fusedopt {
@@ -84,14 +85,23 @@ py::object item(py::handle list, Py_ssize_t i) {
   return py::reinterpret_borrow<py::object>(PyList_GET_ITEM(list.ptr(), i));
 }
 
-// tensor.data_ptr(), or false after clearing the error of a non-tensor.
-bool data_ptr(py::handle tensor, void*& out) {
+// Whether tensor.data_ptr() is `expected` (an int the plan read before);
+// nullopt, the error cleared, when either cannot be read (not a tensor).
+std::optional<bool> same_memory(py::handle tensor, py::handle expected) {
   static PyObject* const name = PyUnicode_InternFromString("data_ptr");
   PyObject* result = PyObject_CallMethodNoArgs(tensor.ptr(), name);
-  if (result == nullptr) return clear_exception();
-  out = PyLong_AsVoidPtr(result);
+  if (result == nullptr) {
+    clear_exception();
+    return std::nullopt;
+  }
+  void* const now = PyLong_AsVoidPtr(result);
   Py_DECREF(result);
-  return !PyErr_Occurred() || clear_exception();
+  void* const before = PyLong_AsVoidPtr(expected.ptr());
+  if (PyErr_Occurred()) {
+    clear_exception();
+    return std::nullopt;
+  }
+  return now == before;
 }
 
 // Whether `tensors[i].data_ptr()` is `pointers[i]` for every i (and the lengths agree).
@@ -100,9 +110,7 @@ bool same_pointers(py::handle tensors, py::handle pointers) {
   if (PyList_GET_SIZE(tensors.ptr()) != n) return false;
   for (Py_ssize_t i = 0; i < n; ++i) {
     py::object tensor = item(tensors, i), expected = item(pointers, i);
-    void* now = nullptr;
-    if (!tensor || !expected || !data_ptr(tensor, now)) return false;
-    if (now != PyLong_AsVoidPtr(expected.ptr())) return false;
+    if (!tensor || !expected || !same_memory(tensor, expected).value_or(false)) return false;
   }
   return true;
 }
@@ -151,10 +159,8 @@ bool same_state_memory(py::handle dicts, py::handle keys, py::handle pointers) {
     if (!dict || !key || !expected) return false;
     PyObject* tensor = PyObject_GetItem(dict.ptr(), key.ptr());
     if (tensor == nullptr) return clear_exception();
-    void* now = nullptr;
-    const bool read = data_ptr(tensor, now);
-    Py_DECREF(tensor);
-    if (!read || now != PyLong_AsVoidPtr(expected.ptr())) return false;
+    const py::object held = py::reinterpret_steal<py::object>(tensor);
+    if (!same_memory(held, expected).value_or(false)) return false;
   }
   return true;
 }
@@ -223,11 +229,11 @@ py::tuple check_torch_plan(py::handle plan_object, py::handle param_groups, py::
   // opt.state: its dicts and the memory of every state tensor and param.
   if (state.ptr() != attribute(plan, names.state_map).ptr() || !same_state(state, attribute(plan, names.state_items)))
     return rebuild();
-  const bool same_memory =
+  const bool memory_unchanged =
       same_state_memory(attribute(plan, names.slot_dicts), attribute(plan, names.slot_keys),
                         attribute(plan, names.slot_ptrs)) &&
       same_pointers(attribute(plan, names.watched), attribute(plan, names.watched_ptrs));
-  if (!same_memory) return rebuild();
+  if (!memory_unchanged) return rebuild();
   // The gradients: the same objects (held weakly) with the same memory, or new ones.
   py::object params = attribute(plan, names.params), refs = attribute(plan, names.grad_refs);
   py::object has_grad = attribute(plan, names.has_grad), grad_ptrs = attribute(plan, names.grad_ptrs);
@@ -250,10 +256,10 @@ py::tuple check_torch_plan(py::handle plan_object, py::handle param_groups, py::
     py::object ref = item(refs, i);
     if (!ref || !PyWeakref_Check(ref.ptr()) || PyWeakref_GetObject(ref.ptr()) != grad) same_grads = false;
     if (same_grads && grad != Py_None) {
-      void* ptr = nullptr;
       py::object expected = item(grad_ptrs, present++);
-      if (!expected || !data_ptr(grad, ptr)) return rebuild();
-      if (ptr != PyLong_AsVoidPtr(expected.ptr())) same_grads = false;
+      const std::optional<bool> same = expected ? same_memory(grad, expected) : std::nullopt;
+      if (!same) return rebuild();
+      same_grads = *same;
     }
   }
   if (!same_grads) flags |= kPlanNewGrads;
