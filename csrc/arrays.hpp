@@ -83,6 +83,7 @@ class OverlapCheck {
   void add(const Stream& stream, const ArrayLabel& label, bool written);
   void add(const void* data, std::int64_t bytes, const ArrayLabel& label, bool written);
   void check();  // ValueError naming the first overlapping pair
+  void reserve(std::size_t ranges) { ranges_.reserve(ranges); }
 
  private:
   struct Range {

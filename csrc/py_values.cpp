@@ -1,6 +1,9 @@
 #include "py_values.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <iterator>
 #include <unordered_map>
 
 namespace fusedopt {
@@ -13,12 +16,22 @@ std::string float_repr(double x) { return py::repr(py::float_(x)).cast<std::stri
 
 PyObject* interned(const char* name) {
   // Keyed by the literal's address: every caller passes a string literal.
+  // A step asks for a few dozen keys, so a direct-mapped cache answers
+  // first; the map holds them all (a slot shared by two keys only misses).
+  struct Slot {
+    const char* name;
+    PyObject* key;
+  };
+  static Slot recent[64];  // the GIL is held: no other thread is here
+  Slot& slot = recent[(reinterpret_cast<std::uintptr_t>(name) >> 3) % std::size(recent)];
+  if (slot.name == name) return slot.key;
   static std::unordered_map<const char*, PyObject*> strings;
   PyObject*& key = strings[name];
   if (key == nullptr) {
     key = PyUnicode_InternFromString(name);
     if (key == nullptr) throw py::error_already_set();
   }
+  slot = {name, key};
   return key;
 }
 
@@ -78,6 +91,17 @@ py::handle GroupReader::get(const char* name) const {
 PyObject* GroupReader::optional(const char* name) const {
   PyObject* value = dict_item(group_, name);
   return value == Py_None ? nullptr : value;
+}
+
+bool GroupReader::may_have_any(PyObject* const* keys, std::size_t count) const {
+  Py_ssize_t position = 0;
+  PyObject *key, *value;
+  while (PyDict_Next(group_.ptr(), &position, &key, &value)) {
+    // Interned strings are one object per text: identity is equality.
+    if (!PyUnicode_CheckExact(key) || !PyUnicode_CHECK_INTERNED(key)) return true;
+    if (std::find(keys, keys + count, key) != keys + count) return true;
+  }
+  return false;
 }
 
 std::string GroupReader::label(const char* name, int element) const {

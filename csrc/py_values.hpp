@@ -69,6 +69,13 @@ class GroupReader {
   [[noreturn]] void fail(const std::string& message) const;  // ValueError
   // The value of an optional key (a borrowed reference), or nullptr when absent or None.
   PyObject* optional(const char* name) const;
+  // False only when the group certainly has none of `keys` (interned
+  // strings): one walk over its keys, where looking up absent optional keys
+  // one by one costs several times more. A key that is not an interned str
+  // could equal any of them: true.
+  template <std::size_t N>
+  bool may_have_any(PyObject* const (&keys)[N]) const { return may_have_any(keys, N); }
+  bool may_have_any(PyObject* const* keys, std::size_t count) const;
   std::int64_t index() const { return index_; }
 
  private:

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <iterator>
 #include <stdexcept>
 #include <string>
@@ -254,7 +255,7 @@ StateKeys state_keys_of(const typename Rule::Hyper& hyper) {
   for (int k = 0; k < keys.array_count; ++k) {
     bool found = false;
     for (const StateArray& array : Rule::state_arrays) {
-      if (std::string(array.name) != keys.arrays[k].name) continue;
+      if (std::strcmp(array.name, keys.arrays[k].name) != 0) continue;
       keys.arrays[k].sign = array.sign;
       found = true;
     }

@@ -179,7 +179,9 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
   }
 
   std::vector<ParamStep<Rule>> steps;
+  steps.reserve(static_cast<std::size_t>(param_count));
   OverlapCheck overlaps;
+  overlaps.reserve(static_cast<std::size_t>(param_count) * (2 + kMaxStateArrays));
   std::int64_t index = 0;
   for (std::size_t g = 0; g < param_groups.size(); ++g) {
     const StateKeys& keys = settings[g].keys;

@@ -85,23 +85,44 @@ py::object item(py::handle list, Py_ssize_t i) {
   return py::reinterpret_borrow<py::object>(PyList_GET_ITEM(list.ptr(), i));
 }
 
-// Whether tensor.data_ptr() is `expected` (an int the plan read before);
-// nullopt, the error cleared, when either cannot be read (not a tensor).
+// What the check asks of torch at every step, per tensor: data_ptr() and
+// .grad. Both are C functions of torch's tensor type, found by the type's
+// own lookup and called as Python's call would call them; the generic call
+// machinery around them cost as much as torch's functions themselves. Any
+// other kind of attribute (a subclass's Python override) takes the generic
+// path. (A method set on one tensor object is not looked at: the memory is
+// what the type's method reports.)
+PyObject* call_method(PyObject* object, PyObject* name) {
+  PyObject* found = _PyType_Lookup(Py_TYPE(object), name);  // borrowed; sets no error
+  if (found != nullptr && Py_IS_TYPE(found, &PyMethodDescr_Type)) {
+    auto* method = reinterpret_cast<PyMethodDescrObject*>(found);
+    if ((method->d_method->ml_flags & ~METH_COEXIST) == METH_NOARGS && PyObject_TypeCheck(object, PyDescr_TYPE(method)))
+      return method->d_method->ml_meth(object, nullptr);
+  }
+  return PyObject_CallMethodNoArgs(object, name);
+}
+PyObject* get_attribute(PyObject* object, PyObject* name) {
+  PyObject* found = _PyType_Lookup(Py_TYPE(object), name);
+  if (found != nullptr && Py_IS_TYPE(found, &PyGetSetDescr_Type)) {  // a data descriptor: before the instance's dict
+    auto* getset = reinterpret_cast<PyGetSetDescrObject*>(found);
+    if (getset->d_getset->get != nullptr && PyObject_TypeCheck(object, PyDescr_TYPE(getset)))
+      return getset->d_getset->get(object, getset->d_getset->closure);
+  }
+  return PyObject_GetAttr(object, name);
+}
+
+// Whether tensor.data_ptr() is `expected` (the int it returned before);
+// nullopt, the error cleared, when it cannot be read (not a tensor).
 std::optional<bool> same_memory(py::handle tensor, py::handle expected) {
   static PyObject* const name = PyUnicode_InternFromString("data_ptr");
-  PyObject* result = PyObject_CallMethodNoArgs(tensor.ptr(), name);
-  if (result == nullptr) {
+  PyObject* result = call_method(tensor.ptr(), name);
+  const int same = result == nullptr ? -1 : PyObject_RichCompareBool(result, expected.ptr(), Py_EQ);
+  Py_XDECREF(result);
+  if (same < 0) {
     clear_exception();
     return std::nullopt;
   }
-  void* const now = PyLong_AsVoidPtr(result);
-  Py_DECREF(result);
-  void* const before = PyLong_AsVoidPtr(expected.ptr());
-  if (PyErr_Occurred()) {
-    clear_exception();
-    return std::nullopt;
-  }
-  return now == before;
+  return same == 1;
 }
 
 // Whether `tensors[i].data_ptr()` is `pointers[i]` for every i (and the lengths agree).
@@ -245,7 +266,7 @@ py::tuple check_torch_plan(py::handle plan_object, py::handle param_groups, py::
   for (Py_ssize_t i = 0; i < n; ++i) {
     py::object param = item(params, i);
     if (!param) return rebuild();
-    PyObject* grad = PyObject_GetAttr(param.ptr(), names.grad);
+    PyObject* grad = get_attribute(param.ptr(), names.grad);
     if (grad == nullptr) {
       clear_exception();
       return rebuild();

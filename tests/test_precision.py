@@ -12,6 +12,7 @@ import torch
 import fusedopt
 from fusedopt import _core, reference
 from fusedopt.precision import bfloat16
+from fusedopt.rule import RULES
 from cases import (CASE_IDS, CASES, FULL_STATE_CASE_IDS, FULL_STATE_CASES, PRECISION_IDS, PRECISIONS, FLOAT16,
                    FLOAT32, all_arrays, assert_same_bits, bits, default_lr, on_target,
                    core_bytes_per_element, resume_and_uninterrupted)
@@ -609,6 +610,28 @@ def test_bad_storage_options_are_rejected(case, dtype, options, error, pattern):
     with pytest.raises(error, match=pattern):
         fusedopt.Adam(params, **options)
     assert (params[0] == 1).all()
+
+
+@pytest.mark.parametrize("key, value", [("state_dtype", "float32"), ("master_weights", True), ("state_bits", 8)])
+def test_a_storage_option_under_a_key_made_at_run_time_is_read(key, value):
+    """The core skips the storage options' lookups when a group's keys are
+    interned strings none of which names one; a key built at run time is no
+    interned string, and must still be read."""
+    built = "".join(list(key))
+    assert built == key and built is not key
+    results = []
+    for name in (key, built):
+        param = np.full(8192, 1.0, bfloat16)
+        grads = [np.full(8192, 0.5, bfloat16)]
+        group = {"params": [param], "lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+                 "amsgrad": False, "maximize": False, "decoupled_weight_decay": False, name: value}
+        state = [{"step": 0}]
+        RULES["adam"].step([group], grads, state, False)
+        results.append((bits(param), {k: (v.dtype, v.shape) for k, v in state[0].items() if k != "step"}))
+    assert results[1][1] == results[0][1]
+    np.testing.assert_array_equal(results[1][0], results[0][0])
+    default = {"exp_avg": (np.dtype(bfloat16), (8192,)), "exp_avg_sq": (np.dtype(bfloat16), (8192,))}
+    assert results[0][1] != default  # the option did something
 
 
 def test_a_rejected_param_group_leaves_the_optimizer_as_it_was():
