@@ -26,13 +26,15 @@ struct RuleBinding {
   const char* summary;
   py::object (*step)(py::handle param_groups, py::handle grads, py::handle state, bool check_finite,
                      py::handle grad_scale);
+  py::object (*step_cached)(fusedopt::StepCache& cache, py::handle param_groups, py::handle grads, py::handle state,
+                            bool check_finite, py::handle grad_scale);
   fusedopt::StateKeys (*state_keys)(py::handle group);
   void (*check_group)(py::handle group, std::int64_t index);
 };
 
 template <class Rule>
 RuleBinding bind(const char* name, const char* summary) {
-  return {name, summary, &fusedopt::step<Rule>,
+  return {name, summary, &fusedopt::step<Rule>, &fusedopt::step_cached<Rule>,
           [](py::handle group) { return fusedopt::state_keys_of<Rule>(Rule::read(fusedopt::GroupReader(group, 0))); },
           [](py::handle group, std::int64_t index) {
             const fusedopt::GroupReader reader(group, index);
@@ -42,6 +44,12 @@ RuleBinding bind(const char* name, const char* summary) {
 }
 
 void bind_rule_class(py::module_& m) {
+  py::class_<fusedopt::StepCache>(m, "StepCache",
+                                  "What Rule.step_cached read and checked at one step, for the next (csrc/step.hpp).")
+      .def(py::init<>())
+      .def_property_readonly(
+          "hits", [](const fusedopt::StepCache& c) { return c.hits; },
+          "How many steps used what the cache held (the others were full steps).");
   py::class_<RuleBinding>(m, "Rule",
                           "One update rule of the compiled core (_core.adam, _core.sgd, ...; see "
                           "csrc/rule_list.hpp).")
@@ -60,6 +68,16 @@ void bind_rule_class(py::module_& m) {
           "With check_finite, a step whose grads hold a NaN or an infinity changes nothing\n"
           "and returns the index of the first such grad; otherwise returns None.\n"
           "With grad_scale, every grad is divided by it as it is read (loss scaling).")
+      .def(
+          "step_cached",
+          [](const RuleBinding& r, fusedopt::StepCache& cache, py::handle param_groups, py::handle grads,
+             py::handle state, bool check_finite, py::handle grad_scale) {
+            return r.step_cached(cache, param_groups, grads, state, check_finite, grad_scale);
+          },
+          "cache"_a, "param_groups"_a, "grads"_a, "state"_a, "check_finite"_a = false, "grad_scale"_a = py::none(),
+          "step(), keeping what it read and checked in `cache` (a StepCache) for the next step with the\n"
+          "same objects, which then reads again only hyperparameters, step counts and scalar state. For\n"
+          "arrays only the caller holds (NumPy arrays can change their shape in place).")
       .def(
           "check_group", [](const RuleBinding& r, py::handle group, std::int64_t index) { r.check_group(group, index); },
           "group"_a, "index"_a = 0, "Validate one param group's hyperparameters (errors name group `index`).")

@@ -211,7 +211,11 @@ struct StorageOptions {
   std::int64_t block_size = 256, min_8bit_size = 4096;
   bool state_dtype_given = false;  // one dtype for every state array
   Dtype state_dtype_all = kFloat32;
-  struct KeyDtype { std::string key; Dtype dtype; };
+  struct KeyDtype {
+    std::string key;
+    Dtype dtype;
+    bool operator==(const KeyDtype& o) const { return key == o.key && dtype == o.dtype; }
+  };
   std::vector<KeyDtype> state_dtype_per_key;
   std::int64_t group_index = 0;
   // Private, for fusedopt.distributed: a group of shard pieces (slices of
@@ -225,7 +229,17 @@ struct StorageOptions {
     std::int64_t position, offset;
     std::int64_t param_elements;  // 0: the array's own size
     std::int64_t deciding(std::int64_t own) const { return param_elements > 0 ? param_elements : own; }
+    bool operator==(const RandomIndex& o) const {
+      return position == o.position && offset == o.offset && param_elements == o.param_elements;
+    }
   };
+  bool operator==(const StorageOptions& o) const {
+    return master_weights == o.master_weights && kahan_sum == o.kahan_sum && stochastic == o.stochastic &&
+           seed == o.seed && state_bits == o.state_bits && block_size == o.block_size &&
+           min_8bit_size == o.min_8bit_size && state_dtype_given == o.state_dtype_given &&
+           state_dtype_all == o.state_dtype_all && state_dtype_per_key == o.state_dtype_per_key &&
+           group_index == o.group_index && random_index == o.random_index;
+  }
   std::vector<RandomIndex> random_index;
 
   // The dtype a new state array of `key` is made in, for a param of `param_dtype`

@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -64,6 +66,8 @@ std::uint64_t random_key(std::uint64_t seed, std::int64_t t, std::int64_t positi
 template <class Rule>
 struct ParamStep {
   std::int64_t index;  // in grads and state
+  std::size_t group;
+  std::int64_t random_position;  // the position stochastic rounding's bits are keyed by
   py::object entry;    // state[index]
   py::object param, grad;
   Dtype dtype;
@@ -143,16 +147,49 @@ struct GroupSetting {
   StorageOptions storage;
 };
 
+// Everything a step read and checked. It holds the snapshots of the lists
+// it read, so that a later step can tell, by identity, that it is given the
+// same objects (none can have been freed and its address reused).
+template <class Rule>
+struct Collection : StepCache::Entry {
+  const KernelTable* table = nullptr;
+  std::vector<py::tuple> group_params;
+  py::tuple grads, state;
+  std::vector<GroupSetting<Rule>> settings;
+  std::vector<ParamStep<Rule>> steps;
+  bool grad_scale_active = false;
+  bool created_any = false;  // state made by this step: a later step would not make it again
+};
+
+// The values of one param's step that change from step to step: the step
+// count, the scalar state, the rule's scalars, and what the staged kernel
+// keys on them.
+template <class Rule>
+void set_step_values(ParamStep<Rule>& p, const GroupSetting<Rule>& setting, const GradScale& grad_scale,
+                     bool buffer_is_new) {
+  p.t = read_step(p.entry, p.index) + 1;
+  for (int k = 0; k < p.keys.scalar_count; ++k)
+    p.scalar_state[k] = read_scalar_state(p.entry, p.index, p.keys.scalars[k]);
+  p.scalars = Rule::scalars(setting.hyper, {p.t, buffer_is_new, p.scalar_state});
+  if (p.is_staged) {
+    p.staged.scale_grad = grad_scale.active;
+    p.staged.grad_scale = grad_scale.value;
+    p.staged.random_key = random_key(setting.storage.seed, p.t, p.random_position);
+  }
+}
+
 // Phase 1 of a step: read and check everything, writing nothing. The
 // hyperparameters are read first, because reading a number may run its
 // owner's Python code; every array is read after that, from snapshots.
 template <class Rule>
-std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grads_in, py::handle state_in,
-                                     const GradScale& grad_scale) {
+void collect(Collection<Rule>& c, py::handle param_groups_in, py::handle grads_in, py::handle state_in,
+             const GradScale& grad_scale) {
   const KernelTable& table = active_kernels();
+  c.table = &table;
+  c.grad_scale_active = grad_scale.active;
   const py::tuple param_groups = snapshot(param_groups_in, "param_groups");
 
-  std::vector<py::tuple> group_params;
+  std::vector<py::tuple>& group_params = c.group_params;
   py::ssize_t param_count = 0;
   for (py::handle group : param_groups) {
     if (!PyDict_Check(group.ptr())) throw py::type_error("param_groups must hold dicts");
@@ -162,7 +199,9 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
     param_count += static_cast<py::ssize_t>(group_params.back().size());
   }
   // Lengths first: a grads list of the wrong length is the commonest mistake.
-  const py::tuple grads = snapshot(grads_in, "grads"), state = snapshot(state_in, "state");
+  c.grads = snapshot(grads_in, "grads");
+  c.state = snapshot(state_in, "state");
+  const py::tuple &grads = c.grads, &state = c.state;
   if (static_cast<py::ssize_t>(grads.size()) != param_count)
     throw py::value_error("grads has " + std::to_string(grads.size()) + " entries but the optimizer has " +
                           std::to_string(param_count) + " params");
@@ -170,7 +209,7 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
     throw py::value_error("state has " + std::to_string(state.size()) + " entries but the optimizer has " +
                           std::to_string(param_count) + " params");
 
-  std::vector<GroupSetting<Rule>> settings;
+  std::vector<GroupSetting<Rule>>& settings = c.settings;
   for (std::size_t g = 0; g < param_groups.size(); ++g) {
     const GroupReader reader(param_groups[g], static_cast<std::int64_t>(g));
     const auto hyper = Rule::read(reader);
@@ -178,7 +217,7 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
     settings.back().storage.template check_keys<Rule>();
   }
 
-  std::vector<ParamStep<Rule>> steps;
+  std::vector<ParamStep<Rule>>& steps = c.steps;
   steps.reserve(static_cast<std::size_t>(param_count));
   OverlapCheck overlaps;
   overlaps.reserve(static_cast<std::size_t>(param_count) * (2 + kMaxStateArrays));
@@ -200,6 +239,8 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
 
       ParamStep<Rule>& p = steps.emplace_back();
       p.index = i;
+      p.group = g;
+      p.random_position = random_index.position;
       p.keys = keys;
       const ArrayLabel param_label{"params", i}, grad_label{"grads", i};
       py::array param = as_array(param_object, param_label);
@@ -262,9 +303,7 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
         p.staged.kahan_compensation = c.data;
         p.compensation = std::move(compensation);
       }
-      p.t = read_step(p.entry, i) + 1;
-      for (int k = 0; k < keys.scalar_count; ++k) p.scalar_state[k] = read_scalar_state(p.entry, i, keys.scalars[k]);
-      p.scalars = Rule::scalars(settings[g].hyper, {p.t, buffer_is_new, p.scalar_state});
+      c.created_any = c.created_any || buffer_is_new || p.master_created || p.compensation_created;
 
       // The kernel streams: straight to the arrays when all are stored in the
       // compute type, else through the staged kernel.
@@ -287,21 +326,86 @@ std::vector<ParamStep<Rule>> collect(py::handle param_groups_in, py::handle grad
         s.kernel = p.task.kernel;
         s.stream_count = stream_count;
         for (int k = 0; k < stream_count; ++k) s.dtypes[k] = streams[k].dtype;
-        s.scale_grad = grad_scale.active;
-        s.grad_scale = grad_scale.value;
         s.param_store = storage.kahan_sum ? ParamStore::kKahan
                         : storage.stochastic ? ParamStore::kStochastic : ParamStore::kNearest;
-        s.random_key = random_key(storage.seed, p.t, random_index.position);
         s.random_offset = random_index.offset;
         s.block_size = storage.block_size;
         p.task.kernel = table.staged[compute];
       }
+      set_step_values(p, settings[g], grad_scale, buffer_is_new);
       p.param = std::move(param);
       p.grad = std::move(grad);
     }
   }
   overlaps.check();
-  return steps;
+}
+
+// Whether a list or tuple holds exactly the objects of `held`, in order.
+bool same_items(py::handle sequence, const py::tuple& held) {
+  PyObject* const object = sequence.ptr();
+  const bool is_list = PyList_Check(object);
+  if (!is_list && !PyTuple_Check(object)) return false;
+  const Py_ssize_t n = Py_SIZE(object);
+  if (n != static_cast<Py_ssize_t>(held.size())) return false;
+  for (Py_ssize_t i = 0; i < n; ++i)
+    if ((is_list ? PyList_GET_ITEM(object, i) : PyTuple_GET_ITEM(object, i)) != PyTuple_GET_ITEM(held.ptr(), i))
+      return false;
+  return true;
+}
+
+bool same_keys(const StateKeys& a, const StateKeys& b) {
+  const auto same = [](const StateKey& x, const StateKey& y) {
+    return std::strcmp(x.name, y.name) == 0 && x.initial == y.initial && x.sign == y.sign;
+  };
+  if (a.array_count != b.array_count || a.scalar_count != b.scalar_count) return false;
+  for (int k = 0; k < a.array_count; ++k)
+    if (!same(a.arrays[k], b.arrays[k])) return false;
+  for (int k = 0; k < a.scalar_count; ++k)
+    if (!same(a.scalars[k], b.scalars[k])) return false;
+  return true;
+}
+
+// Whether `c`, collected at an earlier step, describes this one: the same
+// kernels, the same group params, grads, state dicts and state arrays (the
+// objects c holds), and per group the same state keys and storage options.
+// The hyperparameters are read again, as collect() reads them, and every
+// step value is set; no array is checked again, because none is new. Reads
+// and checks as collect() does, so it raises the same errors; writes only c.
+template <class Rule>
+bool refresh(Collection<Rule>& c, py::handle param_groups_in, py::handle grads, py::handle state,
+             const GradScale& grad_scale) {
+  if (c.table != &active_kernels() || c.grad_scale_active != grad_scale.active) return false;
+  const py::tuple param_groups = snapshot(param_groups_in, "param_groups");
+  if (param_groups.size() != c.group_params.size()) return false;
+  for (std::size_t g = 0; g < param_groups.size(); ++g) {
+    if (!PyDict_Check(param_groups[g].ptr())) return false;
+    PyObject* params = dict_item(param_groups[g], "params");
+    if (params == nullptr || !same_items(params, c.group_params[g])) return false;
+  }
+  for (std::size_t g = 0; g < param_groups.size(); ++g) {
+    GroupSetting<Rule>& setting = c.settings[g];
+    const GroupReader reader(param_groups[g], static_cast<std::int64_t>(g));
+    const auto hyper = Rule::read(reader);
+    if (!same_keys(state_keys_of<Rule>(hyper), setting.keys) || !(read_storage_options(reader) == setting.storage))
+      return false;
+    setting.hyper = hyper;
+  }
+  if (!same_items(grads, c.grads) || !same_items(state, c.state)) return false;
+  const auto holds = [](const py::object& entry, const char* key, const py::object& array) {
+    return dict_item(entry, key) == array.ptr();
+  };
+  for (const ParamStep<Rule>& p : c.steps) {
+    for (int k = 0; k < p.keys.array_count; ++k) {
+      const char* key = p.keys.arrays[k].name;
+      if (!holds(p.entry, key, p.state_arrays[k]) || (p.absmax[k] && !holds(p.entry, absmax_key(key), p.absmax[k])))
+        return false;
+    }
+    if ((p.master && !holds(p.entry, "master_param", p.master)) ||
+        (p.compensation && !holds(p.entry, "kahan_comp", p.compensation)))
+      return false;
+  }
+  for (ParamStep<Rule>& p : c.steps) set_step_values(p, c.settings[p.group], grad_scale, false);
+  return true;
 }
 
 // Phase 2: the update, every tensor in one parallel region, without the GIL.
@@ -355,18 +459,59 @@ GradScale read_grad_scale(py::handle value) {
   return {scale != 1.0, scale};
 }
 
+namespace {
+
+// Phases 2 and 3 of a collected step: the step's result.
 template <class Rule>
-py::object step(py::handle param_groups, py::handle grads, py::handle state, bool check_finite,
-                py::handle grad_scale) {
-  std::vector<ParamStep<Rule>> steps = collect<Rule>(param_groups, grads, state, read_grad_scale(grad_scale));
-  const std::int64_t first_bad = run(steps, check_finite);
-  if (first_bad >= 0) return py::int_(steps[static_cast<std::size_t>(first_bad)].index);
-  record(steps);
+py::object run_and_record(Collection<Rule>& c, bool check_finite) {
+  const std::int64_t first_bad = run(c.steps, check_finite);
+  if (first_bad >= 0) return py::int_(c.steps[static_cast<std::size_t>(first_bad)].index);
+  record(c.steps);
   return py::none();
 }
 
-#define FUSEDOPT_INSTANTIATE_STEP(Type, name, summary) \
-  template py::object step<Type##Rule>(py::handle, py::handle, py::handle, bool, py::handle);
+}  // namespace
+
+template <class Rule>
+py::object step(py::handle param_groups, py::handle grads, py::handle state, bool check_finite,
+                py::handle grad_scale) {
+  Collection<Rule> c;
+  collect(c, param_groups, grads, state, read_grad_scale(grad_scale));
+  return run_and_record(c, check_finite);
+}
+
+template <class Rule>
+py::object step_cached(StepCache& cache, py::handle param_groups, py::handle grads, py::handle state,
+                       bool check_finite, py::handle grad_scale) {
+  const GradScale scale = read_grad_scale(grad_scale);
+  // A step inside this one (a hyperparameter's own code calling step) or
+  // beside it (another thread, while this one runs without the GIL) neither
+  // uses nor replaces the cache.
+  if (cache.in_use) return step<Rule>(param_groups, grads, state, check_finite, grad_scale);
+  cache.in_use = true;
+  struct Release {
+    StepCache& cache;
+    ~Release() { cache.in_use = false; }
+  } release{cache};
+  auto* cached = cache.rule == Rule::id ? static_cast<Collection<Rule>*>(cache.entry.get()) : nullptr;
+  if (cached != nullptr && refresh(*cached, param_groups, grads, state, scale)) {
+    ++cache.hits;
+    return run_and_record(*cached, check_finite);
+  }
+  cache.entry.reset();
+  auto fresh = std::make_unique<Collection<Rule>>();
+  collect(*fresh, param_groups, grads, state, scale);
+  py::object result = run_and_record(*fresh, check_finite);
+  if (!fresh->created_any) {  // the next step, given the same objects, makes no state either
+    cache.entry = std::move(fresh);
+    cache.rule = Rule::id;
+  }
+  return result;
+}
+
+#define FUSEDOPT_INSTANTIATE_STEP(Type, name, summary)                                         \
+  template py::object step<Type##Rule>(py::handle, py::handle, py::handle, bool, py::handle); \
+  template py::object step_cached<Type##Rule>(StepCache&, py::handle, py::handle, py::handle, bool, py::handle);
 FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_INSTANTIATE_STEP)
 #undef FUSEDOPT_INSTANTIATE_STEP
 

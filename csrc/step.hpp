@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 #include <pybind11/pybind11.h>
 
@@ -32,6 +33,32 @@ constexpr std::int64_t kMaxStep = (std::int64_t(1) << 53) - 1;
 template <class Rule>
 py::object step(py::handle param_groups, py::handle grads, py::handle state, bool check_finite,
                 py::handle grad_scale);
+
+// What one step read and checked, kept for the next (bound as
+// _core.StepCache; held by fusedopt.torch's plan, which gives the core the
+// same views at every step).
+struct StepCache {
+  struct Entry {
+    virtual ~Entry() = default;
+  };
+  std::unique_ptr<Entry> entry;
+  int rule = -1;  // the RuleId entry was collected for
+  bool in_use = false;
+  std::int64_t hits = 0;  // steps that used the entry (for tests and diagnostics)
+};
+
+// step() for callers that give the same objects at every step: when the
+// groups' params lists, the grads, the state dicts and the state arrays in
+// them are the objects of the step `cache` holds, and each group's state
+// keys and storage options are the same, only the hyperparameters, step
+// counts and scalar state are read again (none of the arrays, which is most
+// of a step's checking); otherwise a full step, kept in `cache` unless it
+// made state. The result, the errors and every array written are step()'s.
+// NumPy arrays held by someone else can change their shape in place, so
+// this is for arrays only the caller holds.
+template <class Rule>
+py::object step_cached(StepCache& cache, py::handle param_groups, py::handle grads, py::handle state,
+                       bool check_finite, py::handle grad_scale);
 
 // A step's grad_scale, read and checked.
 struct GradScale {

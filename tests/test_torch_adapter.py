@@ -538,7 +538,7 @@ def test_one_fused_call_on_views_of_the_tensors_memory(monkeypatch):
     real = fusedopt.Adam.rule
     calls = []
 
-    def spy(groups, grads, states, check_finite=False, grad_scale=None):
+    def spy(cache, groups, grads, states, check_finite=False, grad_scale=None):
         calls.append(1)
         assert check_finite is False  # nonfinite="apply": no extra pass over the grads
         assert grad_scale is None  # no GradScaler: nothing to divide
@@ -556,12 +556,12 @@ def test_one_fused_call_on_views_of_the_tensors_memory(monkeypatch):
                 assert array.__array_interface__["data"][0] == tensor.data_ptr()
                 assert array.nbytes == tensor.numel() * tensor.element_size()
                 assert np.shares_memory(array, tensor.detach().numpy())
-        return real.step(groups, grads, states, check_finite, grad_scale)
+        return real.step_cached(cache, groups, grads, states, check_finite, grad_scale)
 
     # The rule as the adapter uses it, with its step spied on.
     spied = types.SimpleNamespace(**{name: getattr(real, name) for name in
                                      ("name", "check_group", "state_keys", "state_spec", "initial_state")},
-                                  step=spy)
+                                  step_cached=spy)
     monkeypatch.setattr(fusedopt.Adam, "rule", spied)
     for step, batch in enumerate(batches(torch.float32, 3), start=1):
         pointers = [p.data_ptr() for p in all_params(opt)]

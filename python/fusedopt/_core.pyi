@@ -16,6 +16,13 @@ import numpy as np
 MAX_STEP: int
 """A state's "step" is an int in [0, MAX_STEP) (2**53 - 1: t = step + 1 stays exact in double)."""
 
+class StepCache:
+    """What Rule.step_cached read and checked at one step, for the next (csrc/step.hpp)."""
+
+    @property
+    def hits(self) -> int:
+        """How many steps used what the cache held (the others were full steps)."""
+
 class Rule:
     """One update rule of the compiled core (see csrc/rule_list.hpp)."""
 
@@ -31,9 +38,22 @@ class Rule:
         grads: Sequence[np.ndarray | None],
         state: Sequence[dict[str, Any]],
         check_finite: bool = False,
+        grad_scale: float | None = None,
     ) -> int | None:
         """One step over every param of every group in one call and one parallel region; with
         check_finite, returns the index of the first non-finite grad (nothing changed), else None."""
+    def step_cached(
+        self,
+        cache: StepCache,
+        param_groups: Sequence[dict[str, Any]],
+        grads: Sequence[np.ndarray | None],
+        state: Sequence[dict[str, Any]],
+        check_finite: bool = False,
+        grad_scale: float | None = None,
+    ) -> int | None:
+        """step(), keeping what it checked in `cache` for the next step with the same objects (which
+        then reads again only hyperparameters, step counts and scalar state). For arrays only the
+        caller holds."""
     def check_group(self, group: dict[str, Any], index: int = 0) -> None:
         """Validate one param group's hyperparameters (errors name group `index`)."""
     def state_keys(self, group: dict[str, Any]) -> list[str]:

@@ -439,8 +439,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 plan.record(self)
                 self.skipped_steps += 1
                 return loss
-            bad = plan.rule_step(plan.core_groups(self), grad_views, plan.entries, self.nonfinite != "apply",
-                                 grad_scale)
+            bad = plan.rule_step(plan.step_cache, plan.core_groups(self), grad_views, plan.entries,
+                                 self.nonfinite != "apply", grad_scale)
         except (TypeError, ValueError, RuntimeError):
             self._plan = None
             self._raise_for_unusable_tensor()  # a clearer error naming the param, if one is
@@ -674,7 +674,9 @@ class _Plan:
         self.param_lists = [group["params"] for group in self.groups]
         self.param_copies = [list(params) for params in self.param_lists]  # what the lists held
         self.core_group_list: list[dict[str, Any]] | None = None  # core_groups()
-        self.rule_step = row.rule.step
+        # The core keeps what it checked at one step for the next, given the
+        # same views (the plan's own: nobody else can reshape them).
+        self.rule_step, self.step_cache = row.rule.step_cached, _core.StepCache()
         self.specs = [_state_layout(opt, group) for group in self.groups]
         # The group's values the specs were read from: unchanged objects need no new spec.
         self.spec_values = [list(group.values()) for group in self.groups]
