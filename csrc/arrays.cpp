@@ -191,14 +191,22 @@ Stream check_like_param(const py::array& a, const py::array& param, Dtype param_
   return stream;
 }
 
-void OverlapCheck::add(const Stream& stream, const ArrayLabel& label, bool written) {
-  add(stream.data, stream.bytes(), label, written);
+std::ptrdiff_t OverlapCheck::add(const Stream& stream, const ArrayLabel& label, bool written) {
+  return add(stream.data, stream.bytes(), label, written);
 }
 
-void OverlapCheck::add(const void* data, std::int64_t bytes, const ArrayLabel& label, bool written) {
-  if (bytes == 0) return;
+std::ptrdiff_t OverlapCheck::add(const void* data, std::int64_t bytes, const ArrayLabel& label, bool written) {
+  if (bytes == 0) return -1;
   const auto begin = reinterpret_cast<std::uintptr_t>(data);
   ranges_.push_back({begin, begin + static_cast<std::uintptr_t>(bytes), written, label});
+  return static_cast<std::ptrdiff_t>(ranges_.size()) - 1;
+}
+
+void OverlapCheck::replace(std::ptrdiff_t index, const Stream& stream, const ArrayLabel& label, bool written) {
+  if (index < 0) return;  // an empty array then, and an empty one now (the same size)
+  const auto begin = reinterpret_cast<std::uintptr_t>(stream.data);
+  ranges_[static_cast<std::size_t>(index)] = {begin, begin + static_cast<std::uintptr_t>(stream.bytes()), written,
+                                              label};
 }
 
 void* check_codes_like_param(const py::array& a, const py::array& param, const ArrayLabel& label,

@@ -80,8 +80,11 @@ float* check_absmax(const py::array& a, std::int64_t blocks, const ArrayLabel& l
 // of the call: the kernels read and write each element once, in place.
 class OverlapCheck {
  public:
-  void add(const Stream& stream, const ArrayLabel& label, bool written);
-  void add(const void* data, std::int64_t bytes, const ArrayLabel& label, bool written);
+  // Each returns the range's index for replace(), or -1 for an empty array (no range).
+  std::ptrdiff_t add(const Stream& stream, const ArrayLabel& label, bool written);
+  std::ptrdiff_t add(const void* data, std::int64_t bytes, const ArrayLabel& label, bool written);
+  // Another array in place of range `index` (not after check(), which sorts the ranges).
+  void replace(std::ptrdiff_t index, const Stream& stream, const ArrayLabel& label, bool written);
   void check();  // ValueError naming the first overlapping pair
   void reserve(std::size_t ranges) { ranges_.reserve(ranges); }
 

@@ -68,6 +68,7 @@ struct ParamStep {
   std::int64_t index;  // in grads and state
   std::size_t group;
   std::int64_t random_position;  // the position stochastic rounding's bits are keyed by
+  std::ptrdiff_t grad_range = -1;  // the grad's range in the collection's overlap check
   py::object entry;    // state[index]
   py::object param, grad;
   Dtype dtype;
@@ -157,6 +158,7 @@ struct Collection : StepCache::Entry {
   py::tuple grads, state;
   std::vector<GroupSetting<Rule>> settings;
   std::vector<ParamStep<Rule>> steps;
+  OverlapCheck overlaps;  // every array's range, unsorted: a new grad replaces its own
   bool grad_scale_active = false;
   bool created_any = false;  // state made by this step: a later step would not make it again
 };
@@ -219,7 +221,7 @@ void collect(Collection<Rule>& c, py::handle param_groups_in, py::handle grads_i
 
   std::vector<ParamStep<Rule>>& steps = c.steps;
   steps.reserve(static_cast<std::size_t>(param_count));
-  OverlapCheck overlaps;
+  OverlapCheck& overlaps = c.overlaps;
   overlaps.reserve(static_cast<std::size_t>(param_count) * (2 + kMaxStateArrays));
   std::int64_t index = 0;
   for (std::size_t g = 0; g < param_groups.size(); ++g) {
@@ -250,7 +252,7 @@ void collect(Collection<Rule>& c, py::handle param_groups_in, py::handle grads_i
       py::array grad = as_array(grad_object, grad_label);
       const Stream gs = check_like_param(grad, param, w.dtype, grad_label, param_label, false, DtypeRule::kSameAsParam);
       overlaps.add(w, param_label, true);
-      overlaps.add(gs, grad_label, false);
+      p.grad_range = overlaps.add(gs, grad_label, false);
 
       p.entry = state[static_cast<std::size_t>(i)];
       if (!PyDict_Check(p.entry.ptr()))
@@ -337,7 +339,40 @@ void collect(Collection<Rule>& c, py::handle param_groups_in, py::handle grads_i
       p.grad = std::move(grad);
     }
   }
-  overlaps.check();
+  OverlapCheck(overlaps).check();  // a copy: check() sorts
+}
+
+// New gradient arrays for the params a collection steps (a training loop's
+// zero_grad() and backward make new ones at every step): each checked as
+// collect() checks a grad, then every range for overlaps again. False when a
+// param gains or loses its gradient (other steps). Raises collect()'s errors;
+// the caller then drops `c`, which may hold some of the new grads.
+template <class Rule>
+bool take_new_grads(Collection<Rule>& c, py::handle grads_in) {
+  const py::tuple grads = snapshot(grads_in, "grads");
+  if (grads.size() != c.grads.size()) return false;
+  std::size_t stepped = 0;  // c.steps[stepped] is the next param with a grad
+  for (std::size_t i = 0; i < grads.size(); ++i) {
+    const bool has_grad = stepped < c.steps.size() && c.steps[stepped].index == static_cast<std::int64_t>(i);
+    if (grads[i].is_none() == has_grad) return false;
+    stepped += has_grad;
+  }
+  OverlapCheck overlaps = c.overlaps;
+  for (ParamStep<Rule>& p : c.steps) {
+    py::handle object = grads[static_cast<std::size_t>(p.index)];
+    if (object.ptr() == p.grad.ptr()) continue;
+    const ArrayLabel param_label{"params", p.index}, grad_label{"grads", p.index};
+    py::array grad = as_array(object, grad_label);
+    const Stream gs = check_like_param(grad, py::reinterpret_borrow<py::array>(p.param), p.dtype, grad_label,
+                                       param_label, false, DtypeRule::kSameAsParam);
+    overlaps.replace(p.grad_range, gs, grad_label, false);
+    p.task.streams[1] = gs.data;
+    p.grad = std::move(grad);
+  }
+  OverlapCheck(overlaps).check();
+  c.overlaps = std::move(overlaps);
+  c.grads = grads;
+  return true;
 }
 
 // Whether a list or tuple holds exactly the objects of `held`, in order.
@@ -390,7 +425,7 @@ bool refresh(Collection<Rule>& c, py::handle param_groups_in, py::handle grads, 
       return false;
     setting.hyper = hyper;
   }
-  if (!same_items(grads, c.grads) || !same_items(state, c.state)) return false;
+  if (!same_items(state, c.state)) return false;
   const auto holds = [](const py::object& entry, const char* key, const py::object& array) {
     return dict_item(entry, key) == array.ptr();
   };
@@ -404,6 +439,7 @@ bool refresh(Collection<Rule>& c, py::handle param_groups_in, py::handle grads, 
         (p.compensation && !holds(p.entry, "kahan_comp", p.compensation)))
       return false;
   }
+  if (!same_items(grads, c.grads) && !take_new_grads(c, grads)) return false;
   for (ParamStep<Rule>& p : c.steps) set_step_values(p, c.settings[p.group], grad_scale, false);
   return true;
 }
@@ -494,7 +530,16 @@ py::object step_cached(StepCache& cache, py::handle param_groups, py::handle gra
     ~Release() { cache.in_use = false; }
   } release{cache};
   auto* cached = cache.rule == Rule::id ? static_cast<Collection<Rule>*>(cache.entry.get()) : nullptr;
-  if (cached != nullptr && refresh(*cached, param_groups, grads, state, scale)) {
+  bool fits = false;
+  if (cached != nullptr) {
+    try {
+      fits = refresh(*cached, param_groups, grads, state, scale);
+    } catch (...) {
+      cache.entry.reset();  // it may hold a new grad that failed a later check
+      throw;
+    }
+  }
+  if (fits) {
     ++cache.hits;
     return run_and_record(*cached, check_finite);
   }

@@ -48,12 +48,13 @@ struct StepCache {
 };
 
 // step() for callers that give the same objects at every step: when the
-// groups' params lists, the grads, the state dicts and the state arrays in
-// them are the objects of the step `cache` holds, and each group's state
-// keys and storage options are the same, only the hyperparameters, step
-// counts and scalar state are read again (none of the arrays, which is most
-// of a step's checking); otherwise a full step, kept in `cache` unless it
-// made state. The result, the errors and every array written are step()'s.
+// groups' params lists, the state dicts and the state arrays in them are the
+// objects of the step `cache` holds, the same params have grads, and each
+// group's state keys and storage options are the same, only the
+// hyperparameters, step counts and scalar state are read again, and only
+// grads that are new objects are checked (with every range for overlaps):
+// none of the other arrays, which is most of a step's checking. Otherwise a
+// full step, kept in `cache` unless it made state. The result, the errors and every array written are step()'s.
 // NumPy arrays held by someone else can change their shape in place, so
 // this is for arrays only the caller holds.
 template <class Rule>

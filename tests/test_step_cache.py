@@ -63,7 +63,11 @@ def edit_state_array(opt, grads):
 
 
 def edit_grads(opt, grads):
-    grads[2] = grads[2] * 2.0
+    grads[2] = grads[2] * 2.0  # a new array: checked alone
+
+
+def lose_a_grad(opt, grads):
+    grads[1] = None  # a param without a gradient: other steps
 
 
 def edit_params_list(opt, grads):
@@ -78,8 +82,9 @@ def edit_step_count(opt, grads):
     opt.state[0]["step"] = 100  # a value, read again at every step
 
 
-EDITS = [(edit_state_array, False), (edit_grads, False), (edit_params_list, True), (turn_on_amsgrad, False),
-         (edit_step_count, True)]
+EDITS = [(edit_state_array, False), (edit_grads, True), (edit_params_list, True), (turn_on_amsgrad, False),
+         (edit_step_count, True),
+         (lose_a_grad, False)]
 
 
 @pytest.mark.parametrize("edit, still_cached", EDITS, ids=[e.__name__ for e, _ in EDITS])
@@ -100,6 +105,30 @@ def test_an_edit_between_steps_is_seen(edit, still_cached):
     plain.step(grads)
     step(cached_grads)
     assert_same_bits(cached, plain, "a step later")
+
+
+NEW_BAD_GRADS = [
+    (lambda opt: opt.param_groups[0]["params"][0], ValueError, r"grads\[1\] shares memory with params\[0\]"),
+    (lambda opt: np.zeros(77, np.float64), TypeError, r"grads\[1\]"),
+    (lambda opt: np.zeros(78, np.float32), ValueError, r"grads\[1\]"),
+]
+
+
+@pytest.mark.parametrize("make_grad, error, pattern", NEW_BAD_GRADS, ids=["overlaps a param", "dtype", "shape"])
+def test_a_bad_new_grad_in_a_cached_step_is_refused_and_changes_nothing(make_grad, error, pattern):
+    plain, cached, grads = twins("Adam", {})
+    step = Stepper(cached)
+    plain.step(grads)
+    step(grads)
+    bad = list(grads)
+    bad[1] = make_grad(cached)
+    with pytest.raises(error, match=pattern):
+        step(bad)
+    assert_same_bits(cached, plain, "after the refused step")
+    plain.step(grads)
+    step(grads)  # a full step: the cache held the refused grads' checks half done
+    assert_same_bits(cached, plain, "a step later")
+    assert step.cache.hits == 0
 
 
 def test_a_storage_option_changed_between_steps_is_seen():
@@ -164,5 +193,6 @@ def test_a_bad_hyperparameter_in_a_cached_step_is_refused():
         np.testing.assert_array_equal(got, want)
     assert [entry["step"] for entry in cached.state] == [1, 1, 1]
     cached.param_groups[0]["lr"] = 1e-3
+    step(grads)  # a full step: a refused step drops the cache
     step(grads)
-    assert step.cache.hits == 1  # the refused step was none
+    assert step.cache.hits == 1
