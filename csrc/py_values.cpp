@@ -93,14 +93,18 @@ PyObject* GroupReader::optional(const char* name) const {
   return value == Py_None ? nullptr : value;
 }
 
-bool GroupReader::may_have_any(PyObject* const* keys, std::size_t count) const {
+InternedKeys::InternedKeys(std::initializer_list<const char*> names) {
+  for (const char* name : names) {
+    keys_.push_back(interned(name));
+    summary_ |= bit(keys_.back());
+  }
+}
+
+bool GroupReader::may_have_any(const InternedKeys& keys) const {
   Py_ssize_t position = 0;
   PyObject *key, *value;
-  while (PyDict_Next(group_.ptr(), &position, &key, &value)) {
-    // Interned strings are one object per text: identity is equality.
-    if (!PyUnicode_CheckExact(key) || !PyUnicode_CHECK_INTERNED(key)) return true;
-    if (std::find(keys, keys + count, key) != keys + count) return true;
-  }
+  while (PyDict_Next(group_.ptr(), &position, &key, &value))
+    if (!PyUnicode_CheckExact(key) || !PyUnicode_CHECK_INTERNED(key) || keys.contains(key)) return true;
   return false;
 }
 

@@ -8,6 +8,7 @@
 #include <initializer_list>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <pybind11/pybind11.h>
 
@@ -50,6 +51,25 @@ double finite_number(py::handle value, Label&& label) {
   throw py::value_error(label() + " must be finite, got " + float_repr(x));
 }
 
+// A few keys as interned strings (one object per text: identity is
+// equality), with a 64-bit summary of their addresses that rules out most
+// other interned strings in one test.
+class InternedKeys {
+ public:
+  InternedKeys(std::initializer_list<const char*> names);
+  bool contains(PyObject* interned_key) const {
+    if ((summary_ & bit(interned_key)) == 0) return false;
+    for (PyObject* key : keys_)
+      if (key == interned_key) return true;
+    return false;
+  }
+
+ private:
+  static std::uint64_t bit(PyObject* key) { return std::uint64_t(1) << ((reinterpret_cast<std::uintptr_t>(key) >> 4) % 64); }
+  std::vector<PyObject*> keys_;
+  std::uint64_t summary_ = 0;
+};
+
 // Reads one param group's hyperparameters; every error names the group and
 // the hyperparameter, and is a TypeError (wrong kind of value) or a
 // ValueError (missing, not finite, or out of range).
@@ -69,13 +89,10 @@ class GroupReader {
   [[noreturn]] void fail(const std::string& message) const;  // ValueError
   // The value of an optional key (a borrowed reference), or nullptr when absent or None.
   PyObject* optional(const char* name) const;
-  // False only when the group certainly has none of `keys` (interned
-  // strings): one walk over its keys, where looking up absent optional keys
-  // one by one costs several times more. A key that is not an interned str
-  // could equal any of them: true.
-  template <std::size_t N>
-  bool may_have_any(PyObject* const (&keys)[N]) const { return may_have_any(keys, N); }
-  bool may_have_any(PyObject* const* keys, std::size_t count) const;
+  // False only when the group certainly has none of `keys`: one walk over
+  // its keys, where looking up absent optional keys one by one costs several
+  // times more. A key that is not an interned str could equal any of them: true.
+  bool may_have_any(const class InternedKeys& keys) const;
   std::int64_t index() const { return index_; }
 
  private:

@@ -233,9 +233,8 @@ StorageOptions read_storage_options(const GroupReader& group) {
   StorageOptions o;
   o.group_index = group.index();
   // Every key read below; most groups have none of them.
-  static PyObject* const keys[] = {interned("master_weights"), interned("kahan_sum"),  interned("rounding"),
-                                   interned("seed"),           interned("_random_index"), interned("state_bits"),
-                                   interned("block_size"),     interned("min_8bit_size"), interned("state_dtype")};
+  static const InternedKeys keys{"master_weights", "kahan_sum",  "rounding",      "seed",       "_random_index",
+                                 "state_bits",     "block_size", "min_8bit_size", "state_dtype"};
   if (!group.may_have_any(keys)) return o;
   if (group.optional("master_weights")) o.master_weights = group.flag("master_weights");
   if (group.optional("kahan_sum")) o.kahan_sum = group.flag("kahan_sum");

@@ -158,7 +158,8 @@ struct Collection : StepCache::Entry {
   py::tuple grads, state;
   std::vector<GroupSetting<Rule>> settings;
   std::vector<ParamStep<Rule>> steps;
-  OverlapCheck overlaps;  // every array's range, unsorted: a new grad replaces its own
+  OverlapCheck overlaps;  // every array's range; unsorted when kept for a cache (a new grad replaces its own)
+  bool keep_ranges = false;
   bool grad_scale_active = false;
   bool created_any = false;  // state made by this step: a later step would not make it again
 };
@@ -339,7 +340,11 @@ void collect(Collection<Rule>& c, py::handle param_groups_in, py::handle grads_i
       p.grad = std::move(grad);
     }
   }
-  OverlapCheck(overlaps).check();  // a copy: check() sorts
+  if (c.keep_ranges) {
+    OverlapCheck(overlaps).check();  // a copy: check() sorts
+  } else {
+    overlaps.check();
+  }
 }
 
 // New gradient arrays for the params a collection steps (a training loop's
@@ -545,6 +550,7 @@ py::object step_cached(StepCache& cache, py::handle param_groups, py::handle gra
   }
   cache.entry.reset();
   auto fresh = std::make_unique<Collection<Rule>>();
+  fresh->keep_ranges = true;
   collect(*fresh, param_groups, grads, state, scale);
   py::object result = run_and_record(*fresh, check_finite);
   if (!fresh->created_any) {  // the next step, given the same objects, makes no state either
