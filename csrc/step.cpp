@@ -406,11 +406,12 @@ bool same_keys(const StateKeys& a, const StateKeys& b) {
 }
 
 // Whether `c`, collected at an earlier step, describes this one: the same
-// kernels, the same group params, grads, state dicts and state arrays (the
-// objects c holds), and per group the same state keys and storage options.
-// The hyperparameters are read again, as collect() reads them, and every
-// step value is set; no array is checked again, because none is new. Reads
-// and checks as collect() does, so it raises the same errors; writes only c.
+// kernels, the same group params, state dicts and state arrays (the objects
+// c holds), grads for the same params, and per group the same state keys and
+// storage options. The hyperparameters are read again, as collect() reads
+// them, and every step value is set; of the arrays only new grads are
+// checked (take_new_grads). Reads and checks as collect() does, so it raises
+// the same errors; writes only c.
 template <class Rule>
 bool refresh(Collection<Rule>& c, py::handle param_groups_in, py::handle grads, py::handle state,
              const GradScale& grad_scale) {
