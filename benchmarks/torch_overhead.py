@@ -40,6 +40,7 @@ import torch
 
 import fusedopt
 import fusedopt.torch
+from fusedopt.bench.implementations import deepspeed_adam
 from fusedopt.bench.report import format_time
 from fusedopt.bench.timing import measure
 
@@ -62,10 +63,10 @@ def make_params(count: int, size: int, seed: int = 0) -> list[torch.nn.Parameter
 
 
 def deepspeed_unavailable() -> str | None:
-    """Why DeepSpeed's CPU Adam cannot run here, or None."""
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    """Why DeepSpeed's CPU Adam cannot run here, or None (imported as the
+    bench imports it: its own kernel directory, a stale build lock named)."""
     try:
-        from deepspeed.ops.adam import DeepSpeedCPUAdam  # noqa: F401
+        deepspeed_adam()
     except Exception as error:  # not installed, or its import fails on this machine
         return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     return None
@@ -87,8 +88,7 @@ def stepper(name: str, params: list[torch.nn.Parameter], new_grads: bool = False
     elif name == "torch fused":
         step = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, fused=True).step
     elif name == "DeepSpeed CPU Adam":
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-        step = DeepSpeedCPUAdam(params, lr=LR, weight_decay=WEIGHT_DECAY, adamw_mode=True).step
+        step = deepspeed_adam()(params, lr=LR, weight_decay=WEIGHT_DECAY, adamw_mode=True).step
     else:
         raise ValueError(f"unknown implementation {name!r}; choose from {IMPLEMENTATIONS}")
     if not new_grads:

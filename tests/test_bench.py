@@ -129,6 +129,18 @@ def png_text(png: bytes) -> dict[str, str]:
     return fields
 
 
+def test_a_stale_deepspeed_build_lock_is_named_not_waited_for(tmp_path):
+    """torch's extension build waits on its lock file without a timeout; a
+    build killed midway leaves it behind, and the bench would hang on it."""
+    from fusedopt.bench.implementations import STALE_LOCK_SECONDS, stale_build_lock
+    assert stale_build_lock(str(tmp_path)) is None  # no lock
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    now = lock.stat().st_mtime
+    assert stale_build_lock(str(tmp_path), now=now + 60) is None  # a build running now
+    assert stale_build_lock(str(tmp_path), now=now + STALE_LOCK_SECONDS + 1) == str(lock)
+
+
 def test_deepspeed_is_a_peer_when_asked_for(tmp_path):
     """--impls deepspeed: DeepSpeedCPUAdam on Adam and AdamW in the precision
     modes it has (float32; bfloat16 with its state in bfloat16 or float32), a

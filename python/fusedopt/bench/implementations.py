@@ -351,8 +351,28 @@ def deepspeed_adam():
     from .cython_loop import cache_dir
     installation = hashlib.sha256(os.path.dirname(spec.origin).encode()).hexdigest()[:12]
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions" / installation))
+    stale = stale_build_lock(os.path.join(os.environ["TORCH_EXTENSIONS_DIR"], "cpu_adam"))
+    if stale is not None:
+        raise ImportError(f"{stale} is left by a DeepSpeed kernel build that was killed midway, and DeepSpeedCPUAdam "
+                          f"would wait for it forever: delete it")
     from deepspeed.ops.adam import DeepSpeedCPUAdam
     return DeepSpeedCPUAdam
+
+
+# A build of DeepSpeed's kernel takes a few minutes; a lock this old is no build's.
+STALE_LOCK_SECONDS = 30 * 60
+
+
+def stale_build_lock(build_directory: str, now: float | None = None) -> str | None:
+    """The path of torch's build lock in ``build_directory`` if a build left
+    it long ago (torch's extension builds wait on it without a timeout), else None."""
+    import time
+    path = os.path.join(build_directory, "lock")
+    try:
+        age = (time.time() if now is None else now) - os.path.getmtime(path)
+    except OSError:  # no lock: no build is running, or none was killed
+        return None
+    return path if age > STALE_LOCK_SECONDS else None
 
 
 class EightBitPeer(Implementation):
