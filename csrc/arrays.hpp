@@ -87,6 +87,7 @@ class OverlapCheck {
   void replace(std::ptrdiff_t index, const Stream& stream, const ArrayLabel& label, bool written);
   void check();  // ValueError naming the first overlapping pair
   void reserve(std::size_t ranges) { ranges_.reserve(ranges); }
+  void clear() { ranges_.clear(); }  // keeps the capacity
 
  private:
   struct Range {
