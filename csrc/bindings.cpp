@@ -3,6 +3,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
+#include <new>
+#include <string>
+
 #include "arrays.hpp"
 #include "dispatch.hpp"
 #include "rule_list.hpp"
@@ -43,7 +47,207 @@ RuleBinding bind(const char* name, const char* summary) {
           }};
 }
 
+// A reentrant lock for one optimizer (_core.StepLock): Rule.step takes it
+// (its `lock` argument) around the whole step, and the optimizer's other
+// methods with `with`. Cheaper than threading.RLock's two Python calls per
+// step, and a thread that must wait for it waits without the GIL. The
+// owner's own nested calls (a hyperparameter's __float__ calling step) go on.
+class StepLock {
+ public:
+  StepLock() : lock_(PyThread_allocate_lock()) {
+    if (lock_ == nullptr) throw std::bad_alloc();
+  }
+  ~StepLock() { PyThread_free_lock(lock_); }
+  StepLock(const StepLock&) = delete;
+  StepLock& operator=(const StepLock&) = delete;
+
+  void acquire() {
+    const unsigned long me = PyThread_get_thread_ident();
+    if (depth_ > 0 && owner_ == me) {
+      ++depth_;
+      return;
+    }
+    if (!PyThread_acquire_lock(lock_, NOWAIT_LOCK)) {
+      py::gil_scoped_release release;
+      PyThread_acquire_lock(lock_, WAIT_LOCK);
+    }
+    owner_ = me;
+    depth_ = 1;
+  }
+  void release() {
+    if (depth_ == 0 || owner_ != PyThread_get_thread_ident())
+      throw py::value_error("StepLock released by a thread that does not hold it");
+    if (--depth_ == 0) {
+      owner_ = 0;
+      PyThread_release_lock(lock_);
+    }
+  }
+  bool held_by_me() const { return depth_ > 0 && owner_ == PyThread_get_thread_ident(); }
+
+ private:
+  PyThread_type_lock lock_;
+  unsigned long owner_ = 0;  // read and written with the GIL held
+  long depth_ = 0;
+};
+
+// Holds `lock` (when given) for a scope.
+class LockGuard {
+ public:
+  explicit LockGuard(StepLock* lock) : lock_(lock) {
+    if (lock_ != nullptr) lock_->acquire();
+  }
+  ~LockGuard() {
+    if (lock_ != nullptr) lock_->release();
+  }
+  LockGuard(const LockGuard&) = delete;
+  LockGuard& operator=(const LockGuard&) = delete;
+
+ private:
+  StepLock* lock_;
+};
+
+// Rule.step and Rule.step_cached are called once per optimizer step, so they
+// skip pybind11's generic dispatcher (a tenth of a small step's instructions):
+// plain METH_FASTCALL methods that parse their arguments as the signature
+// below says and turn C++ exceptions into Python ones as pybind11 does.
+// Each _core.<rule> object is made once, at import, and kept by the module.
+constexpr int kMaxRules = 32;
+struct RuleObject {
+  PyObject* object;
+  const RuleBinding* binding;
+};
+RuleObject rule_objects[kMaxRules];
+int rule_object_count = 0;
+
+const RuleBinding& binding_of(PyObject* self) {
+  for (int i = 0; i < rule_object_count; ++i)
+    if (rule_objects[i].object == self) return *rule_objects[i].binding;
+  return py::cast<const RuleBinding&>(py::handle(self));  // not reached: every Rule is one of the module's
+}
+
+// The arguments of step(param_groups, grads, state, check_finite=False,
+// grad_scale=None, lock=None), after `leading` ones (step_cached's cache).
+struct StepArguments {
+  PyObject* values[7] = {};
+  bool check_finite = false;
+  StepLock* lock = nullptr;
+};
+
+template <class T>
+T& cast_argument(PyObject* value, const char* name, const char* type) {
+  if (!py::isinstance<T>(value))
+    throw py::type_error(std::string(name) + " must be a fusedopt._core." + type + ", got " + fusedopt::type_name(value));
+  return py::cast<T&>(py::handle(value));
+}
+
+StepArguments parse_step_arguments(const char* method, int leading, PyObject* const* args, Py_ssize_t nargs,
+                                   PyObject* kwnames) {
+  static const char* const names[] = {"cache", "param_groups", "grads", "state", "check_finite", "grad_scale", "lock"};
+  const char* const* own = names + (1 - leading);  // step has no cache
+  const int total = leading + 6, required = leading + 3;
+  StepArguments a;
+  if (nargs > total)
+    throw py::type_error(std::string(method) + "() takes at most " + std::to_string(total) + " arguments (" +
+                         std::to_string(nargs) + " given)");
+  for (Py_ssize_t i = 0; i < nargs; ++i) a.values[i] = args[i];
+  const Py_ssize_t keywords = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
+  for (Py_ssize_t k = 0; k < keywords; ++k) {
+    const char* key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, k));
+    if (key == nullptr) throw py::error_already_set();
+    int slot = -1;
+    for (int i = 0; i < total; ++i)
+      if (std::strcmp(key, own[i]) == 0) slot = i;
+    if (slot < 0) throw py::type_error(std::string(method) + "() got an unexpected keyword argument '" + key + "'");
+    if (a.values[slot] != nullptr)
+      throw py::type_error(std::string(method) + "() got multiple values for argument '" + key + "'");
+    a.values[slot] = args[nargs + k];
+  }
+  for (int i = 0; i < required; ++i)
+    if (a.values[i] == nullptr)
+      throw py::type_error(std::string(method) + "() missing required argument '" + own[i] + "'");
+  if (PyObject* flag = a.values[leading + 3]) {
+    if (!PyBool_Check(flag)) throw py::type_error("check_finite must be a bool, got " + fusedopt::type_name(flag));
+    a.check_finite = flag == Py_True;
+  }
+  if (a.values[leading + 4] == nullptr) a.values[leading + 4] = Py_None;
+  if (PyObject* lock = a.values[leading + 5]; lock != nullptr && lock != Py_None)
+    a.lock = &cast_argument<StepLock>(lock, "lock", "StepLock");
+  return a;
+}
+
+template <class Body>
+PyObject* translating_exceptions(Body&& body) {
+  try {
+    return body().release().ptr();
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (const py::builtin_exception& e) {
+    e.set_error();
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
+PyObject* rule_step(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  return translating_exceptions([&] {
+    const StepArguments a = parse_step_arguments("step", 0, args, nargs, kwnames);
+    const LockGuard hold(a.lock);
+    return binding_of(self).step(a.values[0], a.values[1], a.values[2], a.check_finite, a.values[4]);
+  });
+}
+
+PyObject* rule_step_cached(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  return translating_exceptions([&] {
+    const StepArguments a = parse_step_arguments("step_cached", 1, args, nargs, kwnames);
+    auto& cache = cast_argument<fusedopt::StepCache>(a.values[0], "cache", "StepCache");
+    const LockGuard hold(a.lock);
+    return binding_of(self).step_cached(cache, a.values[1], a.values[2], a.values[3], a.check_finite, a.values[5]);
+  });
+}
+
+PyMethodDef rule_step_methods[] = {
+    {"step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&rule_step)), METH_FASTCALL | METH_KEYWORDS,
+     "step(param_groups, grads, state, check_finite=False, grad_scale=None, lock=None)\n--\n\n"
+     "One step over every param of every group, in one call and one parallel region.\n"
+     "grads and state are aligned with the params of all groups in order; a None grad\n"
+     "skips its param. Raises TypeError/ValueError before any array is changed.\n"
+     "With check_finite, a step whose grads hold a NaN or an infinity changes nothing\n"
+     "and returns the index of the first such grad; otherwise returns None.\n"
+     "With grad_scale, every grad is divided by it as it is read (loss scaling).\n"
+     "With lock (a StepLock), the step holds it throughout."},
+    {"step_cached", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&rule_step_cached)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "step_cached(cache, param_groups, grads, state, check_finite=False, grad_scale=None, lock=None)\n--\n\n"
+     "step(), keeping what it read and checked in `cache` (a StepCache) for the next step with the\n"
+     "same objects, which then reads again only hyperparameters, step counts and scalar state. For\n"
+     "arrays only the caller holds (NumPy arrays can change their shape in place)."},
+};
+
+void add_step_methods(py::handle rule_class) {
+  auto* type = reinterpret_cast<PyTypeObject*>(rule_class.ptr());
+  for (PyMethodDef& def : rule_step_methods) {
+    py::object method = py::reinterpret_steal<py::object>(PyDescr_NewMethod(type, &def));
+    if (!method) throw py::error_already_set();
+    rule_class.attr(def.ml_name) = method;
+  }
+}
+
+void register_rule_object(py::handle object) {
+  if (rule_object_count == kMaxRules) throw std::runtime_error("more rules than kMaxRules");
+  rule_objects[rule_object_count++] = {object.ptr(), &py::cast<const RuleBinding&>(object)};
+}
+
 void bind_rule_class(py::module_& m) {
+  py::class_<StepLock>(m, "StepLock",
+                       "A reentrant lock that Rule.step can hold for the whole step (see bindings.cpp); "
+                       "a waiting thread releases the GIL.")
+      .def(py::init<>())
+      .def("__enter__", [](StepLock& lock) { lock.acquire(); })
+      .def("__exit__", [](StepLock& lock, py::args) { lock.release(); })
+      .def("held_by_me", &StepLock::held_by_me, "Whether the calling thread holds the lock.");
   py::class_<fusedopt::StepCache>(m, "StepCache",
                                   "What Rule.step_cached read and checked at one step, for the next (csrc/step.hpp).")
       .def(py::init<>())
@@ -55,29 +259,6 @@ void bind_rule_class(py::module_& m) {
                           "csrc/rule_list.hpp).")
       .def_property_readonly("name", [](const RuleBinding& r) { return r.name; })
       .def_property_readonly("summary", [](const RuleBinding& r) { return r.summary; })
-      .def(
-          "step",
-          [](const RuleBinding& r, py::handle param_groups, py::handle grads, py::handle state,
-             bool check_finite, py::handle grad_scale) {
-            return r.step(param_groups, grads, state, check_finite, grad_scale);
-          },
-          "param_groups"_a, "grads"_a, "state"_a, "check_finite"_a = false, "grad_scale"_a = py::none(),
-          "One step over every param of every group, in one call and one parallel region.\n"
-          "grads and state are aligned with the params of all groups in order; a None grad\n"
-          "skips its param. Raises TypeError/ValueError before any array is changed.\n"
-          "With check_finite, a step whose grads hold a NaN or an infinity changes nothing\n"
-          "and returns the index of the first such grad; otherwise returns None.\n"
-          "With grad_scale, every grad is divided by it as it is read (loss scaling).")
-      .def(
-          "step_cached",
-          [](const RuleBinding& r, fusedopt::StepCache& cache, py::handle param_groups, py::handle grads,
-             py::handle state, bool check_finite, py::handle grad_scale) {
-            return r.step_cached(cache, param_groups, grads, state, check_finite, grad_scale);
-          },
-          "cache"_a, "param_groups"_a, "grads"_a, "state"_a, "check_finite"_a = false, "grad_scale"_a = py::none(),
-          "step(), keeping what it read and checked in `cache` (a StepCache) for the next step with the\n"
-          "same objects, which then reads again only hyperparameters, step counts and scalar state. For\n"
-          "arrays only the caller holds (NumPy arrays can change their shape in place).")
       .def(
           "check_group", [](const RuleBinding& r, py::handle group, std::int64_t index) { r.check_group(group, index); },
           "group"_a, "index"_a = 0, "Validate one param group's hyperparameters (errors name group `index`).")
@@ -153,6 +334,7 @@ void bind_rule_class(py::module_& m) {
           "out like param (in the group's state_dtype) and every scalar at its initial value, and\n"
           "the master copy or Kahan compensation the group's storage options keep}.")
       .def("__repr__", [](const RuleBinding& r) { return std::string("<fusedopt._core.Rule ") + r.name + ">"; });
+  add_step_methods(m.attr("Rule"));
 }
 
 }  // namespace
@@ -171,6 +353,7 @@ PYBIND11_MODULE(_core, m) {
   py::dict rules;
 #define FUSEDOPT_BIND_RULE(Type, name, summary)                                  \
   m.attr(#name) = bind<fusedopt::Type##Rule>(#name, summary);                    \
+  register_rule_object(m.attr(#name));                                           \
   rules[#name] = m.attr(#name);
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_BIND_RULE)
 #undef FUSEDOPT_BIND_RULE

@@ -23,6 +23,15 @@ class StepCache:
     def hits(self) -> int:
         """How many steps used what the cache held (the others were full steps)."""
 
+class StepLock:
+    """A reentrant lock that Rule.step holds for a whole step (its `lock` argument) and that
+    `with` takes; a thread waiting for it releases the GIL."""
+
+    def __enter__(self) -> None: ...
+    def __exit__(self, *exc_info: object) -> None: ...
+    def held_by_me(self) -> bool:
+        """Whether the calling thread holds the lock."""
+
 class Rule:
     """One update rule of the compiled core (see csrc/rule_list.hpp)."""
 
@@ -39,6 +48,7 @@ class Rule:
         state: Sequence[dict[str, Any]],
         check_finite: bool = False,
         grad_scale: float | None = None,
+        lock: StepLock | None = None,
     ) -> int | None:
         """One step over every param of every group in one call and one parallel region; with
         check_finite, returns the index of the first non-finite grad (nothing changed), else None."""
@@ -50,6 +60,7 @@ class Rule:
         state: Sequence[dict[str, Any]],
         check_finite: bool = False,
         grad_scale: float | None = None,
+        lock: StepLock | None = None,
     ) -> int | None:
         """step(), keeping what it checked in `cache` for the next step with the same objects (which
         then reads again only hyperparameters, step counts and scalar state). For arrays only the
