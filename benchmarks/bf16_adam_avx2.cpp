@@ -8,14 +8,12 @@
 // timed in one process beside float32 Adam and copy roofs. The "nodiv" rows
 // replace the divisions (and sqrt) by multiplies: wrong results, timing only.
 //
-//   g++ -O2 -Wall -mavx2 -mfma -mf16c -ffp-contract=off -fno-math-errno -fopenmp \
+//   g++ -O2 -Wall -mavx2 -mfma -mf16c -ffp-contract=off -fno-math-errno -fopenmp
 //       benchmarks/bf16_adam_avx2.cpp -o /tmp/bf16_adam_avx2 && /tmp/bf16_adam_avx2 31
 //
-// Fused all-bfloat16 Adam step: prototype + benchmark (AVX2, no AVX-512).
-// g++ -O2 -mavx2 -mfma -mf16c -ffp-contract=off -fno-math-errno -fopenmp bench.cpp -o bench
-// (-fno-math-errno as the library's CMakeLists: lets sqrt vectorise, changes no result. The float32
+// -fno-math-errno as the library's CMakeLists: lets sqrt vectorise, changes no result. The float32
 // loop and the staged path's converters carry optimize("O3") because the library is built Release
-// (-O3) and GCC 12 at -O2 does not vectorise them.)
+// (-O3) and GCC 12 at -O2 does not vectorise them.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -65,22 +63,7 @@ void adam_scalar(const S& s, u16* w, const u16* g, u16* m, u16* v, i64 n) {
   }
 }
 
-// ------------------------------------------------------------ float32 Adam (library adam_loop, no amsgrad/L2)
-__attribute__((noinline))
-void adam_f32(const S& s, float* __restrict w, const float* __restrict g, float* __restrict m,
-              float* __restrict v, i64 n) {
-  const float beta1 = s.beta1, omb1 = s.omb1, beta2 = s.beta2, omb2 = s.omb2, eps = s.eps;
-  const float decay = s.decay, step = s.step, bc2 = s.bc2sqrt;
-  for (i64 i = 0; i < n; ++i) {
-    const float grad = g[i];
-    const float param = decay * w[i];
-    m[i] = beta1 * m[i] + omb1 * grad;
-    v[i] = beta2 * v[i] + omb2 * (grad * grad);
-    w[i] = param - step * m[i] / (__builtin_sqrtf(v[i]) / bc2 + eps);
-  }
-}
-
-// ------------------------------------------------------------ same loop, vectorised as the library builds it (Release = -O3)
+// ------------------------------------------------------------ float32 Adam (the library's adam_loop without amsgrad/L2), vectorised as the library builds it (Release = -O3)
 __attribute__((noinline, optimize("O3")))
 void adam_f32_o3(const S& s, float* __restrict w, const float* __restrict g, float* __restrict m,
               float* __restrict v, i64 n) {
@@ -444,7 +427,6 @@ int main(int argc, char** argv) {
       {"fused16 nodivsqrt", adam_fused16<2>, nullptr, true},
       {"roof f32", nullptr, roof_f32},
       {"roof bf16", roof_bf16, nullptr},
-      {"float32 -O2 novec", nullptr, adam_f32},
   };
 
   auto run = [&](i64 n, int threads, bool per_elem) {
