@@ -75,16 +75,24 @@ class StepLock {
     depth_ = 1;
   }
   void release() {
-    if (depth_ == 0 || owner_ != PyThread_get_thread_ident())
-      throw py::value_error("StepLock released by a thread that does not hold it");
+    if (!held_by_me()) throw py::value_error("StepLock released by a thread that does not hold it");
+    release_held();
+  }
+  // For a scope's end, which must not throw: a hyperparameter's own code may
+  // have released the lock by hand (`__exit__`) inside the step.
+  void release_if_held() noexcept {
+    if (held_by_me()) release_held();
+  }
+  bool held_by_me() const { return depth_ > 0 && owner_ == PyThread_get_thread_ident(); }
+
+ private:
+  void release_held() noexcept {
     if (--depth_ == 0) {
       owner_ = 0;
       PyThread_release_lock(lock_);
     }
   }
-  bool held_by_me() const { return depth_ > 0 && owner_ == PyThread_get_thread_ident(); }
 
- private:
   PyThread_type_lock lock_;
   unsigned long owner_ = 0;  // read and written with the GIL held
   long depth_ = 0;
@@ -97,7 +105,7 @@ class LockGuard {
     if (lock_ != nullptr) lock_->acquire();
   }
   ~LockGuard() {
-    if (lock_ != nullptr) lock_->release();
+    if (lock_ != nullptr) lock_->release_if_held();
   }
   LockGuard(const LockGuard&) = delete;
   LockGuard& operator=(const LockGuard&) = delete;

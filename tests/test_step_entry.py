@@ -87,6 +87,27 @@ def test_step_lock_is_reentrant_and_owned():
     assert len(errors) == 1
 
 
+def test_a_hyperparameter_that_releases_the_lock_inside_a_step_is_harmless():
+    """Hostile code run inside a step (an lr's __float__) that releases the
+    optimizer's lock by hand: the step ends normally, the lock is free."""
+    opt, w, g = adam_args()
+
+    calls = []
+
+    class Releasing:
+        def __float__(self):
+            calls.append(opt._lock.held_by_me())
+            opt._lock.__exit__(None, None, None)
+            return 0.1
+
+    opt.param_groups[0]["lr"] = Releasing()
+    opt.step([g])
+    assert calls == [True]
+    assert w.any() and not opt._lock.held_by_me()
+    with opt._lock:
+        assert opt._lock.held_by_me()
+
+
 def test_a_step_waits_for_the_lock_without_holding_the_gil():
     """While another thread holds opt._lock, step() waits for it; the waiting
     thread releases the GIL, so the holder runs Python code meanwhile (with
