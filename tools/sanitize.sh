@@ -51,7 +51,8 @@ DEFAULT_TESTS=(
   tests/test_clip.py tests/test_determinism.py tests/test_functional.py tests/test_rules.py
   tests/test_runtime.py tests/test_lr_scheduler.py tests/test_schedules.py tests/test_package.py
   tests/test_table.py tests/test_against_torch.py tests/test_torch_adapter.py tests/test_precision.py
-  tests/test_packaging.py tests/test_quantized.py tests/test_torch_8bit.py
+  tests/test_packaging.py tests/test_quantized.py tests/test_torch_8bit.py tests/test_step_cache.py
+  tests/test_step_entry.py
 )
 if [ $# -eq 0 ]; then set -- "${DEFAULT_TESTS[@]}"; fi
 
