@@ -108,6 +108,7 @@ struct QuantMap {
 // grad). With master weights streams[0] is the float32 master copy and
 // `param_copy` the 16-bit param, written as the rounded master.
 struct StagedScalars {
+  RuleId rule;                  // which rule: some have a one-pass kernel for 16-bit streams
   Kernel kernel;                // the rule's kernel for the compute type
   const void* scalars;          // its scalars
   int stream_count;             // w, g and the state arrays

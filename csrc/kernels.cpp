@@ -147,29 +147,50 @@ void adadelta(const void* scalars, void* const* streams, int64_t begin, int64_t 
 
 // -------------------------------------------------------------------- Adam
 // torch.optim.Adam / AdamW. Streams: w, g, exp_avg, exp_avg_sq, and
-// max_exp_avg_sq with amsgrad.
+// max_exp_avg_sq with amsgrad. The update of one element is written once,
+// over a lane type T: a float or double for the compiler-vectorised loop,
+// or a vector of floats for the one-pass 16-bit kernel (below), which so
+// computes exactly what this loop does.
+template <class T>
+struct AdamConstants {
+  T beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor;
+  T step_size, bias_correction2_sqrt, grad_sign;
+  bool coupled_decay;
+  explicit AdamConstants(const AdamScalars& s)
+      : beta1(T(s.beta1)), one_minus_beta1(T(1.0 - s.beta1)), beta2(T(s.beta2)),
+        one_minus_beta2(T(1.0 - s.beta2)), eps(T(s.eps)), weight_decay(T(s.weight_decay)),
+        decay_factor(T(s.decay_factor)), step_size(T(s.step_size)),
+        bias_correction2_sqrt(T(s.bias_correction2_sqrt)), grad_sign(T(s.grad_sign)),
+        coupled_decay(s.weight_decay != 0.0) {}
+};
+
+// Updates m, v (and v_max with amsgrad) in place and returns the new w.
+template <class T, bool kAmsgrad>
+inline T adam_element(const AdamConstants<T>& k, T w, T g, T& m, T& v, T& v_max) {
+  T grad = k.grad_sign * g;                                     // maximize: g <- -g
+  grad = k.coupled_decay ? grad + k.weight_decay * w : grad;    // L2: g <- g + wd * w
+  const T param = k.decay_factor * w;                           // AdamW: w <- (1 - lr wd) w
+  m = k.beta1 * m + k.one_minus_beta1 * grad;                   // m <- b1 m + (1-b1) g
+  v = k.beta2 * v + k.one_minus_beta2 * (grad * grad);          // v <- b2 v + (1-b2) g^2
+  T second_moment = v;
+  if constexpr (kAmsgrad) {
+    v_max = maximum(v_max, v);                                  // vmax <- max(vmax, v)
+    second_moment = v_max;
+  }
+  return param - k.step_size * m / (square_root(second_moment) / k.bias_correction2_sqrt + k.eps);
+                                   // w <- w - lr/(1-b1^t) m / (sqrt(v)/sqrt(1-b2^t) + eps)
+}
+
 template <class T, bool kAmsgrad>
 void adam_loop(const AdamScalars& s, T* __restrict w, const T* __restrict g, T* __restrict m,
                T* __restrict v, T* __restrict v_max, int64_t begin, int64_t end) {
-  const T beta1 = T(s.beta1), one_minus_beta1 = T(1.0 - s.beta1);
-  const T beta2 = T(s.beta2), one_minus_beta2 = T(1.0 - s.beta2);
-  const T eps = T(s.eps), weight_decay = T(s.weight_decay), decay_factor = T(s.decay_factor);
-  const T step_size = T(s.step_size), bias_correction2_sqrt = T(s.bias_correction2_sqrt);
-  const T grad_sign = T(s.grad_sign);
-  const bool coupled_decay = s.weight_decay != 0.0;
+  const AdamConstants<T> k(s);
   for (int64_t i = begin; i < end; ++i) {
-    T grad = grad_sign * g[i];                                  // maximize: g <- -g
-    grad = coupled_decay ? grad + weight_decay * w[i] : grad;   // L2: g <- g + wd * w
-    const T param = decay_factor * w[i];                        // AdamW: w <- (1 - lr wd) w
-    m[i] = beta1 * m[i] + one_minus_beta1 * grad;               // m <- b1 m + (1-b1) g
-    v[i] = beta2 * v[i] + one_minus_beta2 * (grad * grad);      // v <- b2 v + (1-b2) g^2
-    T second_moment = v[i];
-    if constexpr (kAmsgrad) {
-      v_max[i] = maximum(v_max[i], v[i]);                       // vmax <- max(vmax, v)
-      second_moment = v_max[i];
-    }
-    w[i] = param - step_size * m[i] / (square_root(second_moment) / bias_correction2_sqrt + eps);
-                                   // w <- w - lr/(1-b1^t) m / (sqrt(v)/sqrt(1-b2^t) + eps)
+    T m_i = m[i], v_i = v[i], v_max_i = kAmsgrad ? v_max[i] : T(0);
+    w[i] = adam_element<T, kAmsgrad>(k, w[i], g[i], m_i, v_i, v_max_i);
+    m[i] = m_i;
+    v[i] = v_i;
+    if constexpr (kAmsgrad) v_max[i] = v_max_i;
   }
 }
 
@@ -760,6 +781,161 @@ void dequantize(const QuantMap* map, const std::uint8_t* codes, const float* abs
     decode_block(map->codes, codes + lo, absmax[b], values + lo, count - lo < block_size ? count - lo : block_size);
 }
 
+// ------------------------------------------------- the one-pass 16-bit kernels
+// Where a rule's element function is written over a lane type (Adam's
+// adam_element), its 16-bit steps need not go through float32 tiles: a
+// vector of sixteen elements of each stream is converted in registers,
+// updated by the same element function on a vector of floats, and stored
+// back, in one pass. The arithmetic is lane-wise IEEE, so each lane is
+// exactly the scalar loop's; the stores round as the bulk conversions do.
+// A block of sixteen whose results hold a NaN is redone by the scalar
+// element function (NaN payloads and the scalar converters' NaN rules), as
+// is the tail. AVX-512 only: on AVX2 GCC's code for this form was slower
+// than the staged tiles (docs/architecture.md).
+using OnePassKernel = void (*)(const StagedScalars& s, void* const* streams, int64_t begin, int64_t end);
+
+#if defined(__AVX512F__)
+// Sixteen float32 lanes with the scalar operators.
+struct Float32x16 {
+  __m512 v;
+  Float32x16() = default;
+  explicit Float32x16(__m512 x) : v(x) {}
+  explicit Float32x16(double x) : v(_mm512_set1_ps(static_cast<float>(x))) {}  // as T(x) for T = float
+};
+inline Float32x16 operator+(Float32x16 a, Float32x16 b) { return Float32x16(_mm512_add_ps(a.v, b.v)); }
+inline Float32x16 operator-(Float32x16 a, Float32x16 b) { return Float32x16(_mm512_sub_ps(a.v, b.v)); }
+inline Float32x16 operator*(Float32x16 a, Float32x16 b) { return Float32x16(_mm512_mul_ps(a.v, b.v)); }
+inline Float32x16 operator/(Float32x16 a, Float32x16 b) { return Float32x16(_mm512_div_ps(a.v, b.v)); }
+inline Float32x16 square_root(Float32x16 x) { return Float32x16(_mm512_sqrt_ps(x.v)); }
+inline Float32x16 maximum(Float32x16 a, Float32x16 b) {  // (a < b || b != b) ? b : a
+  const __mmask16 take_b = _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ) | _mm512_cmp_ps_mask(b.v, b.v, _CMP_UNORD_Q);
+  return Float32x16(_mm512_mask_blend_ps(take_b, a.v, b.v));
+}
+inline __mmask16 nan_lanes(Float32x16 x) { return _mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q); }
+
+// How a stream's elements are stored: one element or sixteen, to and from
+// float32. The vector stores are only ever given NaN-free values.
+struct Float32Storage {
+  static float load(const void* base, int64_t i) { return static_cast<const float*>(base)[i]; }
+  static void store(void* base, int64_t i, float x) { static_cast<float*>(base)[i] = x; }
+  static Float32x16 load16(const void* base, int64_t i) {
+    return Float32x16(_mm512_loadu_ps(static_cast<const float*>(base) + i));
+  }
+  static void store16(void* base, int64_t i, Float32x16 x) { _mm512_storeu_ps(static_cast<float*>(base) + i, x.v); }
+};
+
+template <float (*kLoad)(std::uint16_t), std::uint16_t (*kStore)(float)>
+struct Storage16 {
+  static float load(const void* base, int64_t i) { return kLoad(static_cast<const std::uint16_t*>(base)[i]); }
+  static void store(void* base, int64_t i, float x) { static_cast<std::uint16_t*>(base)[i] = kStore(x); }
+  static __m256i load_bits(const void* base, int64_t i) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const std::uint16_t*>(base) + i));
+  }
+  static void store_bits(void* base, int64_t i, __m256i bits) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<std::uint16_t*>(base) + i), bits);
+  }
+};
+
+struct Bfloat16Storage : Storage16<bf16_load, bf16_nearest> {
+  static Float32x16 load16(const void* base, int64_t i) {  // exact: the bits shifted to the top half
+    return Float32x16(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(load_bits(base, i)), 16)));
+  }
+  static void store16(void* base, int64_t i, Float32x16 x) { store_bits(base, i, _mm512_cvtepi32_epi16(bf16_round(x.v))); }
+};
+
+// F16C quiets signalling NaNs on load; a NaN input gives a NaN result, and
+// that block is redone by the scalar code, which keeps NumPy's bits.
+struct Float16Storage : Storage16<f16_load, f16_nearest> {
+  static Float32x16 load16(const void* base, int64_t i) { return Float32x16(_mm512_cvtph_ps(load_bits(base, i))); }
+  static void store16(void* base, int64_t i, Float32x16 x) { store_bits(base, i, _mm512_cvtps_ph(x.v, kNearestEven)); }
+};
+
+// Adam in one pass: w and g stored as Param, the state arrays as State.
+template <class Param, class State, bool kAmsgrad>
+void adam_one_pass(const StagedScalars& s, void* const* streams, int64_t begin, int64_t end) {
+  const auto& scalars = *static_cast<const AdamScalars*>(s.scalars);
+  const AdamConstants<float> k(scalars);
+  const AdamConstants<Float32x16> k16(scalars);
+  const float grad_scale = static_cast<float>(s.grad_scale);
+  const Float32x16 grad_scale16(s.grad_scale);
+  void* const w = streams[0];
+  const void* const g = streams[1];
+  void* const m = streams[2];
+  void* const v = streams[3];
+  void* const v_max = streams[4];
+  const auto element = [&](int64_t i) {
+    float grad = Param::load(g, i);
+    if (s.scale_grad) grad = grad / grad_scale;  // g <- g / grad_scale (unscale)
+    float m_i = State::load(m, i), v_i = State::load(v, i), v_max_i = kAmsgrad ? State::load(v_max, i) : 0.0f;
+    Param::store(w, i, adam_element<float, kAmsgrad>(k, Param::load(w, i), grad, m_i, v_i, v_max_i));
+    State::store(m, i, m_i);
+    State::store(v, i, v_i);
+    if constexpr (kAmsgrad) State::store(v_max, i, v_max_i);
+  };
+  int64_t i = begin;
+  for (; i + 16 <= end; i += 16) {
+    Float32x16 grad = Param::load16(g, i);
+    if (s.scale_grad) grad = grad / grad_scale16;
+    Float32x16 m_i = State::load16(m, i), v_i = State::load16(v, i);
+    Float32x16 v_max_i = kAmsgrad ? State::load16(v_max, i) : Float32x16(0.0);
+    const Float32x16 w_i = adam_element<Float32x16, kAmsgrad>(k16, Param::load16(w, i), grad, m_i, v_i, v_max_i);
+    if ((nan_lanes(w_i) | nan_lanes(m_i) | nan_lanes(v_i) | (kAmsgrad ? nan_lanes(v_max_i) : 0)) != 0) {
+      for (int64_t j = i; j < i + 16; ++j) element(j);
+      continue;
+    }
+    Param::store16(w, i, w_i);
+    State::store16(m, i, m_i);
+    State::store16(v, i, v_i);
+    if constexpr (kAmsgrad) State::store16(v_max, i, v_max_i);
+  }
+  for (; i < end; ++i) element(i);
+}
+
+// The instantiation of a one-pass kernel (Kernel<Param, State, kAmsgrad>::kernel) for the streams' formats.
+template <template <class, class, bool> class Kernel, class Param, bool kAmsgrad>
+OnePassKernel with_state(Dtype state) {
+  switch (state) {
+    case kFloat32: return Kernel<Param, Float32Storage, kAmsgrad>::kernel;
+    case kBfloat16: return Kernel<Param, Bfloat16Storage, kAmsgrad>::kernel;
+    case kFloat16: return Kernel<Param, Float16Storage, kAmsgrad>::kernel;
+    default: return nullptr;
+  }
+}
+
+template <template <class, class, bool> class Kernel, bool kAmsgrad>
+OnePassKernel with_param(Dtype param, Dtype state) {
+  switch (param) {
+    case kFloat32: return with_state<Kernel, Float32Storage, kAmsgrad>(state);
+    case kBfloat16: return with_state<Kernel, Bfloat16Storage, kAmsgrad>(state);
+    case kFloat16: return with_state<Kernel, Float16Storage, kAmsgrad>(state);
+    default: return nullptr;
+  }
+}
+
+template <class Param, class State, bool kAmsgrad>
+struct AdamOnePass {
+  static constexpr OnePassKernel kernel = adam_one_pass<Param, State, kAmsgrad>;
+};
+#endif
+
+// The one-pass kernel of a staged task, or nullptr where the task needs the
+// tiles: a rule without an element function over vectors, 8-bit state, a
+// param store other than round to nearest, master weights, or state arrays
+// of different formats.
+inline OnePassKernel one_pass_kernel(const StagedScalars& s) {
+#if defined(__AVX512F__)
+  if (s.rule != kAdam || s.param_store != ParamStore::kNearest || s.param_copy != nullptr) return nullptr;
+  for (int k = 2; k < s.stream_count; ++k)
+    if (s.quant_maps[k] != nullptr || s.dtypes[k] != s.dtypes[2]) return nullptr;
+  if (s.dtypes[1] != s.dtypes[0]) return nullptr;
+  return static_cast<const AdamScalars*>(s.scalars)->amsgrad ? with_param<AdamOnePass, true>(s.dtypes[0], s.dtypes[2])
+                                                              : with_param<AdamOnePass, false>(s.dtypes[0], s.dtypes[2]);
+#else
+  (void)s;
+  return nullptr;
+#endif
+}
+
 // ------------------------------------------------------ the staged kernel
 // Runs a rule's kernel on streams stored in other formats than its compute
 // type T (docs/architecture.md): tile by tile, each stream not stored as T
@@ -851,6 +1027,9 @@ template <class T>
 void staged(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
   const auto& s = *static_cast<const StagedScalars*>(scalars);
   constexpr Dtype kNative = sizeof(T) == sizeof(double) ? kFloat64 : kFloat32;
+  if constexpr (kNative == kFloat32) {
+    if (const OnePassKernel one_pass = one_pass_kernel(s)) return one_pass(s, streams, begin, end);
+  }
   // Room for a tile of the largest block in every stream (only float32
   // arithmetic has 8-bit state); the tiles lie `tile` elements apart, so
   // that short tiles stay close together in L1.

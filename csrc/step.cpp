@@ -377,6 +377,7 @@ void collect(Collection<Rule>& c, py::handle param_groups_in, py::handle grads_i
       for (int k = 0; k < stream_count; ++k) p.task.streams[k] = streams[k].data;
       if (p.is_staged) {
         StagedScalars& s = p.staged;
+        s.rule = Rule::id;
         s.kernel = p.task.kernel;
         s.stream_count = stream_count;
         for (int k = 0; k < stream_count; ++k) s.dtypes[k] = streams[k].dtype;
