@@ -14,6 +14,9 @@
 namespace fusedopt {
 
 // Each target's copy of the kernels (kernels.cpp, compiled once per target).
+#ifdef FUSEDOPT_HAVE_AVX512BF16
+namespace avx512bf16 { extern const KernelTable kernel_table; }
+#endif
 #ifdef FUSEDOPT_HAVE_AVX512
 namespace avx512 { extern const KernelTable kernel_table; }
 #endif
@@ -37,7 +40,7 @@ namespace {
 // ZMM registers, which XCR0 tells.
 struct CpuFeatures {
   bool sse2 = false, avx = false, avx2 = false, fma = false, f16c = false;
-  bool avx512f = false, avx512vl = false, avx512bw = false, avx512dq = false;
+  bool avx512f = false, avx512vl = false, avx512bw = false, avx512dq = false, avx512_bf16 = false;
   bool os_saves_ymm = false, os_saves_zmm = false;
   bool neon = false;
 };
@@ -71,6 +74,7 @@ CpuFeatures detect_features() {
     f.avx512dq = ebx & (1u << 17);
     f.avx512bw = ebx & (1u << 30);
     f.avx512vl = ebx & (1u << 31);
+    if (eax >= 1 && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) f.avx512_bf16 = eax & (1u << 5);
   }
 #elif defined(__aarch64__)
   f.neon = true;  // Advanced SIMD is mandatory on AArch64
@@ -89,15 +93,18 @@ struct Target {
   bool (*runs_here)(const CpuFeatures&);
 };
 
+bool avx512_runs(const CpuFeatures& f) {
+  return f.avx512f && f.avx512vl && f.avx512bw && f.avx512dq && f.avx2 && f.fma && f.f16c && f.os_saves_zmm;
+}
+
 // Every compiled target, widest first.
 const std::vector<Target>& compiled() {
   static const std::vector<Target> targets = {
+#ifdef FUSEDOPT_HAVE_AVX512BF16
+      {"avx512bf16", &avx512bf16::kernel_table, [](const CpuFeatures& f) { return avx512_runs(f) && f.avx512_bf16; }},
+#endif
 #ifdef FUSEDOPT_HAVE_AVX512
-      {"avx512", &avx512::kernel_table,
-       [](const CpuFeatures& f) {
-         return f.avx512f && f.avx512vl && f.avx512bw && f.avx512dq && f.avx2 && f.fma && f.f16c &&
-                f.os_saves_zmm;
-       }},
+      {"avx512", &avx512::kernel_table, avx512_runs},
 #endif
 #ifdef FUSEDOPT_HAVE_AVX2
       {"avx2", &avx2::kernel_table,
@@ -145,6 +152,7 @@ std::vector<std::string> cpu_flags() {
       {"sse2", f.sse2},         {"avx", f.avx},           {"avx2", f.avx2},
       {"fma", f.fma},           {"f16c", f.f16c},         {"avx512f", f.avx512f},
       {"avx512vl", f.avx512vl}, {"avx512bw", f.avx512bw}, {"avx512dq", f.avx512dq},
+      {"avx512_bf16", f.avx512_bf16},
       {"os_saves_ymm", f.os_saves_ymm}, {"os_saves_zmm", f.os_saves_zmm}, {"neon", f.neon}};
   std::vector<std::string> names;
   for (const auto& [name, present] : all)

@@ -504,13 +504,24 @@ inline std::uint16_t f16_stochastic(float x, std::uint32_t random) {
 // two AVX2 vectors, so that AVX2 packs and checks for NaN once per sixteen.
 #if defined(__AVX512F__)
 constexpr int64_t kConvertBlock = 16;
-inline bool any_nan(__m512 x) { return _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q) != 0; }
-// bf16_nearest without its NaN case, (u + 0x7FFF + lsb) >> 16, in 32-bit lanes.
-inline __m512i bf16_round(__m512 x) {
+inline __mmask16 nan_lanes(__m512 x) { return _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q); }
+inline bool any_nan(__m512 x) { return nan_lanes(x) != 0; }
+#if defined(__AVX512BF16__)
+// The BF16 conversion rounds to nearest even as bf16_nearest does, but
+// flushes float32 subnormals to zero and keeps NaN payloads (checked on all
+// 2^32 patterns): lanes holding either go to the scalar code.
+inline __m256i bf16_narrow(__m512 x) { return (__m256i)_mm512_cvtneps_pbh(x); }
+inline __mmask16 bf16_scalar_lanes(__m512 x) { return _mm512_fpclass_ps_mask(x, 0x81 | 0x20); }  // NaN, subnormal
+#else
+// bf16_nearest without its NaN case, (u + 0x7FFF + lsb) >> 16, in 32-bit lanes, packed to 16 bits.
+inline __m256i bf16_narrow(__m512 x) {
   const __m512i u = _mm512_castps_si512(x);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  return _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+  return _mm512_cvtepi32_epi16(
+      _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16));
 }
+inline __mmask16 bf16_scalar_lanes(__m512 x) { return nan_lanes(x); }
+#endif
 #elif defined(__AVX2__) && defined(__F16C__)
 constexpr int64_t kConvertBlock = 16;
 inline bool any_nan(__m256 a, __m256 b) {
@@ -572,16 +583,17 @@ void f16_to_float32(const void* src, float* __restrict dst, int64_t count) {
 // Stores of float32 into a 16-bit format, sixteen at a time: `narrow` turns
 // sixteen floats (one AVX-512 vector, or two AVX2 halves) into sixteen 16-bit
 // values; a block holding a NaN goes to `scalar`, element by element.
-template <class Narrow, class Scalar>
+// On AVX-512 `scalar_lanes` says which lanes the vector conversion gets wrong.
+template <class Narrow, class ScalarLanes, class Scalar>
 void store_16bit(const float* __restrict src, void* dst, int64_t count, [[maybe_unused]] Narrow narrow,
-                 Scalar scalar) {
+                 [[maybe_unused]] ScalarLanes scalar_lanes, Scalar scalar) {
   auto* __restrict h = static_cast<std::uint16_t*>(dst);
   convert_loop(
       count,
       [&]([[maybe_unused]] int64_t i) {
 #if defined(__AVX512F__)
         const __m512 x = _mm512_loadu_ps(src + i);
-        if (any_nan(x)) return false;
+        if (scalar_lanes(x) != 0) return false;
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + i), narrow(x));
 #elif defined(__AVX2__) && defined(__F16C__)
         const __m256 lo = _mm256_loadu_ps(src + i), hi = _mm256_loadu_ps(src + i + 8);
@@ -595,29 +607,35 @@ void store_16bit(const float* __restrict src, void* dst, int64_t count, [[maybe_
 
 void float32_to_bf16(const float* __restrict src, void* dst, int64_t count) {
 #if defined(__AVX512F__)
-  const auto narrow = [](__m512 x) { return _mm512_cvtepi32_epi16(bf16_round(x)); };
+  const auto narrow = bf16_narrow;
+  const auto scalar_lanes = bf16_scalar_lanes;
 #elif defined(__AVX2__) && defined(__F16C__)
   // packus interleaves the 128-bit halves of its operands; permute puts them back in order.
   const auto narrow = [](__m256 lo, __m256 hi) {
     return _mm256_permute4x64_epi64(_mm256_packus_epi32(bf16_round(lo), bf16_round(hi)), 0xD8);
   };
+  const auto scalar_lanes = nullptr;
 #else
   const auto narrow = nullptr;
+  const auto scalar_lanes = nullptr;
 #endif
-  store_16bit(src, dst, count, narrow, bf16_nearest);
+  store_16bit(src, dst, count, narrow, scalar_lanes, bf16_nearest);
 }
 
 void float32_to_f16(const float* __restrict src, void* dst, int64_t count) {
 #if defined(__AVX512F__)
   const auto narrow = [](__m512 x) { return _mm512_cvtps_ph(x, kNearestEven); };
+  const auto scalar_lanes = nan_lanes;
 #elif defined(__AVX2__) && defined(__F16C__)
   const auto narrow = [](__m256 lo, __m256 hi) {
     return _mm256_set_m128i(_mm256_cvtps_ph(hi, kNearestEven), _mm256_cvtps_ph(lo, kNearestEven));
   };
+  const auto scalar_lanes = nullptr;
 #else
   const auto narrow = nullptr;
+  const auto scalar_lanes = nullptr;
 #endif
-  store_16bit(src, dst, count, narrow, f16_nearest);
+  store_16bit(src, dst, count, narrow, scalar_lanes, f16_nearest);
 }
 
 void float32_to_float32(const float* __restrict src, void* dst, int64_t count) {
@@ -788,9 +806,9 @@ void dequantize(const QuantMap* map, const std::uint8_t* codes, const float* abs
 // updated by the same element function on a vector of floats, and stored
 // back, in one pass. The arithmetic is lane-wise IEEE, so each lane is
 // exactly the scalar loop's; the stores round as the bulk conversions do.
-// A block of sixteen whose results hold a NaN is redone by the scalar
-// element function (NaN payloads and the scalar converters' NaN rules), as
-// is the tail. AVX-512 only: on AVX2 GCC's code for this form was slower
+// A block of sixteen with a result the vector store cannot take (a NaN: its
+// payload and the scalar converters' NaN rules; with the BF16 conversion, a
+// subnormal) is redone by the scalar element function, as is the tail. AVX-512 only: on AVX2 GCC's code for this form was slower
 // than the staged tiles (docs/architecture.md).
 using OnePassKernel = void (*)(const StagedScalars& s, void* const* streams, int64_t begin, int64_t end);
 
@@ -811,11 +829,13 @@ inline Float32x16 maximum(Float32x16 a, Float32x16 b) {  // (a < b || b != b) ? 
   const __mmask16 take_b = _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ) | _mm512_cmp_ps_mask(b.v, b.v, _CMP_UNORD_Q);
   return Float32x16(_mm512_mask_blend_ps(take_b, a.v, b.v));
 }
-inline __mmask16 nan_lanes(Float32x16 x) { return _mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q); }
 
 // How a stream's elements are stored: one element or sixteen, to and from
-// float32. The vector stores are only ever given NaN-free values.
+// float32. `scalar_lanes` are the lanes a vector store would get wrong or
+// whose NaN the vector arithmetic may not have made as the scalar code does:
+// a block with any is redone by the scalar code.
 struct Float32Storage {
+  static __mmask16 scalar_lanes(Float32x16 x) { return nan_lanes(x.v); }
   static float load(const void* base, int64_t i) { return static_cast<const float*>(base)[i]; }
   static void store(void* base, int64_t i, float x) { static_cast<float*>(base)[i] = x; }
   static Float32x16 load16(const void* base, int64_t i) {
@@ -837,15 +857,17 @@ struct Storage16 {
 };
 
 struct Bfloat16Storage : Storage16<bf16_load, bf16_nearest> {
+  static __mmask16 scalar_lanes(Float32x16 x) { return bf16_scalar_lanes(x.v); }
   static Float32x16 load16(const void* base, int64_t i) {  // exact: the bits shifted to the top half
     return Float32x16(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(load_bits(base, i)), 16)));
   }
-  static void store16(void* base, int64_t i, Float32x16 x) { store_bits(base, i, _mm512_cvtepi32_epi16(bf16_round(x.v))); }
+  static void store16(void* base, int64_t i, Float32x16 x) { store_bits(base, i, bf16_narrow(x.v)); }
 };
 
 // F16C quiets signalling NaNs on load; a NaN input gives a NaN result, and
 // that block is redone by the scalar code, which keeps NumPy's bits.
 struct Float16Storage : Storage16<f16_load, f16_nearest> {
+  static __mmask16 scalar_lanes(Float32x16 x) { return nan_lanes(x.v); }
   static Float32x16 load16(const void* base, int64_t i) { return Float32x16(_mm512_cvtph_ps(load_bits(base, i))); }
   static void store16(void* base, int64_t i, Float32x16 x) { store_bits(base, i, _mm512_cvtps_ph(x.v, kNearestEven)); }
 };
@@ -879,7 +901,9 @@ void adam_one_pass(const StagedScalars& s, void* const* streams, int64_t begin, 
     Float32x16 m_i = State::load16(m, i), v_i = State::load16(v, i);
     Float32x16 v_max_i = kAmsgrad ? State::load16(v_max, i) : Float32x16(0.0);
     const Float32x16 w_i = adam_element<Float32x16, kAmsgrad>(k16, Param::load16(w, i), grad, m_i, v_i, v_max_i);
-    if ((nan_lanes(w_i) | nan_lanes(m_i) | nan_lanes(v_i) | (kAmsgrad ? nan_lanes(v_max_i) : 0)) != 0) {
+    const __mmask16 scalar = Param::scalar_lanes(w_i) | State::scalar_lanes(m_i) | State::scalar_lanes(v_i) |
+                             (kAmsgrad ? State::scalar_lanes(v_max_i) : 0);
+    if (scalar != 0) {
       for (int64_t j = i; j < i + 16; ++j) element(j);
       continue;
     }
