@@ -454,6 +454,18 @@ PYBIND11_MODULE(_core, m) {
       },
       "codes"_a, "absmax"_a, "values"_a, "block_size"_a, "signed"_a,
       "values <- codes * absmax of their block, with the active target's kernel (tests use it).");
+  m.def(
+      "divide_by_step_constant",
+      [=](const py::array& x, double divisor, py::array& out) {
+        exact(x, py::dtype("float32"), "x", false);
+        exact(out, py::dtype("float32"), "out", true);
+        if (out.size() != x.size()) throw py::value_error("out must have the size of x");
+        fusedopt::active_kernels().divide_by_step_constant(static_cast<const float*>(x.data()), divisor,
+                                                           static_cast<float*>(out.mutable_data()), x.size());
+      },
+      "x"_a, "divisor"_a, "out"_a,
+      "out <- x / float32(divisor) as the active target's vector kernels divide by a per-step constant\n"
+      "(Adam's sqrt(1 - beta2^t); tests use it).");
   m.def("roof", &fusedopt::roof, "tensors"_a,
         "Memory roof: for each [a_1, ..., a_k, b], a_i += b in place (benchmarks only).");
   m.def("bytes_roof", &fusedopt::bytes_roof, "tensors"_a,

@@ -150,6 +150,9 @@ struct KernelTable {
   void (*from_float32[kDtypeCount])(const float* src, void* dst, std::int64_t count);
   QuantizeKernel quantize;
   DequantizeKernel dequantize;
+  // out[i] = x[i] / divisor as the target's vector kernels divide by a
+  // per-step constant (Adam's sqrt(1 - beta2^t); tests check it is exact).
+  void (*divide_by_step_constant)(const float* x, double divisor, float* out, std::int64_t count);
 };
 
 // Per-tensor, per-step scalars, computed once per call in double by rules.cpp

@@ -145,6 +145,17 @@ void adadelta(const void* scalars, void* const* streams, int64_t begin, int64_t 
     adadelta_loop<T, false>(s, w, g, square_avg, scale_avg, begin, end);
 }
 
+// A divisor that stays the same for a whole step (Adam's sqrt(1 - beta2^t)).
+// The scalar loops divide by it; the AVX-512 one-pass kernels divide without
+// the divider unit, bitwise the same (Divisor<Float32x16> below).
+template <class T>
+struct Divisor {
+  T value;
+  explicit Divisor(double divisor) : value(T(divisor)) {}
+};
+template <class T>
+inline T operator/(T x, const Divisor<T>& d) { return x / d.value; }
+
 // -------------------------------------------------------------------- Adam
 // torch.optim.Adam / AdamW. Streams: w, g, exp_avg, exp_avg_sq, and
 // max_exp_avg_sq with amsgrad. The update of one element is written once,
@@ -154,22 +165,23 @@ void adadelta(const void* scalars, void* const* streams, int64_t begin, int64_t 
 template <class T>
 struct AdamConstants {
   T beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor;
-  T step_size, bias_correction2_sqrt, grad_sign;
-  bool coupled_decay;
+  T step_size, grad_sign;
+  Divisor<T> bias_correction2_sqrt;
+  bool coupled_decay, maximize, decoupled_decay;
   explicit AdamConstants(const AdamScalars& s)
       : beta1(T(s.beta1)), one_minus_beta1(T(1.0 - s.beta1)), beta2(T(s.beta2)),
         one_minus_beta2(T(1.0 - s.beta2)), eps(T(s.eps)), weight_decay(T(s.weight_decay)),
-        decay_factor(T(s.decay_factor)), step_size(T(s.step_size)),
-        bias_correction2_sqrt(T(s.bias_correction2_sqrt)), grad_sign(T(s.grad_sign)),
-        coupled_decay(s.weight_decay != 0.0) {}
+        decay_factor(T(s.decay_factor)), step_size(T(s.step_size)), grad_sign(T(s.grad_sign)),
+        bias_correction2_sqrt(s.bias_correction2_sqrt),
+        coupled_decay(s.weight_decay != 0.0), maximize(s.grad_sign != 1.0), decoupled_decay(s.decay_factor != 1.0) {}
 };
 
 // Updates m, v (and v_max with amsgrad) in place and returns the new w.
 template <class T, bool kAmsgrad>
 inline T adam_element(const AdamConstants<T>& k, T w, T g, T& m, T& v, T& v_max) {
-  T grad = k.grad_sign * g;                                     // maximize: g <- -g
+  T grad = k.maximize ? k.grad_sign * g : g;                   // maximize: g <- -g
   grad = k.coupled_decay ? grad + k.weight_decay * w : grad;    // L2: g <- g + wd * w
-  const T param = k.decay_factor * w;                           // AdamW: w <- (1 - lr wd) w
+  const T param = k.decoupled_decay ? k.decay_factor * w : w;   // AdamW: w <- (1 - lr wd) w
   m = k.beta1 * m + k.one_minus_beta1 * grad;                   // m <- b1 m + (1-b1) g
   v = k.beta2 * v + k.one_minus_beta2 * (grad * grad);          // v <- b2 v + (1-b2) g^2
   T second_moment = v;
@@ -194,9 +206,17 @@ void adam_loop(const AdamScalars& s, T* __restrict w, const T* __restrict g, T* 
   }
 }
 
+#if defined(__AVX512F__)
+// float32 Adam on AVX-512: the one-pass kernel's explicit vector body (below).
+void adam_float32_vector(const AdamScalars& s, void* const* streams, int64_t begin, int64_t end);
+#endif
+
 template <class T>
 void adam(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
   const auto& s = *static_cast<const AdamScalars*>(scalars);
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == sizeof(float)) return adam_float32_vector(s, streams, begin, end);
+#endif
   auto* w = static_cast<T*>(streams[0]);
   auto* g = static_cast<const T*>(streams[1]);
   auto* m = static_cast<T*>(streams[2]);
@@ -810,7 +830,10 @@ void dequantize(const QuantMap* map, const std::uint8_t* codes, const float* abs
 // payload and the scalar converters' NaN rules; with the BF16 conversion, a
 // subnormal) is redone by the scalar element function, as is the tail. AVX-512 only: on AVX2 GCC's code for this form was slower
 // than the staged tiles (docs/architecture.md).
-using OnePassKernel = void (*)(const StagedScalars& s, void* const* streams, int64_t begin, int64_t end);
+// A rule's one-pass kernel: its scalars, whether to divide the grad by
+// grad_scale, and the task's streams.
+using OnePassKernel = void (*)(const void* rule_scalars, bool scale_grad, double grad_scale, void* const* streams,
+                               int64_t begin, int64_t end);
 
 #if defined(__AVX512F__)
 // Sixteen float32 lanes with the scalar operators.
@@ -825,6 +848,38 @@ inline Float32x16 operator-(Float32x16 a, Float32x16 b) { return Float32x16(_mm5
 inline Float32x16 operator*(Float32x16 a, Float32x16 b) { return Float32x16(_mm512_mul_ps(a.v, b.v)); }
 inline Float32x16 operator/(Float32x16 a, Float32x16 b) { return Float32x16(_mm512_div_ps(a.v, b.v)); }
 inline Float32x16 square_root(Float32x16 x) { return Float32x16(_mm512_sqrt_ps(x.v)); }
+
+// x / c for a c fixed for the step, correctly rounded without a division:
+// with y = 1/c rounded to nearest, q = x y is within two ulps of x / c; one
+// correction q + (x - c q) y (fused, the remainder exact) makes q faithful,
+// and a second returns exactly the rounded quotient (Markstein's theorem:
+// y within half an ulp of 1/c, q faithful). That needs no underflow in the
+// remainders and no overflow: c in [2^-20, 1] (else the step divides) and
+// x in [2^-40, 2^64), which holds every square root of a finite positive
+// float from 2^-80 on. Other lanes (0, inf, NaN, tiny x) divide.
+// tests/test_precision.py checks it against NumPy on every target.
+template <>
+struct Divisor<Float32x16> {
+  __m512 value, reciprocal;
+  bool multiply;  // c is in the range where the corrected product is exact
+  explicit Divisor(double divisor) {
+    const float c = static_cast<float>(divisor);
+    value = _mm512_set1_ps(c);
+    reciprocal = _mm512_set1_ps(1.0f / c);
+    multiply = c >= 0x1p-20f && c <= 1.0f;
+  }
+};
+inline Float32x16 operator/(Float32x16 x, const Divisor<Float32x16>& d) {
+  if (!d.multiply) return Float32x16(_mm512_div_ps(x.v, d.value));
+  const __m512 c = d.value, y = d.reciprocal;
+  const __m512 q0 = _mm512_mul_ps(x.v, y);
+  const __m512 q1 = _mm512_fmadd_ps(_mm512_fnmadd_ps(c, q0, x.v), y, q0);  // faithful
+  const __m512 q2 = _mm512_fmadd_ps(_mm512_fnmadd_ps(c, q1, x.v), y, q1);  // rounded to nearest
+  const __mmask16 in_range = _mm512_cmp_ps_mask(x.v, _mm512_set1_ps(0x1p-40f), _CMP_GE_OQ) &
+                             _mm512_cmp_ps_mask(x.v, _mm512_set1_ps(0x1p64f), _CMP_LT_OQ);
+  if (in_range == 0xFFFF) return Float32x16(q2);
+  return Float32x16(_mm512_mask_div_ps(q2, static_cast<__mmask16>(~in_range), x.v, c));
+}
 inline Float32x16 maximum(Float32x16 a, Float32x16 b) {  // (a < b || b != b) ? b : a
   const __mmask16 take_b = _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ) | _mm512_cmp_ps_mask(b.v, b.v, _CMP_UNORD_Q);
   return Float32x16(_mm512_mask_blend_ps(take_b, a.v, b.v));
@@ -835,6 +890,7 @@ inline Float32x16 maximum(Float32x16 a, Float32x16 b) {  // (a < b || b != b) ? 
 // whose NaN the vector arithmetic may not have made as the scalar code does:
 // a block with any is redone by the scalar code.
 struct Float32Storage {
+  static void prefetch(const void* base, int64_t i) { _mm_prefetch(static_cast<const char*>(base) + 4 * i, _MM_HINT_T0); }
   static __mmask16 scalar_lanes(Float32x16 x) { return nan_lanes(x.v); }
   static float load(const void* base, int64_t i) { return static_cast<const float*>(base)[i]; }
   static void store(void* base, int64_t i, float x) { static_cast<float*>(base)[i] = x; }
@@ -846,6 +902,7 @@ struct Float32Storage {
 
 template <float (*kLoad)(std::uint16_t), std::uint16_t (*kStore)(float)>
 struct Storage16 {
+  static void prefetch(const void* base, int64_t i) { _mm_prefetch(static_cast<const char*>(base) + 2 * i, _MM_HINT_T0); }
   static float load(const void* base, int64_t i) { return kLoad(static_cast<const std::uint16_t*>(base)[i]); }
   static void store(void* base, int64_t i, float x) { static_cast<std::uint16_t*>(base)[i] = kStore(x); }
   static __m256i load_bits(const void* base, int64_t i) {
@@ -872,14 +929,17 @@ struct Float16Storage : Storage16<f16_load, f16_nearest> {
   static void store16(void* base, int64_t i, Float32x16 x) { store_bits(base, i, _mm512_cvtps_ph(x.v, kNearestEven)); }
 };
 
+constexpr int64_t kPrefetchAhead = 512;  // elements  // elements  // elements  // elements
+
 // Adam in one pass: w and g stored as Param, the state arrays as State.
 template <class Param, class State, bool kAmsgrad>
-void adam_one_pass(const StagedScalars& s, void* const* streams, int64_t begin, int64_t end) {
-  const auto& scalars = *static_cast<const AdamScalars*>(s.scalars);
+void adam_one_pass(const void* rule_scalars, bool scale_grad, double unscale, void* const* streams, int64_t begin,
+                   int64_t end) {
+  const auto& scalars = *static_cast<const AdamScalars*>(rule_scalars);
   const AdamConstants<float> k(scalars);
   const AdamConstants<Float32x16> k16(scalars);
-  const float grad_scale = static_cast<float>(s.grad_scale);
-  const Float32x16 grad_scale16(s.grad_scale);
+  const float grad_scale = static_cast<float>(unscale);
+  const Float32x16 grad_scale16(unscale);
   void* const w = streams[0];
   const void* const g = streams[1];
   void* const m = streams[2];
@@ -887,7 +947,7 @@ void adam_one_pass(const StagedScalars& s, void* const* streams, int64_t begin, 
   void* const v_max = streams[4];
   const auto element = [&](int64_t i) {
     float grad = Param::load(g, i);
-    if (s.scale_grad) grad = grad / grad_scale;  // g <- g / grad_scale (unscale)
+    if (scale_grad) grad = grad / grad_scale;  // g <- g / grad_scale (unscale)
     float m_i = State::load(m, i), v_i = State::load(v, i), v_max_i = kAmsgrad ? State::load(v_max, i) : 0.0f;
     Param::store(w, i, adam_element<float, kAmsgrad>(k, Param::load(w, i), grad, m_i, v_i, v_max_i));
     State::store(m, i, m_i);
@@ -896,8 +956,13 @@ void adam_one_pass(const StagedScalars& s, void* const* streams, int64_t begin, 
   };
   int64_t i = begin;
   for (; i + 16 <= end; i += 16) {
+    Param::prefetch(w, i + kPrefetchAhead);
+    Param::prefetch(g, i + kPrefetchAhead);
+    State::prefetch(m, i + kPrefetchAhead);
+    State::prefetch(v, i + kPrefetchAhead);
+    if constexpr (kAmsgrad) State::prefetch(v_max, i + kPrefetchAhead);
     Float32x16 grad = Param::load16(g, i);
-    if (s.scale_grad) grad = grad / grad_scale16;
+    if (scale_grad) grad = grad / grad_scale16;
     Float32x16 m_i = State::load16(m, i), v_i = State::load16(v, i);
     Float32x16 v_max_i = kAmsgrad ? State::load16(v_max, i) : Float32x16(0.0);
     const Float32x16 w_i = adam_element<Float32x16, kAmsgrad>(k16, Param::load16(w, i), grad, m_i, v_i, v_max_i);
@@ -936,11 +1001,28 @@ OnePassKernel with_param(Dtype param, Dtype state) {
   }
 }
 
+void adam_float32_vector(const AdamScalars& s, void* const* streams, int64_t begin, int64_t end) {
+  if (s.amsgrad)
+    adam_one_pass<Float32Storage, Float32Storage, true>(&s, false, 1.0, streams, begin, end);
+  else
+    adam_one_pass<Float32Storage, Float32Storage, false>(&s, false, 1.0, streams, begin, end);
+}
+
 template <class Param, class State, bool kAmsgrad>
 struct AdamOnePass {
   static constexpr OnePassKernel kernel = adam_one_pass<Param, State, kAmsgrad>;
 };
 #endif
+
+void divide_by_step_constant(const float* x, double divisor, float* out, int64_t count) {
+  const Divisor<float> scalar(divisor);
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  const Divisor<Float32x16> vector(divisor);
+  for (; i + 16 <= count; i += 16) _mm512_storeu_ps(out + i, (Float32x16(_mm512_loadu_ps(x + i)) / vector).v);
+#endif
+  for (; i < count; ++i) out[i] = x[i] / scalar;
+}
 
 // The one-pass kernel of a staged task, or nullptr where the task needs the
 // tiles: a rule without an element function over vectors, 8-bit state, a
@@ -1052,7 +1134,8 @@ void staged(const void* scalars, void* const* streams, int64_t begin, int64_t en
   const auto& s = *static_cast<const StagedScalars*>(scalars);
   constexpr Dtype kNative = sizeof(T) == sizeof(double) ? kFloat64 : kFloat32;
   if constexpr (kNative == kFloat32) {
-    if (const OnePassKernel one_pass = one_pass_kernel(s)) return one_pass(s, streams, begin, end);
+    if (const OnePassKernel one_pass = one_pass_kernel(s))
+      return one_pass(s.scalars, s.scale_grad, s.grad_scale, streams, begin, end);
   }
   // Room for a tile of the largest block in every stream (only float32
   // arithmetic has 8-bit state); the tiles lie `tile` elements apart, so
@@ -1319,6 +1402,7 @@ extern const KernelTable kernel_table = {
     {float32_to_float32, float32_to_float64, float32_to_bf16, float32_to_f16},
     quantize,
     dequantize,
+    divide_by_step_constant,
 };
 
 }  // namespace FUSEDOPT_TARGET

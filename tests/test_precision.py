@@ -803,3 +803,47 @@ BYTES_PER_ELEMENT = [
 def test_bytes_per_element_are_the_table_above(dtype, options, adam, sgd):
     assert core_bytes_per_element("Adam", {}, dtype, options) == adam
     assert core_bytes_per_element("SGD", {"momentum": 0.9}, dtype, options) == sgd
+
+
+# ------------------------------------------- division by a per-step constant
+
+def divisors():
+    """Adam's sqrt(1 - beta2^t) for the usual betas and steps, random ones in
+    the multiply range [2^-20, 1], its ends and just outside them."""
+    rng = np.random.default_rng(15)
+    steps = np.array([1, 2, 3, 10, 1000, 100_000])
+    usual = [np.sqrt(1.0 - beta2 ** steps) for beta2 in (0.999, 0.95, 0.9999)]
+    edges = [2.0 ** -20, 2.0 ** -20 * (1 - 2.0 ** -24), 1.0, 1.0 - 2.0 ** -24, 1.5, 2.0 ** -30]
+    return [float(c) for c in (*np.concatenate(usual), *edges, *2.0 ** rng.uniform(-20, 0, 8))]
+
+
+def quotient_inputs():
+    """Every float32 of the binade [1, 2) (the corrected product scales
+    exactly with x's exponent inside the multiply range, so this is every x
+    there), samples of the binades at its ends and just outside, a million
+    random positive patterns, and the values that must divide: 0, -0, inf,
+    NaNs with payloads, tiny and huge ones."""
+    rng = np.random.default_rng(16)
+    every = np.arange(2 ** 23, dtype=np.uint32)
+    sampled = rng.integers(0, 2 ** 23, 100_000, dtype=np.uint32)
+    binades = [(np.uint32(127) << np.uint32(23)) | every,
+               *((np.uint32(exponent) << np.uint32(23)) | sampled for exponent in (127 - 40, 127 - 41, 127 + 63, 127 + 64))]
+    special = np.array([0, 0x80000000, 0x7F800000, 0x7FC00000, 0x7F800001, 0x7FC12345, 0xFFC00000, 1, 0x007FFFFF,
+                        0x00800000, 0x2B800000 - 1, 0x5F800000, 0x7F7FFFFF], dtype=np.uint32)
+    random = rng.integers(0, 0x7F800000, 1_000_000, dtype=np.uint32)
+    return np.concatenate([*binades, special, random]).view(np.float32)
+
+
+def test_division_by_a_step_constant_is_numpys_division_bit_for_bit(target):
+    """The AVX-512 kernels divide by Adam's sqrt(1 - beta2^t) with a
+    corrected product instead of the divider (csrc/kernels.cpp, Divisor):
+    correctly rounded, so bitwise NumPy's division, NaN payloads included."""
+    x = quotient_inputs()
+    out = np.empty_like(x)
+    for c in divisors():
+        _core.divide_by_step_constant(x, c, out)
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):  # a signalling NaN is invalid
+            want = x / np.float32(c)
+        differ = np.flatnonzero(bits(out) != bits(want))
+        assert differ.size == 0, (f"x / {c!r}: {differ.size} quotients differ, the first "
+                                  f"{x[differ[0]]!r} / {np.float32(c)!r}: {out[differ[0]]!r}, want {want[differ[0]]!r}")

@@ -130,6 +130,10 @@ def quantize(values: np.ndarray, codes: np.ndarray, absmax: np.ndarray, block_si
 def dequantize(codes: np.ndarray, absmax: np.ndarray, values: np.ndarray, block_size: int, signed: bool) -> None:
     """values (float32) <- codes * absmax of their block, with the active target's kernel (tests)."""
 
+def divide_by_step_constant(x: np.ndarray, divisor: float, out: np.ndarray) -> None:
+    """out <- x / float32(divisor) as the active target's vector kernels divide by a per-step
+    constant (Adam's sqrt(1 - beta2^t); tests)."""
+
 def roof(tensors: Sequence[Sequence[np.ndarray]]) -> None:
     """Memory roof: for each [a_1, ..., a_k, b], a_i += b in place (benchmarks only)."""
 
