@@ -146,8 +146,8 @@ void adadelta(const void* scalars, void* const* streams, int64_t begin, int64_t 
 }
 
 // A divisor that stays the same for a whole step (Adam's sqrt(1 - beta2^t)).
-// The scalar loops divide by it; the AVX-512 one-pass kernels divide without
-// the divider unit, bitwise the same (Divisor<Float32x16> below).
+// The scalar loops divide by it; the one-pass kernels divide without the
+// divider unit, bitwise the same (Divisor<FloatVector> below).
 template <class T>
 struct Divisor {
   T value;
@@ -160,8 +160,8 @@ inline T operator/(T x, const Divisor<T>& d) { return x / d.value; }
 // torch.optim.Adam / AdamW. Streams: w, g, exp_avg, exp_avg_sq, and
 // max_exp_avg_sq with amsgrad. The update of one element is written once,
 // over a lane type T: a float or double for the compiler-vectorised loop,
-// or a vector of floats for the one-pass 16-bit kernel (below), which so
-// computes exactly what this loop does.
+// or a vector of floats for the one-pass kernels (below), which so compute
+// exactly what this loop does.
 template <class T>
 struct AdamConstants {
   T beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor;
@@ -206,15 +206,15 @@ void adam_loop(const AdamScalars& s, T* __restrict w, const T* __restrict g, T* 
   }
 }
 
-#if defined(__AVX512F__)
-// float32 Adam on AVX-512: the one-pass kernel's explicit vector body (below).
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__F16C__))
+// float32 Adam on the vector targets: the one-pass kernel's explicit vector body (below).
 void adam_float32_vector(const AdamScalars& s, void* const* streams, int64_t begin, int64_t end);
 #endif
 
 template <class T>
 void adam(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
   const auto& s = *static_cast<const AdamScalars*>(scalars);
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__F16C__))
   if constexpr (sizeof(T) == sizeof(float)) return adam_float32_vector(s, streams, begin, end);
 #endif
   auto* w = static_cast<T*>(streams[0]);
@@ -821,33 +821,102 @@ void dequantize(const QuantMap* map, const std::uint8_t* codes, const float* abs
 
 // ------------------------------------------------- the one-pass 16-bit kernels
 // Where a rule's element function is written over a lane type (Adam's
-// adam_element), its 16-bit steps need not go through float32 tiles: a
-// vector of sixteen elements of each stream is converted in registers,
-// updated by the same element function on a vector of floats, and stored
-// back, in one pass. The arithmetic is lane-wise IEEE, so each lane is
-// exactly the scalar loop's; the stores round as the bulk conversions do.
-// A block of sixteen with a result the vector store cannot take (a NaN: its
-// payload and the scalar converters' NaN rules; with the BF16 conversion, a
-// subnormal) is redone by the scalar element function, as is the tail. AVX-512 only: on AVX2 GCC's code for this form was slower
-// than the staged tiles (docs/architecture.md).
+// adam_element), its steps need not go through float32 tiles: a vector of
+// each stream is converted in registers, updated by the same element
+// function on a vector of floats, and stored back, in one pass. The
+// arithmetic is lane-wise IEEE, so each lane is exactly the scalar loop's;
+// the stores round as the bulk conversions do. A block with a result the
+// vector store cannot take (a NaN: its payload and the scalar converters'
+// NaN rules; with the BF16 conversion, a float32 subnormal) is redone by the
+// scalar element function, as is the tail. The vector is FloatVector: sixteen
+// lanes on AVX-512, eight on AVX2 (with F16C); other targets stage.
 // A rule's one-pass kernel: its scalars, whether to divide the grad by
 // grad_scale, and the task's streams.
 using OnePassKernel = void (*)(const void* rule_scalars, bool scale_grad, double grad_scale, void* const* streams,
                                int64_t begin, int64_t end);
 
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__F16C__))
+#define FUSEDOPT_ONE_PASS 1
+
+// Float32x16 (AVX-512) or Float32x8 (AVX2): float32 lanes with the scalar
+// operators; LaneMask has a bit per lane. The *_ps names are the target's.
 #if defined(__AVX512F__)
-// Sixteen float32 lanes with the scalar operators.
-struct Float32x16 {
-  __m512 v;
-  Float32x16() = default;
-  explicit Float32x16(__m512 x) : v(x) {}
-  explicit Float32x16(double x) : v(_mm512_set1_ps(static_cast<float>(x))) {}  // as T(x) for T = float
+using Native = __m512;
+using LaneMask = __mmask16;
+constexpr int64_t kVectorLanes = 16;
+inline Native set1(float x) { return _mm512_set1_ps(x); }
+inline Native add(Native a, Native b) { return _mm512_add_ps(a, b); }
+inline Native sub(Native a, Native b) { return _mm512_sub_ps(a, b); }
+inline Native mul(Native a, Native b) { return _mm512_mul_ps(a, b); }
+inline Native div(Native a, Native b) { return _mm512_div_ps(a, b); }
+inline Native sqrt_lanes(Native a) { return _mm512_sqrt_ps(a); }
+inline Native mul_add(Native a, Native b, Native c) { return _mm512_fmadd_ps(a, b, c); }       // a b + c
+inline Native neg_mul_add(Native a, Native b, Native c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a b
+inline LaneMask less(Native a, Native b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+inline LaneMask at_least(Native a, Native b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+inline LaneMask nan_mask(Native a) { return nan_lanes(a); }
+inline Native select(LaneMask take_b, Native a, Native b) { return _mm512_mask_blend_ps(take_b, a, b); }
+inline Native load_floats(const float* p) { return _mm512_loadu_ps(p); }
+inline void store_floats(float* p, Native x) { _mm512_storeu_ps(p, x); }
+using Bits16 = __m256i;  // sixteen 16-bit values
+inline Bits16 load_bits16(const std::uint16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline void store_bits16(std::uint16_t* p, Bits16 x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), x); }
+inline Native widen_bf16(Bits16 h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+inline Bits16 narrow_bf16(Native x) { return bf16_narrow(x); }
+inline LaneMask bf16_unstorable(Native x) { return bf16_scalar_lanes(x); }
+inline Native widen_f16(Bits16 h) { return _mm512_cvtph_ps(h); }
+inline Bits16 narrow_f16(Native x) { return _mm512_cvtps_ph(x, kNearestEven); }
+#else
+using Native = __m256;
+using LaneMask = unsigned;
+constexpr int64_t kVectorLanes = 8;
+inline Native set1(float x) { return _mm256_set1_ps(x); }
+inline Native add(Native a, Native b) { return _mm256_add_ps(a, b); }
+inline Native sub(Native a, Native b) { return _mm256_sub_ps(a, b); }
+inline Native mul(Native a, Native b) { return _mm256_mul_ps(a, b); }
+inline Native div(Native a, Native b) { return _mm256_div_ps(a, b); }
+inline Native sqrt_lanes(Native a) { return _mm256_sqrt_ps(a); }
+inline Native mul_add(Native a, Native b, Native c) { return _mm256_fmadd_ps(a, b, c); }
+inline Native neg_mul_add(Native a, Native b, Native c) { return _mm256_fnmadd_ps(a, b, c); }
+inline LaneMask lanes(Native m) { return static_cast<LaneMask>(_mm256_movemask_ps(m)); }
+inline LaneMask less(Native a, Native b) { return lanes(_mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
+inline LaneMask at_least(Native a, Native b) { return lanes(_mm256_cmp_ps(a, b, _CMP_GE_OQ)); }
+inline LaneMask nan_mask(Native a) { return lanes(_mm256_cmp_ps(a, a, _CMP_UNORD_Q)); }
+inline Native select(LaneMask take_b, Native a, Native b) {  // lane k from b where bit k is set
+  const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256i chosen = _mm256_and_si256(_mm256_set1_epi32(static_cast<int>(take_b)), bit);
+  return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_cmpeq_epi32(chosen, bit)));
+}
+inline Native load_floats(const float* p) { return _mm256_loadu_ps(p); }
+inline void store_floats(float* p, Native x) { _mm256_storeu_ps(p, x); }
+using Bits16 = __m128i;  // eight 16-bit values
+inline Bits16 load_bits16(const std::uint16_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+inline void store_bits16(std::uint16_t* p, Bits16 x) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), x); }
+inline Native widen_bf16(Bits16 h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+inline Bits16 narrow_bf16(Native x) {  // bf16_round leaves each result in the low half of its lane
+  const __m256i r = bf16_round(x);
+  return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+inline LaneMask bf16_unstorable(Native x) { return nan_mask(x); }
+inline Native widen_f16(Bits16 h) { return _mm256_cvtph_ps(h); }
+inline Bits16 narrow_f16(Native x) { return _mm256_cvtps_ph(x, kNearestEven); }
+#endif
+constexpr LaneMask kAllLanes = static_cast<LaneMask>((1u << kVectorLanes) - 1);
+
+struct FloatVector {
+  Native v;
+  FloatVector() = default;
+  explicit FloatVector(Native x) : v(x) {}
+  explicit FloatVector(double x) : v(set1(static_cast<float>(x))) {}  // as T(x) for T = float
 };
-inline Float32x16 operator+(Float32x16 a, Float32x16 b) { return Float32x16(_mm512_add_ps(a.v, b.v)); }
-inline Float32x16 operator-(Float32x16 a, Float32x16 b) { return Float32x16(_mm512_sub_ps(a.v, b.v)); }
-inline Float32x16 operator*(Float32x16 a, Float32x16 b) { return Float32x16(_mm512_mul_ps(a.v, b.v)); }
-inline Float32x16 operator/(Float32x16 a, Float32x16 b) { return Float32x16(_mm512_div_ps(a.v, b.v)); }
-inline Float32x16 square_root(Float32x16 x) { return Float32x16(_mm512_sqrt_ps(x.v)); }
+inline FloatVector operator+(FloatVector a, FloatVector b) { return FloatVector(add(a.v, b.v)); }
+inline FloatVector operator-(FloatVector a, FloatVector b) { return FloatVector(sub(a.v, b.v)); }
+inline FloatVector operator*(FloatVector a, FloatVector b) { return FloatVector(mul(a.v, b.v)); }
+inline FloatVector operator/(FloatVector a, FloatVector b) { return FloatVector(div(a.v, b.v)); }
+inline FloatVector square_root(FloatVector x) { return FloatVector(sqrt_lanes(x.v)); }
+inline FloatVector maximum(FloatVector a, FloatVector b) {  // (a < b || b != b) ? b : a
+  return FloatVector(select(less(a.v, b.v) | nan_mask(b.v), a.v, b.v));
+}
 
 // x / c for a c fixed for the step, correctly rounded without a division:
 // with y = 1/c rounded to nearest, q = x y is within two ulps of x / c; one
@@ -859,79 +928,70 @@ inline Float32x16 square_root(Float32x16 x) { return Float32x16(_mm512_sqrt_ps(x
 // float from 2^-80 on. Other lanes (0, inf, NaN, tiny x) divide.
 // tests/test_precision.py checks it against NumPy on every target.
 template <>
-struct Divisor<Float32x16> {
-  __m512 value, reciprocal;
+struct Divisor<FloatVector> {
+  Native value, reciprocal;
   bool multiply;  // c is in the range where the corrected product is exact
   explicit Divisor(double divisor) {
     const float c = static_cast<float>(divisor);
-    value = _mm512_set1_ps(c);
-    reciprocal = _mm512_set1_ps(1.0f / c);
+    value = set1(c);
+    reciprocal = set1(1.0f / c);
     multiply = c >= 0x1p-20f && c <= 1.0f;
   }
 };
-inline Float32x16 operator/(Float32x16 x, const Divisor<Float32x16>& d) {
-  if (!d.multiply) return Float32x16(_mm512_div_ps(x.v, d.value));
-  const __m512 c = d.value, y = d.reciprocal;
-  const __m512 q0 = _mm512_mul_ps(x.v, y);
-  const __m512 q1 = _mm512_fmadd_ps(_mm512_fnmadd_ps(c, q0, x.v), y, q0);  // faithful
-  const __m512 q2 = _mm512_fmadd_ps(_mm512_fnmadd_ps(c, q1, x.v), y, q1);  // rounded to nearest
-  const __mmask16 in_range = _mm512_cmp_ps_mask(x.v, _mm512_set1_ps(0x1p-40f), _CMP_GE_OQ) &
-                             _mm512_cmp_ps_mask(x.v, _mm512_set1_ps(0x1p64f), _CMP_LT_OQ);
-  if (in_range == 0xFFFF) return Float32x16(q2);
-  return Float32x16(_mm512_mask_div_ps(q2, static_cast<__mmask16>(~in_range), x.v, c));
-}
-inline Float32x16 maximum(Float32x16 a, Float32x16 b) {  // (a < b || b != b) ? b : a
-  const __mmask16 take_b = _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ) | _mm512_cmp_ps_mask(b.v, b.v, _CMP_UNORD_Q);
-  return Float32x16(_mm512_mask_blend_ps(take_b, a.v, b.v));
+inline FloatVector operator/(FloatVector x, const Divisor<FloatVector>& d) {
+  if (!d.multiply) return FloatVector(div(x.v, d.value));
+  const Native c = d.value, y = d.reciprocal;
+  const Native q0 = mul(x.v, y);
+  const Native q1 = mul_add(neg_mul_add(c, q0, x.v), y, q0);  // faithful
+  const Native q2 = mul_add(neg_mul_add(c, q1, x.v), y, q1);  // rounded to nearest
+  const LaneMask in_range = at_least(x.v, set1(0x1p-40f)) & less(x.v, set1(0x1p64f));
+  if (in_range == kAllLanes) return FloatVector(q2);
+  return FloatVector(select(static_cast<LaneMask>(~in_range & kAllLanes), q2, div(x.v, c)));
 }
 
-// How a stream's elements are stored: one element or sixteen, to and from
+// How a stream's elements are stored: one element or a vector, to and from
 // float32. `scalar_lanes` are the lanes a vector store would get wrong or
 // whose NaN the vector arithmetic may not have made as the scalar code does:
 // a block with any is redone by the scalar code.
 struct Float32Storage {
-  static void prefetch(const void* base, int64_t i) { _mm_prefetch(static_cast<const char*>(base) + 4 * i, _MM_HINT_T0); }
-  static __mmask16 scalar_lanes(Float32x16 x) { return nan_lanes(x.v); }
+  static constexpr int kItemSize = 4;
   static float load(const void* base, int64_t i) { return static_cast<const float*>(base)[i]; }
   static void store(void* base, int64_t i, float x) { static_cast<float*>(base)[i] = x; }
-  static Float32x16 load16(const void* base, int64_t i) {
-    return Float32x16(_mm512_loadu_ps(static_cast<const float*>(base) + i));
+  static FloatVector load_vector(const void* base, int64_t i) {
+    return FloatVector(load_floats(static_cast<const float*>(base) + i));
   }
-  static void store16(void* base, int64_t i, Float32x16 x) { _mm512_storeu_ps(static_cast<float*>(base) + i, x.v); }
+  static void store_vector(void* base, int64_t i, FloatVector x) { store_floats(static_cast<float*>(base) + i, x.v); }
+  static LaneMask scalar_lanes(FloatVector x) { return nan_mask(x.v); }
 };
 
-template <float (*kLoad)(std::uint16_t), std::uint16_t (*kStore)(float)>
+template <float (*kLoad)(std::uint16_t), std::uint16_t (*kStore)(float), Native (*kWiden)(Bits16),
+          Bits16 (*kNarrow)(Native), LaneMask (*kScalarLanes)(Native)>
 struct Storage16 {
-  static void prefetch(const void* base, int64_t i) { _mm_prefetch(static_cast<const char*>(base) + 2 * i, _MM_HINT_T0); }
+  static constexpr int kItemSize = 2;
   static float load(const void* base, int64_t i) { return kLoad(static_cast<const std::uint16_t*>(base)[i]); }
   static void store(void* base, int64_t i, float x) { static_cast<std::uint16_t*>(base)[i] = kStore(x); }
-  static __m256i load_bits(const void* base, int64_t i) {
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const std::uint16_t*>(base) + i));
+  static FloatVector load_vector(const void* base, int64_t i) {
+    return FloatVector(kWiden(load_bits16(static_cast<const std::uint16_t*>(base) + i)));
   }
-  static void store_bits(void* base, int64_t i, __m256i bits) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<std::uint16_t*>(base) + i), bits);
+  static void store_vector(void* base, int64_t i, FloatVector x) {
+    store_bits16(static_cast<std::uint16_t*>(base) + i, kNarrow(x.v));
   }
+  static LaneMask scalar_lanes(FloatVector x) { return kScalarLanes(x.v); }
 };
+// bfloat16 loads are exact (the bits shifted to the top half). F16C quiets
+// signalling NaNs on load; a NaN input gives a NaN result, and that block
+// is redone by the scalar code, which keeps NumPy's bits.
+using Bfloat16Storage = Storage16<bf16_load, bf16_nearest, widen_bf16, narrow_bf16, bf16_unstorable>;
+using Float16Storage = Storage16<f16_load, f16_nearest, widen_f16, narrow_f16, nan_mask>;
 
-struct Bfloat16Storage : Storage16<bf16_load, bf16_nearest> {
-  static __mmask16 scalar_lanes(Float32x16 x) { return bf16_scalar_lanes(x.v); }
-  static Float32x16 load16(const void* base, int64_t i) {  // exact: the bits shifted to the top half
-    return Float32x16(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(load_bits(base, i)), 16)));
-  }
-  static void store16(void* base, int64_t i, Float32x16 x) { store_bits(base, i, bf16_narrow(x.v)); }
-};
-
-// F16C quiets signalling NaNs on load; a NaN input gives a NaN result, and
-// that block is redone by the scalar code, which keeps NumPy's bits.
-struct Float16Storage : Storage16<f16_load, f16_nearest> {
-  static __mmask16 scalar_lanes(Float32x16 x) { return nan_lanes(x.v); }
-  static Float32x16 load16(const void* base, int64_t i) { return Float32x16(_mm512_cvtph_ps(load_bits(base, i))); }
-  static void store16(void* base, int64_t i, Float32x16 x) { store_bits(base, i, _mm512_cvtps_ph(x.v, kNearestEven)); }
-};
+template <class Storage>
+inline void prefetch(const void* base, int64_t i) {
+  _mm_prefetch(static_cast<const char*>(base) + Storage::kItemSize * i, _MM_HINT_T0);
+}
 
 // The read streams are prefetched this far ahead (elements): the hardware
-// prefetchers alone left a bf16 step at 1e7 elements 15% slower.
-constexpr int64_t kPrefetchAhead = 512;  // elements  // elements  // elements
+// prefetchers alone left a bf16 step at 1e7 elements 15% slower (AVX-512).
+constexpr int64_t kPrefetchAhead = 512;
 
 // Adam in one pass: w and g stored as Param, the state arrays as State.
 template <class Param, class State, bool kAmsgrad>
@@ -939,9 +999,9 @@ void adam_one_pass(const void* rule_scalars, bool scale_grad, double unscale, vo
                    int64_t end) {
   const auto& scalars = *static_cast<const AdamScalars*>(rule_scalars);
   const AdamConstants<float> k(scalars);
-  const AdamConstants<Float32x16> k16(scalars);
+  const AdamConstants<FloatVector> kv(scalars);
   const float grad_scale = static_cast<float>(unscale);
-  const Float32x16 grad_scale16(unscale);
+  const FloatVector grad_scale_v(unscale);
   void* const w = streams[0];
   const void* const g = streams[1];
   void* const m = streams[2];
@@ -957,29 +1017,29 @@ void adam_one_pass(const void* rule_scalars, bool scale_grad, double unscale, vo
     if constexpr (kAmsgrad) State::store(v_max, i, v_max_i);
   };
   int64_t i = begin;
-  for (; i + 16 <= end; i += 16) {
+  for (; i + kVectorLanes <= end; i += kVectorLanes) {
     if (i + kPrefetchAhead < end) {  // never past the piece: that may be another thread's, or no memory at all
-      Param::prefetch(w, i + kPrefetchAhead);
-      Param::prefetch(g, i + kPrefetchAhead);
-      State::prefetch(m, i + kPrefetchAhead);
-      State::prefetch(v, i + kPrefetchAhead);
-      if constexpr (kAmsgrad) State::prefetch(v_max, i + kPrefetchAhead);
+      prefetch<Param>(w, i + kPrefetchAhead);
+      prefetch<Param>(g, i + kPrefetchAhead);
+      prefetch<State>(m, i + kPrefetchAhead);
+      prefetch<State>(v, i + kPrefetchAhead);
+      if constexpr (kAmsgrad) prefetch<State>(v_max, i + kPrefetchAhead);
     }
-    Float32x16 grad = Param::load16(g, i);
-    if (scale_grad) grad = grad / grad_scale16;
-    Float32x16 m_i = State::load16(m, i), v_i = State::load16(v, i);
-    Float32x16 v_max_i = kAmsgrad ? State::load16(v_max, i) : Float32x16(0.0);
-    const Float32x16 w_i = adam_element<Float32x16, kAmsgrad>(k16, Param::load16(w, i), grad, m_i, v_i, v_max_i);
-    const __mmask16 scalar = Param::scalar_lanes(w_i) | State::scalar_lanes(m_i) | State::scalar_lanes(v_i) |
-                             (kAmsgrad ? State::scalar_lanes(v_max_i) : 0);
+    FloatVector grad = Param::load_vector(g, i);
+    if (scale_grad) grad = grad / grad_scale_v;
+    FloatVector m_i = State::load_vector(m, i), v_i = State::load_vector(v, i);
+    FloatVector v_max_i = kAmsgrad ? State::load_vector(v_max, i) : FloatVector(0.0);
+    const FloatVector w_i = adam_element<FloatVector, kAmsgrad>(kv, Param::load_vector(w, i), grad, m_i, v_i, v_max_i);
+    const LaneMask scalar = Param::scalar_lanes(w_i) | State::scalar_lanes(m_i) | State::scalar_lanes(v_i) |
+                            (kAmsgrad ? State::scalar_lanes(v_max_i) : 0);
     if (scalar != 0) {
-      for (int64_t j = i; j < i + 16; ++j) element(j);
+      for (int64_t j = i; j < i + kVectorLanes; ++j) element(j);
       continue;
     }
-    Param::store16(w, i, w_i);
-    State::store16(m, i, m_i);
-    State::store16(v, i, v_i);
-    if constexpr (kAmsgrad) State::store16(v_max, i, v_max_i);
+    Param::store_vector(w, i, w_i);
+    State::store_vector(m, i, m_i);
+    State::store_vector(v, i, v_i);
+    if constexpr (kAmsgrad) State::store_vector(v_max, i, v_max_i);
   }
   for (; i < end; ++i) element(i);
 }
@@ -1021,9 +1081,9 @@ struct AdamOnePass {
 void divide_by_step_constant(const float* x, double divisor, float* out, int64_t count) {
   const Divisor<float> scalar(divisor);
   int64_t i = 0;
-#if defined(__AVX512F__)
-  const Divisor<Float32x16> vector(divisor);
-  for (; i + 16 <= count; i += 16) _mm512_storeu_ps(out + i, (Float32x16(_mm512_loadu_ps(x + i)) / vector).v);
+#ifdef FUSEDOPT_ONE_PASS
+  const Divisor<FloatVector> vector(divisor);
+  for (; i + kVectorLanes <= count; i += kVectorLanes) store_floats(out + i, (FloatVector(load_floats(x + i)) / vector).v);
 #endif
   for (; i < count; ++i) out[i] = x[i] / scalar;
 }
@@ -1033,7 +1093,7 @@ void divide_by_step_constant(const float* x, double divisor, float* out, int64_t
 // param store other than round to nearest, master weights, or state arrays
 // of different formats.
 inline OnePassKernel one_pass_kernel(const StagedScalars& s) {
-#if defined(__AVX512F__)
+#ifdef FUSEDOPT_ONE_PASS
   if (s.rule != kAdam || s.param_store != ParamStore::kNearest || s.param_copy != nullptr) return nullptr;
   for (int k = 2; k < s.stream_count; ++k)
     if (s.quant_maps[k] != nullptr || s.dtypes[k] != s.dtypes[2]) return nullptr;
