@@ -839,25 +839,17 @@ using OnePassKernel = void (*)(const void* rule_scalars, bool scale_grad, double
 #define FUSEDOPT_ONE_PASS 1
 
 // Float32x16 (AVX-512) or Float32x8 (AVX2): float32 lanes with the scalar
-// operators; LaneMask has a bit per lane. The *_ps names are the target's.
+// operators; LaneMask has a bit per lane. FUSEDOPT_PS(op) names the
+// target's _mm512_op_ps or _mm256_op_ps, so the arithmetic is written once.
 #if defined(__AVX512F__)
+#define FUSEDOPT_PS(op) _mm512_##op##_ps
 using Native = __m512;
 using LaneMask = __mmask16;
 constexpr int64_t kVectorLanes = 16;
-inline Native set1(float x) { return _mm512_set1_ps(x); }
-inline Native add(Native a, Native b) { return _mm512_add_ps(a, b); }
-inline Native sub(Native a, Native b) { return _mm512_sub_ps(a, b); }
-inline Native mul(Native a, Native b) { return _mm512_mul_ps(a, b); }
-inline Native div(Native a, Native b) { return _mm512_div_ps(a, b); }
-inline Native sqrt_lanes(Native a) { return _mm512_sqrt_ps(a); }
-inline Native mul_add(Native a, Native b, Native c) { return _mm512_fmadd_ps(a, b, c); }       // a b + c
-inline Native neg_mul_add(Native a, Native b, Native c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a b
 inline LaneMask less(Native a, Native b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
 inline LaneMask at_least(Native a, Native b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
 inline LaneMask nan_mask(Native a) { return nan_lanes(a); }
 inline Native select(LaneMask take_b, Native a, Native b) { return _mm512_mask_blend_ps(take_b, a, b); }
-inline Native load_floats(const float* p) { return _mm512_loadu_ps(p); }
-inline void store_floats(float* p, Native x) { _mm512_storeu_ps(p, x); }
 using Bits16 = __m256i;  // sixteen 16-bit values
 inline Bits16 load_bits16(const std::uint16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 inline void store_bits16(std::uint16_t* p, Bits16 x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), x); }
@@ -867,17 +859,10 @@ inline LaneMask bf16_unstorable(Native x) { return bf16_scalar_lanes(x); }
 inline Native widen_f16(Bits16 h) { return _mm512_cvtph_ps(h); }
 inline Bits16 narrow_f16(Native x) { return _mm512_cvtps_ph(x, kNearestEven); }
 #else
+#define FUSEDOPT_PS(op) _mm256_##op##_ps
 using Native = __m256;
 using LaneMask = unsigned;
 constexpr int64_t kVectorLanes = 8;
-inline Native set1(float x) { return _mm256_set1_ps(x); }
-inline Native add(Native a, Native b) { return _mm256_add_ps(a, b); }
-inline Native sub(Native a, Native b) { return _mm256_sub_ps(a, b); }
-inline Native mul(Native a, Native b) { return _mm256_mul_ps(a, b); }
-inline Native div(Native a, Native b) { return _mm256_div_ps(a, b); }
-inline Native sqrt_lanes(Native a) { return _mm256_sqrt_ps(a); }
-inline Native mul_add(Native a, Native b, Native c) { return _mm256_fmadd_ps(a, b, c); }
-inline Native neg_mul_add(Native a, Native b, Native c) { return _mm256_fnmadd_ps(a, b, c); }
 inline LaneMask lanes(Native m) { return static_cast<LaneMask>(_mm256_movemask_ps(m)); }
 inline LaneMask less(Native a, Native b) { return lanes(_mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
 inline LaneMask at_least(Native a, Native b) { return lanes(_mm256_cmp_ps(a, b, _CMP_GE_OQ)); }
@@ -887,8 +872,6 @@ inline Native select(LaneMask take_b, Native a, Native b) {  // lane k from b wh
   const __m256i chosen = _mm256_and_si256(_mm256_set1_epi32(static_cast<int>(take_b)), bit);
   return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_cmpeq_epi32(chosen, bit)));
 }
-inline Native load_floats(const float* p) { return _mm256_loadu_ps(p); }
-inline void store_floats(float* p, Native x) { _mm256_storeu_ps(p, x); }
 using Bits16 = __m128i;  // eight 16-bit values
 inline Bits16 load_bits16(const std::uint16_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
 inline void store_bits16(std::uint16_t* p, Bits16 x) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), x); }
@@ -901,6 +884,17 @@ inline LaneMask bf16_unstorable(Native x) { return nan_mask(x); }
 inline Native widen_f16(Bits16 h) { return _mm256_cvtph_ps(h); }
 inline Bits16 narrow_f16(Native x) { return _mm256_cvtps_ph(x, kNearestEven); }
 #endif
+inline Native set1(float x) { return FUSEDOPT_PS(set1)(x); }
+inline Native add(Native a, Native b) { return FUSEDOPT_PS(add)(a, b); }
+inline Native sub(Native a, Native b) { return FUSEDOPT_PS(sub)(a, b); }
+inline Native mul(Native a, Native b) { return FUSEDOPT_PS(mul)(a, b); }
+inline Native div(Native a, Native b) { return FUSEDOPT_PS(div)(a, b); }
+inline Native sqrt_lanes(Native a) { return FUSEDOPT_PS(sqrt)(a); }
+inline Native mul_add(Native a, Native b, Native c) { return FUSEDOPT_PS(fmadd)(a, b, c); }       // a b + c
+inline Native neg_mul_add(Native a, Native b, Native c) { return FUSEDOPT_PS(fnmadd)(a, b, c); }  // c - a b
+inline Native load_floats(const float* p) { return FUSEDOPT_PS(loadu)(p); }
+inline void store_floats(float* p, Native x) { FUSEDOPT_PS(storeu)(p, x); }
+#undef FUSEDOPT_PS
 constexpr LaneMask kAllLanes = static_cast<LaneMask>((1u << kVectorLanes) - 1);
 
 struct FloatVector {
