@@ -460,12 +460,14 @@ inline std::uint16_t f16_nearest(float x) {
 // key (seed, step, the param's position) and the element's index, so every
 // thread count, tile, SIMD lane and shard draws the same bits (murmur3's
 // finaliser, twice). The reference computes the same in NumPy.
-inline std::uint32_t mix32(std::uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x85EBCA6Bu;
-  x ^= x >> 13;
-  x *= 0xC2B2AE35u;
-  x ^= x >> 16;
+// Over a std::uint32_t, or a vector of them (the one-pass kernels' lanes).
+template <class U>
+inline U mix32(U x) {
+  x = x ^ (x >> 16);
+  x = x * U(0x85EBCA6Bu);
+  x = x ^ (x >> 13);
+  x = x * U(0xC2B2AE35u);
+  x = x ^ (x >> 16);
   return x;
 }
 
@@ -830,9 +832,15 @@ void dequantize(const QuantMap* map, const std::uint8_t* codes, const float* abs
 // NaN rules; with the BF16 conversion, a float32 subnormal) is redone by the
 // scalar element function, as is the tail. The vector is FloatVector: sixteen
 // lanes on AVX-512, eight on AVX2 (with F16C); other targets stage.
-// A rule's one-pass kernel: its scalars, whether to divide the grad by
-// grad_scale, and the task's streams.
-using OnePassKernel = void (*)(const void* rule_scalars, bool scale_grad, double grad_scale, void* const* streams,
+// A rule's one-pass kernel: its scalars, the grad's unscaling and the
+// param's rounding, and the task's streams.
+struct OnePassOptions {
+  bool scale_grad = false;        // divide the grad by grad_scale
+  double grad_scale = 1.0;
+  std::uint64_t random_key = 0;   // stochastic rounding of the param: as StagedScalars
+  std::int64_t random_offset = 0;
+};
+using OnePassKernel = void (*)(const void* rule_scalars, const OnePassOptions& options, void* const* streams,
                                int64_t begin, int64_t end);
 
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__F16C__))
@@ -858,6 +866,13 @@ inline Bits16 narrow_bf16(Native x) { return bf16_narrow(x); }
 inline LaneMask bf16_unstorable(Native x) { return bf16_scalar_lanes(x); }
 inline Native widen_f16(Bits16 h) { return _mm512_cvtph_ps(h); }
 inline Bits16 narrow_f16(Native x) { return _mm512_cvtps_ph(x, kNearestEven); }
+using NativeInt = __m512i;
+inline NativeInt bits_of_lanes(Native x) { return _mm512_castps_si512(x); }
+inline NativeInt xor_lanes(NativeInt a, NativeInt b) { return _mm512_xor_si512(a, b); }
+inline NativeInt shift_right_lanes(NativeInt a, int n) { return _mm512_srl_epi32(a, _mm_cvtsi32_si128(n)); }
+inline NativeInt lane_index() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
+inline Bits16 low_halves(NativeInt a) { return _mm512_cvtepi32_epi16(a); }  // each lane < 2^16
+#define FUSEDOPT_EPI32(op) _mm512_##op##_epi32
 #else
 #define FUSEDOPT_PS(op) _mm256_##op##_ps
 using Native = __m256;
@@ -883,6 +898,15 @@ inline Bits16 narrow_bf16(Native x) {  // bf16_round leaves each result in the l
 inline LaneMask bf16_unstorable(Native x) { return nan_mask(x); }
 inline Native widen_f16(Bits16 h) { return _mm256_cvtph_ps(h); }
 inline Bits16 narrow_f16(Native x) { return _mm256_cvtps_ph(x, kNearestEven); }
+using NativeInt = __m256i;
+inline NativeInt bits_of_lanes(Native x) { return _mm256_castps_si256(x); }
+inline NativeInt xor_lanes(NativeInt a, NativeInt b) { return _mm256_xor_si256(a, b); }
+inline NativeInt shift_right_lanes(NativeInt a, int n) { return _mm256_srl_epi32(a, _mm_cvtsi32_si128(n)); }
+inline NativeInt lane_index() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
+inline Bits16 low_halves(NativeInt a) {  // each lane < 2^16
+  return _mm_packus_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+}
+#define FUSEDOPT_EPI32(op) _mm256_##op##_epi32
 #endif
 inline Native set1(float x) { return FUSEDOPT_PS(set1)(x); }
 inline Native add(Native a, Native b) { return FUSEDOPT_PS(add)(a, b); }
@@ -895,6 +919,18 @@ inline Native neg_mul_add(Native a, Native b, Native c) { return FUSEDOPT_PS(fnm
 inline Native load_floats(const float* p) { return FUSEDOPT_PS(loadu)(p); }
 inline void store_floats(float* p, Native x) { FUSEDOPT_PS(storeu)(p, x); }
 #undef FUSEDOPT_PS
+
+// Unsigned 32-bit lanes with the operators mix32 uses.
+struct UInt32Vector {
+  NativeInt v;
+  explicit UInt32Vector(NativeInt x) : v(x) {}
+  explicit UInt32Vector(std::uint32_t x) : v(FUSEDOPT_EPI32(set1)(static_cast<int>(x))) {}
+};
+inline UInt32Vector operator^(UInt32Vector a, UInt32Vector b) { return UInt32Vector(xor_lanes(a.v, b.v)); }
+inline UInt32Vector operator>>(UInt32Vector a, int n) { return UInt32Vector(shift_right_lanes(a.v, n)); }
+inline UInt32Vector operator*(UInt32Vector a, UInt32Vector b) { return UInt32Vector(FUSEDOPT_EPI32(mullo)(a.v, b.v)); }
+inline UInt32Vector operator+(UInt32Vector a, UInt32Vector b) { return UInt32Vector(FUSEDOPT_EPI32(add)(a.v, b.v)); }
+#undef FUSEDOPT_EPI32
 constexpr LaneMask kAllLanes = static_cast<LaneMask>((1u << kVectorLanes) - 1);
 
 struct FloatVector {
@@ -949,6 +985,7 @@ inline FloatVector operator/(FloatVector x, const Divisor<FloatVector>& d) {
 // a block with any is redone by the scalar code.
 struct Float32Storage {
   static constexpr int kItemSize = 4;
+  explicit Float32Storage(const OnePassOptions&) {}
   static float load(const void* base, int64_t i) { return static_cast<const float*>(base)[i]; }
   static void store(void* base, int64_t i, float x) { static_cast<float*>(base)[i] = x; }
   static FloatVector load_vector(const void* base, int64_t i) {
@@ -962,6 +999,7 @@ template <float (*kLoad)(std::uint16_t), std::uint16_t (*kStore)(float), Native 
           Bits16 (*kNarrow)(Native), LaneMask (*kScalarLanes)(Native)>
 struct Storage16 {
   static constexpr int kItemSize = 2;
+  explicit Storage16(const OnePassOptions&) {}
   static float load(const void* base, int64_t i) { return kLoad(static_cast<const std::uint16_t*>(base)[i]); }
   static void store(void* base, int64_t i, float x) { static_cast<std::uint16_t*>(base)[i] = kStore(x); }
   static FloatVector load_vector(const void* base, int64_t i) {
@@ -978,6 +1016,36 @@ struct Storage16 {
 using Bfloat16Storage = Storage16<bf16_load, bf16_nearest, widen_bf16, narrow_bf16, bf16_unstorable>;
 using Float16Storage = Storage16<f16_load, f16_nearest, widen_f16, narrow_f16, nan_mask>;
 
+// A bfloat16 param stored with stochastic rounding: bf16_stochastic with
+// the random bits random16 draws for the element's index in its param
+// (random_offset: the index of the stream's first element), a lane each.
+struct Bfloat16StochasticStorage : Bfloat16Storage {
+  std::uint64_t key;
+  std::int64_t first;
+  explicit Bfloat16StochasticStorage(const OnePassOptions& o)
+      : Bfloat16Storage(o), key(o.random_key), first(o.random_offset) {}
+  void store(void* base, int64_t i, float x) const {
+    static_cast<std::uint16_t*>(base)[i] = bf16_stochastic(x, random16(key, first + i));
+  }
+  // scalar_lanes (NaN) already sent NaN blocks to the scalar code.
+  void store_vector(void* base, int64_t i, FloatVector x) const {
+    const auto index = static_cast<std::uint64_t>(first + i);
+    if ((index >> 32) != ((index + kVectorLanes - 1) >> 32)) {  // the lanes' indices differ in their high half
+      alignas(64) float lanes[kVectorLanes];
+      store_floats(lanes, x.v);
+      for (int64_t l = 0; l < kVectorLanes; ++l) store(base, i + l, lanes[l]);
+      return;
+    }
+    // random16's two rounds, the low half of the index per lane (as random_bits)
+    const UInt32Vector low = UInt32Vector(static_cast<std::uint32_t>(index)) + UInt32Vector(lane_index());
+    const auto high = static_cast<std::uint32_t>(index >> 32) ^ static_cast<std::uint32_t>(key >> 32);
+    const UInt32Vector random =
+        mix32(mix32(low ^ UInt32Vector(static_cast<std::uint32_t>(key))) ^ UInt32Vector(high)) >> 16;
+    const UInt32Vector rounded = (UInt32Vector(bits_of_lanes(x.v)) + random) >> 16;  // bf16_stochastic
+    store_bits16(static_cast<std::uint16_t*>(base) + i, low_halves(rounded.v));
+  }
+};
+
 template <class Storage>
 inline void prefetch(const void* base, int64_t i) {
   _mm_prefetch(static_cast<const char*>(base) + Storage::kItemSize * i, _MM_HINT_T0);
@@ -989,26 +1057,29 @@ constexpr int64_t kPrefetchAhead = 512;
 
 // Adam in one pass: w and g stored as Param, the state arrays as State.
 template <class Param, class State, bool kAmsgrad>
-void adam_one_pass(const void* rule_scalars, bool scale_grad, double unscale, void* const* streams, int64_t begin,
+void adam_one_pass(const void* rule_scalars, const OnePassOptions& options, void* const* streams, int64_t begin,
                    int64_t end) {
   const auto& scalars = *static_cast<const AdamScalars*>(rule_scalars);
   const AdamConstants<float> k(scalars);
   const AdamConstants<FloatVector> kv(scalars);
-  const float grad_scale = static_cast<float>(unscale);
-  const FloatVector grad_scale_v(unscale);
+  const bool scale_grad = options.scale_grad;
+  const float grad_scale = static_cast<float>(options.grad_scale);
+  const FloatVector grad_scale_v(options.grad_scale);
+  const Param param(options);
+  const State state(options);
   void* const w = streams[0];
   const void* const g = streams[1];
   void* const m = streams[2];
   void* const v = streams[3];
   void* const v_max = streams[4];
   const auto element = [&](int64_t i) {
-    float grad = Param::load(g, i);
+    float grad = param.load(g, i);
     if (scale_grad) grad = grad / grad_scale;  // g <- g / grad_scale (unscale)
-    float m_i = State::load(m, i), v_i = State::load(v, i), v_max_i = kAmsgrad ? State::load(v_max, i) : 0.0f;
-    Param::store(w, i, adam_element<float, kAmsgrad>(k, Param::load(w, i), grad, m_i, v_i, v_max_i));
-    State::store(m, i, m_i);
-    State::store(v, i, v_i);
-    if constexpr (kAmsgrad) State::store(v_max, i, v_max_i);
+    float m_i = state.load(m, i), v_i = state.load(v, i), v_max_i = kAmsgrad ? state.load(v_max, i) : 0.0f;
+    param.store(w, i, adam_element<float, kAmsgrad>(k, param.load(w, i), grad, m_i, v_i, v_max_i));
+    state.store(m, i, m_i);
+    state.store(v, i, v_i);
+    if constexpr (kAmsgrad) state.store(v_max, i, v_max_i);
   };
   int64_t i = begin;
   for (; i + kVectorLanes <= end; i += kVectorLanes) {
@@ -1019,21 +1090,21 @@ void adam_one_pass(const void* rule_scalars, bool scale_grad, double unscale, vo
       prefetch<State>(v, i + kPrefetchAhead);
       if constexpr (kAmsgrad) prefetch<State>(v_max, i + kPrefetchAhead);
     }
-    FloatVector grad = Param::load_vector(g, i);
+    FloatVector grad = param.load_vector(g, i);
     if (scale_grad) grad = grad / grad_scale_v;
-    FloatVector m_i = State::load_vector(m, i), v_i = State::load_vector(v, i);
-    FloatVector v_max_i = kAmsgrad ? State::load_vector(v_max, i) : FloatVector(0.0);
-    const FloatVector w_i = adam_element<FloatVector, kAmsgrad>(kv, Param::load_vector(w, i), grad, m_i, v_i, v_max_i);
-    const LaneMask scalar = Param::scalar_lanes(w_i) | State::scalar_lanes(m_i) | State::scalar_lanes(v_i) |
-                            (kAmsgrad ? State::scalar_lanes(v_max_i) : 0);
+    FloatVector m_i = state.load_vector(m, i), v_i = state.load_vector(v, i);
+    FloatVector v_max_i = kAmsgrad ? state.load_vector(v_max, i) : FloatVector(0.0);
+    const FloatVector w_i = adam_element<FloatVector, kAmsgrad>(kv, param.load_vector(w, i), grad, m_i, v_i, v_max_i);
+    const LaneMask scalar = param.scalar_lanes(w_i) | state.scalar_lanes(m_i) | state.scalar_lanes(v_i) |
+                            (kAmsgrad ? state.scalar_lanes(v_max_i) : 0);
     if (scalar != 0) {
       for (int64_t j = i; j < i + kVectorLanes; ++j) element(j);
       continue;
     }
-    Param::store_vector(w, i, w_i);
-    State::store_vector(m, i, m_i);
-    State::store_vector(v, i, v_i);
-    if constexpr (kAmsgrad) State::store_vector(v_max, i, v_max_i);
+    param.store_vector(w, i, w_i);
+    state.store_vector(m, i, m_i);
+    state.store_vector(v, i, v_i);
+    if constexpr (kAmsgrad) state.store_vector(v_max, i, v_max_i);
   }
   for (; i < end; ++i) element(i);
 }
@@ -1050,7 +1121,8 @@ OnePassKernel with_state(Dtype state) {
 }
 
 template <template <class, class, bool> class Kernel, bool kAmsgrad>
-OnePassKernel with_param(Dtype param, Dtype state) {
+OnePassKernel with_param(Dtype param, bool stochastic, Dtype state) {
+  if (stochastic) return param == kBfloat16 ? with_state<Kernel, Bfloat16StochasticStorage, kAmsgrad>(state) : nullptr;
   switch (param) {
     case kFloat32: return with_state<Kernel, Float32Storage, kAmsgrad>(state);
     case kBfloat16: return with_state<Kernel, Bfloat16Storage, kAmsgrad>(state);
@@ -1061,9 +1133,9 @@ OnePassKernel with_param(Dtype param, Dtype state) {
 
 void adam_float32_vector(const AdamScalars& s, void* const* streams, int64_t begin, int64_t end) {
   if (s.amsgrad)
-    adam_one_pass<Float32Storage, Float32Storage, true>(&s, false, 1.0, streams, begin, end);
+    adam_one_pass<Float32Storage, Float32Storage, true>(&s, OnePassOptions{}, streams, begin, end);
   else
-    adam_one_pass<Float32Storage, Float32Storage, false>(&s, false, 1.0, streams, begin, end);
+    adam_one_pass<Float32Storage, Float32Storage, false>(&s, OnePassOptions{}, streams, begin, end);
 }
 
 template <class Param, class State, bool kAmsgrad>
@@ -1083,17 +1155,19 @@ void divide_by_step_constant(const float* x, double divisor, float* out, int64_t
 }
 
 // The one-pass kernel of a staged task, or nullptr where the task needs the
-// tiles: a rule without an element function over vectors, 8-bit state, a
-// param store other than round to nearest, master weights, or state arrays
-// of different formats.
+// tiles: a rule without an element function over vectors, 8-bit state,
+// Kahan summation, stochastic rounding into float16, master weights, or
+// state arrays of different formats.
 inline OnePassKernel one_pass_kernel(const StagedScalars& s) {
 #ifdef FUSEDOPT_ONE_PASS
-  if (s.rule != kAdam || s.param_store != ParamStore::kNearest || s.param_copy != nullptr) return nullptr;
+  if (s.rule != kAdam || s.param_store == ParamStore::kKahan || s.param_copy != nullptr) return nullptr;
   for (int k = 2; k < s.stream_count; ++k)
     if (s.quant_maps[k] != nullptr || s.dtypes[k] != s.dtypes[2]) return nullptr;
   if (s.dtypes[1] != s.dtypes[0]) return nullptr;
-  return static_cast<const AdamScalars*>(s.scalars)->amsgrad ? with_param<AdamOnePass, true>(s.dtypes[0], s.dtypes[2])
-                                                              : with_param<AdamOnePass, false>(s.dtypes[0], s.dtypes[2]);
+  const bool stochastic = s.param_store == ParamStore::kStochastic;
+  return static_cast<const AdamScalars*>(s.scalars)->amsgrad
+             ? with_param<AdamOnePass, true>(s.dtypes[0], stochastic, s.dtypes[2])
+             : with_param<AdamOnePass, false>(s.dtypes[0], stochastic, s.dtypes[2]);
 #else
   (void)s;
   return nullptr;
@@ -1192,8 +1266,10 @@ void staged(const void* scalars, void* const* streams, int64_t begin, int64_t en
   const auto& s = *static_cast<const StagedScalars*>(scalars);
   constexpr Dtype kNative = sizeof(T) == sizeof(double) ? kFloat64 : kFloat32;
   if constexpr (kNative == kFloat32) {
-    if (const OnePassKernel one_pass = one_pass_kernel(s))
-      return one_pass(s.scalars, s.scale_grad, s.grad_scale, streams, begin, end);
+    if (const OnePassKernel one_pass = one_pass_kernel(s)) {
+      const OnePassOptions options{s.scale_grad, s.grad_scale, s.random_key, s.random_offset};
+      return one_pass(s.scalars, options, streams, begin, end);
+    }
   }
   // Room for a tile of the largest block in every stream (only float32
   // arithmetic has 8-bit state); the tiles lie `tile` elements apart, so

@@ -847,3 +847,23 @@ def test_division_by_a_step_constant_is_numpys_division_bit_for_bit(target):
         differ = np.flatnonzero(bits(out) != bits(want))
         assert differ.size == 0, (f"x / {c!r}: {differ.size} quotients differ, the first "
                                   f"{x[differ[0]]!r} / {np.float32(c)!r}: {out[differ[0]]!r}, want {want[differ[0]]!r}")
+
+
+@pytest.mark.parametrize("offset", [2 ** 32 - 21, 2 ** 32, 2 ** 33 - 5])
+def test_stochastic_rounding_of_a_piece_across_2_to_the_32_is_the_reference_bitwise(target, offset):
+    """A shard piece (fusedopt.distributed's private "_random_index") whose
+    element indices in its param cross a multiple of 2^32: the random bits'
+    high half changes inside one SIMD vector, which the vector code must
+    leave to the scalar code; every target, params and state bitwise."""
+    rng = np.random.default_rng(17)
+    start = [rng.standard_normal(100).astype(bfloat16)]
+    grads = [(rng.standard_normal(100) * 1e-2).astype(bfloat16)]
+    options = dict(lr=1e-3, rounding="stochastic", seed=5)
+    ref = reference.Adam([p.copy() for p in start], **options)
+    opt = fusedopt.Adam([p.copy() for p in start], **options)
+    for o in (ref, opt):
+        o.param_groups[0]["_random_index"] = [(0, offset, 0)]
+    for step in range(1, 3):
+        ref.step(grads)
+        opt.step(grads)
+        assert_same_bits(opt, ref, f"offset {offset}, step {step}")
