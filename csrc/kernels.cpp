@@ -7,16 +7,19 @@
 // place of another's. The only thing exported is the target's KernelTable.
 //
 // The loops are written the way docs/algorithms.md writes the math and left for
-// the compiler to vectorise (no intrinsics, except in the bulk 16-bit
-// conversions and the 8-bit encoder, where the compiler does not find the code). The build turns FMA contraction
-// off, so the vector body and the scalar tail round identically and the
-// result does not depend on how the driver splits an array between threads.
+// the compiler to vectorise. Intrinsics appear only where the compiler does
+// not find the code: the bulk 16-bit conversions, the 8-bit encoder, and the
+// one-pass kernels, which run a rule's element function (Adam's) over an
+// explicit vector type. The build turns FMA contraction off, so the vector
+// body and the scalar tail round identically and the result does not depend
+// on how the driver splits an array between threads (the one explicit fused
+// multiply-add, in Divisor<FloatVector>, is an exact division).
 // The reference (python/fusedopt/reference.py) evaluates each line in the
 // same order.
 #include <cstdint>
 
 #if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__)
-#include <immintrin.h>  // the 16-bit conversions and the 8-bit codec only
+#include <immintrin.h>  // the 16-bit conversions, the 8-bit codec and the one-pass kernels
 #endif
 
 #include "kernel_types.hpp"
@@ -891,10 +894,6 @@ using Bits16 = __m128i;  // eight 16-bit values
 inline Bits16 load_bits16(const std::uint16_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
 inline void store_bits16(std::uint16_t* p, Bits16 x) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), x); }
 inline Native widen_bf16(Bits16 h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
-inline Bits16 narrow_bf16(Native x) {  // bf16_round leaves each result in the low half of its lane
-  const __m256i r = bf16_round(x);
-  return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-}
 inline LaneMask bf16_unstorable(Native x) { return nan_mask(x); }
 inline Native widen_f16(Bits16 h) { return _mm256_cvtph_ps(h); }
 inline Bits16 narrow_f16(Native x) { return _mm256_cvtps_ph(x, kNearestEven); }
@@ -906,6 +905,7 @@ inline NativeInt lane_index() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
 inline Bits16 low_halves(NativeInt a) {  // each lane < 2^16
   return _mm_packus_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
 }
+inline Bits16 narrow_bf16(Native x) { return low_halves(bf16_round(x)); }  // bf16_round: lanes < 2^16
 #define FUSEDOPT_EPI32(op) _mm256_##op##_epi32
 #endif
 inline Native set1(float x) { return FUSEDOPT_PS(set1)(x); }
