@@ -455,3 +455,15 @@ def test_workloads():
     params, grads = workloads.make_arrays(resnet, np.float32)
     assert [p.shape for p in params] == list(resnet.shapes) == [g.shape for g in grads]
     assert all(p.dtype == np.float32 and p.flags.c_contiguous for p in params)
+
+
+@pytest.mark.parametrize("option", ["--json", "--plot", "--markdown"])
+def test_an_output_in_a_missing_folder_is_refused_before_anything_is_measured(tmp_path, option):
+    """The check runs first: the command ends at once, having measured nothing."""
+    missing = tmp_path / "no_such_folder" / "out"
+    result = subprocess.run([sys.executable, "-m", "fusedopt", "bench", "--no-progress", "--rules", "adam",
+                             "--sizes", "1e3", "--models", "none", option, str(missing)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert f"bench: {option} {missing}: the folder {missing.parent} does not exist" in result.stderr
+    assert "adam:" not in result.stdout  # no table: nothing was measured

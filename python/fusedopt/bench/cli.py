@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import sys
@@ -203,6 +204,11 @@ def main(args: argparse.Namespace, command: str | None = None) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise SystemExit("bench: --plot needs matplotlib (pip install 'fusedopt[bench]')") from None
+    # Checked before measuring: a missing folder used to fail only after the whole run.
+    for option, path in (("--json", args.json), ("--plot", args.plot), ("--markdown", args.markdown)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else ""
+        if folder and not os.path.isdir(folder):
+            raise SystemExit(f"bench: {option} {path}: the folder {folder} does not exist")
     command = command or "python -m fusedopt bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     machine = report.machine_info()
     features = machine["fusedopt"]
