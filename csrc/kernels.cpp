@@ -474,10 +474,21 @@ inline U mix32(U x) {
   return x;
 }
 
+// The two rounds, from the index's low half (a uint32 or a vector of them,
+// one per element) and `high`: the high halves of the index and the key,
+// xored. Elements whose indices share their high half share `high`, which
+// is how the vector loops draw many at once.
+template <class U>
+inline U random16_of(U low_index, std::uint32_t low_key, std::uint32_t high) {
+  return mix32(mix32(low_index ^ U(low_key)) ^ U(high)) >> 16;
+}
+inline std::uint32_t high_of(std::uint64_t key, std::uint64_t index) {
+  return static_cast<std::uint32_t>(index >> 32) ^ static_cast<std::uint32_t>(key >> 32);
+}
+
 inline std::uint32_t random16(std::uint64_t key, std::int64_t index) {
   const auto i = static_cast<std::uint64_t>(index);
-  const std::uint32_t x = mix32(static_cast<std::uint32_t>(i) ^ static_cast<std::uint32_t>(key));
-  return mix32(x ^ static_cast<std::uint32_t>(i >> 32) ^ static_cast<std::uint32_t>(key >> 32)) >> 16;
+  return random16_of(static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(key), high_of(key, i));
 }
 
 // Stochastic rounding to bfloat16: add 16 random bits below the kept half
@@ -851,40 +862,39 @@ using OnePassKernel = void (*)(const void* rule_scalars, const OnePassOptions& o
 
 // Float32x16 (AVX-512) or Float32x8 (AVX2): float32 lanes with the scalar
 // operators; LaneMask has a bit per lane. FUSEDOPT_PS(op) names the
-// target's _mm512_op_ps or _mm256_op_ps, so the arithmetic is written once.
+// target's _mm512_op_ps or _mm256_op_ps (FUSEDOPT_EPI32, FUSEDOPT_SI alike),
+// so what the two ISAs share is written once, below the two branches.
+#define FUSEDOPT_JOIN_(a, b, c, d) a##b##c##d
+#define FUSEDOPT_JOIN(a, b, c, d) FUSEDOPT_JOIN_(a, b, c, d)
+#define FUSEDOPT_PS(op) FUSEDOPT_JOIN(_mm, FUSEDOPT_BITS, _##op##_ps, )
+#define FUSEDOPT_EPI32(op) FUSEDOPT_JOIN(_mm, FUSEDOPT_BITS, _##op##_epi32, )
+#define FUSEDOPT_SI(op) FUSEDOPT_JOIN(_mm, FUSEDOPT_BITS, _##op##_si, FUSEDOPT_BITS)
 #if defined(__AVX512F__)
-#define FUSEDOPT_PS(op) _mm512_##op##_ps
+#define FUSEDOPT_BITS 512
 using Native = __m512;
 using LaneMask = __mmask16;
 constexpr int64_t kVectorLanes = 16;
 inline LaneMask less(Native a, Native b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
 inline LaneMask at_least(Native a, Native b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
-inline LaneMask nan_mask(Native a) { return nan_lanes(a); }
 inline Native select(LaneMask take_b, Native a, Native b) { return _mm512_mask_blend_ps(take_b, a, b); }
 using Bits16 = __m256i;  // sixteen 16-bit values
 inline Bits16 load_bits16(const std::uint16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 inline void store_bits16(std::uint16_t* p, Bits16 x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), x); }
 inline Native widen_bf16(Bits16 h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
-inline Bits16 narrow_bf16(Native x) { return bf16_narrow(x); }
-inline LaneMask bf16_unstorable(Native x) { return bf16_scalar_lanes(x); }
 inline Native widen_f16(Bits16 h) { return _mm512_cvtph_ps(h); }
 inline Bits16 narrow_f16(Native x) { return _mm512_cvtps_ph(x, kNearestEven); }
 using NativeInt = __m512i;
-inline NativeInt bits_of_lanes(Native x) { return _mm512_castps_si512(x); }
-inline NativeInt xor_lanes(NativeInt a, NativeInt b) { return _mm512_xor_si512(a, b); }
-inline NativeInt shift_right_lanes(NativeInt a, int n) { return _mm512_srl_epi32(a, _mm_cvtsi32_si128(n)); }
 inline NativeInt lane_index() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
 inline Bits16 low_halves(NativeInt a) { return _mm512_cvtepi32_epi16(a); }  // each lane < 2^16
-#define FUSEDOPT_EPI32(op) _mm512_##op##_epi32
 #else
-#define FUSEDOPT_PS(op) _mm256_##op##_ps
+#define FUSEDOPT_BITS 256
 using Native = __m256;
 using LaneMask = unsigned;
 constexpr int64_t kVectorLanes = 8;
 inline LaneMask lanes(Native m) { return static_cast<LaneMask>(_mm256_movemask_ps(m)); }
 inline LaneMask less(Native a, Native b) { return lanes(_mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
 inline LaneMask at_least(Native a, Native b) { return lanes(_mm256_cmp_ps(a, b, _CMP_GE_OQ)); }
-inline LaneMask nan_mask(Native a) { return lanes(_mm256_cmp_ps(a, a, _CMP_UNORD_Q)); }
+inline LaneMask nan_lanes(Native a) { return lanes(_mm256_cmp_ps(a, a, _CMP_UNORD_Q)); }
 inline Native select(LaneMask take_b, Native a, Native b) {  // lane k from b where bit k is set
   const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
   const __m256i chosen = _mm256_and_si256(_mm256_set1_epi32(static_cast<int>(take_b)), bit);
@@ -894,19 +904,15 @@ using Bits16 = __m128i;  // eight 16-bit values
 inline Bits16 load_bits16(const std::uint16_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
 inline void store_bits16(std::uint16_t* p, Bits16 x) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), x); }
 inline Native widen_bf16(Bits16 h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
-inline LaneMask bf16_unstorable(Native x) { return nan_mask(x); }
+inline LaneMask bf16_scalar_lanes(Native x) { return nan_lanes(x); }  // the integer rounding is exact
 inline Native widen_f16(Bits16 h) { return _mm256_cvtph_ps(h); }
 inline Bits16 narrow_f16(Native x) { return _mm256_cvtps_ph(x, kNearestEven); }
 using NativeInt = __m256i;
-inline NativeInt bits_of_lanes(Native x) { return _mm256_castps_si256(x); }
-inline NativeInt xor_lanes(NativeInt a, NativeInt b) { return _mm256_xor_si256(a, b); }
-inline NativeInt shift_right_lanes(NativeInt a, int n) { return _mm256_srl_epi32(a, _mm_cvtsi32_si128(n)); }
 inline NativeInt lane_index() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
 inline Bits16 low_halves(NativeInt a) {  // each lane < 2^16
   return _mm_packus_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
 }
-inline Bits16 narrow_bf16(Native x) { return low_halves(bf16_round(x)); }  // bf16_round: lanes < 2^16
-#define FUSEDOPT_EPI32(op) _mm256_##op##_epi32
+inline Bits16 bf16_narrow(Native x) { return low_halves(bf16_round(x)); }  // bf16_round: lanes < 2^16
 #endif
 inline Native set1(float x) { return FUSEDOPT_PS(set1)(x); }
 inline Native add(Native a, Native b) { return FUSEDOPT_PS(add)(a, b); }
@@ -918,7 +924,9 @@ inline Native mul_add(Native a, Native b, Native c) { return FUSEDOPT_PS(fmadd)(
 inline Native neg_mul_add(Native a, Native b, Native c) { return FUSEDOPT_PS(fnmadd)(a, b, c); }  // c - a b
 inline Native load_floats(const float* p) { return FUSEDOPT_PS(loadu)(p); }
 inline void store_floats(float* p, Native x) { FUSEDOPT_PS(storeu)(p, x); }
-#undef FUSEDOPT_PS
+inline NativeInt bits_of_lanes(Native x) { return FUSEDOPT_SI(castps)(x); }
+inline NativeInt xor_lanes(NativeInt a, NativeInt b) { return FUSEDOPT_SI(xor)(a, b); }
+inline NativeInt shift_right_lanes(NativeInt a, int n) { return FUSEDOPT_EPI32(srl)(a, _mm_cvtsi32_si128(n)); }
 
 // Unsigned 32-bit lanes with the operators mix32 uses.
 struct UInt32Vector {
@@ -930,7 +938,12 @@ inline UInt32Vector operator^(UInt32Vector a, UInt32Vector b) { return UInt32Vec
 inline UInt32Vector operator>>(UInt32Vector a, int n) { return UInt32Vector(shift_right_lanes(a.v, n)); }
 inline UInt32Vector operator*(UInt32Vector a, UInt32Vector b) { return UInt32Vector(FUSEDOPT_EPI32(mullo)(a.v, b.v)); }
 inline UInt32Vector operator+(UInt32Vector a, UInt32Vector b) { return UInt32Vector(FUSEDOPT_EPI32(add)(a.v, b.v)); }
+#undef FUSEDOPT_PS
 #undef FUSEDOPT_EPI32
+#undef FUSEDOPT_SI
+#undef FUSEDOPT_BITS
+#undef FUSEDOPT_JOIN
+#undef FUSEDOPT_JOIN_
 constexpr LaneMask kAllLanes = static_cast<LaneMask>((1u << kVectorLanes) - 1);
 
 struct FloatVector {
@@ -945,7 +958,7 @@ inline FloatVector operator*(FloatVector a, FloatVector b) { return FloatVector(
 inline FloatVector operator/(FloatVector a, FloatVector b) { return FloatVector(div(a.v, b.v)); }
 inline FloatVector square_root(FloatVector x) { return FloatVector(sqrt_lanes(x.v)); }
 inline FloatVector maximum(FloatVector a, FloatVector b) {  // (a < b || b != b) ? b : a
-  return FloatVector(select(less(a.v, b.v) | nan_mask(b.v), a.v, b.v));
+  return FloatVector(select(less(a.v, b.v) | nan_lanes(b.v), a.v, b.v));
 }
 
 // x / c for a c fixed for the step, correctly rounded without a division:
@@ -992,7 +1005,7 @@ struct Float32Storage {
     return FloatVector(load_floats(static_cast<const float*>(base) + i));
   }
   static void store_vector(void* base, int64_t i, FloatVector x) { store_floats(static_cast<float*>(base) + i, x.v); }
-  static LaneMask scalar_lanes(FloatVector x) { return nan_mask(x.v); }
+  static LaneMask scalar_lanes(FloatVector x) { return nan_lanes(x.v); }
 };
 
 template <float (*kLoad)(std::uint16_t), std::uint16_t (*kStore)(float), Native (*kWiden)(Bits16),
@@ -1013,8 +1026,8 @@ struct Storage16 {
 // bfloat16 loads are exact (the bits shifted to the top half). F16C quiets
 // signalling NaNs on load; a NaN input gives a NaN result, and that block
 // is redone by the scalar code, which keeps NumPy's bits.
-using Bfloat16Storage = Storage16<bf16_load, bf16_nearest, widen_bf16, narrow_bf16, bf16_unstorable>;
-using Float16Storage = Storage16<f16_load, f16_nearest, widen_f16, narrow_f16, nan_mask>;
+using Bfloat16Storage = Storage16<bf16_load, bf16_nearest, widen_bf16, bf16_narrow, bf16_scalar_lanes>;
+using Float16Storage = Storage16<f16_load, f16_nearest, widen_f16, narrow_f16, nan_lanes>;
 
 // A bfloat16 param stored with stochastic rounding: bf16_stochastic with
 // the random bits random16 draws for the element's index in its param
@@ -1036,11 +1049,8 @@ struct Bfloat16StochasticStorage : Bfloat16Storage {
       for (int64_t l = 0; l < kVectorLanes; ++l) store(base, i + l, lanes[l]);
       return;
     }
-    // random16's two rounds, the low half of the index per lane (as random_bits)
     const UInt32Vector low = UInt32Vector(static_cast<std::uint32_t>(index)) + UInt32Vector(lane_index());
-    const auto high = static_cast<std::uint32_t>(index >> 32) ^ static_cast<std::uint32_t>(key >> 32);
-    const UInt32Vector random =
-        mix32(mix32(low ^ UInt32Vector(static_cast<std::uint32_t>(key))) ^ UInt32Vector(high)) >> 16;
+    const UInt32Vector random = random16_of(low, static_cast<std::uint32_t>(key), high_of(key, index));
     const UInt32Vector rounded = (UInt32Vector(bits_of_lanes(x.v)) + random) >> 16;  // bf16_stochastic
     store_bits16(static_cast<std::uint16_t*>(base) + i, low_halves(rounded.v));
   }
@@ -1218,9 +1228,8 @@ inline void random_bits(std::uint64_t key, int64_t start, std::uint32_t* __restr
     return;
   }
   const auto low = static_cast<std::uint32_t>(first), low_key = static_cast<std::uint32_t>(key);
-  const auto high = static_cast<std::uint32_t>(first >> 32) ^ static_cast<std::uint32_t>(key >> 32);
-  for (int64_t i = 0; i < n; ++i)
-    out[i] = mix32(mix32((low + static_cast<std::uint32_t>(i)) ^ low_key) ^ high) >> 16;
+  const std::uint32_t high = high_of(key, first);
+  for (int64_t i = 0; i < n; ++i) out[i] = random16_of(low + static_cast<std::uint32_t>(i), low_key, high);
 }
 
 // `first` is the element index of stream[0] in its param (0 but for a shard piece).
