@@ -51,14 +51,19 @@ bool is_bool(py::handle value) {
 }
 
 NumberStatus read_number(py::handle value, double* out) {
-  if (is_bool(value)) return NumberStatus::kNotANumber;
-  const double x = PyFloat_AsDouble(value.ptr());
-  if (x == -1.0 && PyErr_Occurred()) {
-    // No __float__ (or __index__): the wrong kind of value, said in our words.
-    // Anything else the object's own code raised is the caller's to see.
-    if (!PyErr_ExceptionMatches(PyExc_TypeError)) throw py::error_already_set();
-    PyErr_Clear();
-    return NumberStatus::kNotANumber;
+  double x;
+  if (PyFloat_CheckExact(value.ptr())) {
+    x = PyFloat_AS_DOUBLE(value.ptr());  // what a group almost always holds: no bool, no __float__ to call
+  } else {
+    if (is_bool(value)) return NumberStatus::kNotANumber;
+    x = PyFloat_AsDouble(value.ptr());
+    if (x == -1.0 && PyErr_Occurred()) {
+      // No __float__ (or __index__): the wrong kind of value, said in our words.
+      // Anything else the object's own code raised is the caller's to see.
+      if (!PyErr_ExceptionMatches(PyExc_TypeError)) throw py::error_already_set();
+      PyErr_Clear();
+      return NumberStatus::kNotANumber;
+    }
   }
   *out = x;
   return std::isfinite(x) ? NumberStatus::kOk : NumberStatus::kNotFinite;

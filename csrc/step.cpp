@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -502,7 +503,13 @@ bool refresh(Collection<Rule>& c, py::handle param_groups_in, py::handle grads, 
   return true;
 }
 
-// Phase 2: the update, every tensor in one parallel region, without the GIL.
+// Releasing the GIL and taking it back (waking a waiting Python thread)
+// costs more than a step that moves a few KB (under a microsecond): such
+// steps keep it.
+constexpr std::int64_t kKeepGilBytes = 32 << 10;
+
+// Phase 2: the update, every tensor in one parallel region, without the GIL
+// (unless under kKeepGilBytes).
 // Returns the position in `steps` of the first param whose grad is not
 // finite (nothing was written), or -1 when the update ran.
 template <class Rule>
@@ -515,7 +522,9 @@ std::int64_t run(Collection<Rule>& c, bool check_finite) {
   checks.clear();
   tasks.reserve(steps.size());
   checks.reserve(steps.size());
+  std::int64_t bytes = 0;
   for (ParamStep<Rule>& p : steps) {
+    bytes += p.task.size * p.task.bytes_per_element;
     if (p.is_staged) {
       p.staged.scalars = &p.scalars;
       p.task.scalars = &p.staged;
@@ -525,7 +534,8 @@ std::int64_t run(Collection<Rule>& c, bool check_finite) {
     tasks.push_back(p.task);
     checks.push_back(table.all_finite[p.dtype]);
   }
-  py::gil_scoped_release release;
+  std::optional<py::gil_scoped_release> release;
+  if (bytes >= kKeepGilBytes) release.emplace();
   return run_tasks(tasks, check_finite ? checks.data() : nullptr);
 }
 
