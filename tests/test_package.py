@@ -4,6 +4,8 @@ re-exports every optimizer class."""
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 import fusedopt
 from fusedopt import _core, optimizers
@@ -79,3 +81,33 @@ def test_top_level_exports_every_optimizer():
     for name in optimizers.__all__:
         assert getattr(fusedopt, name) is getattr(optimizers, name)
     assert {cls.rule.name for cls in map(optimizers.__dict__.get, optimizers.__all__)} == set(_core.rules)
+
+
+# Run in a fresh interpreter: the test session itself has ml_dtypes imported.
+FLOAT32_ONLY = """
+import sys, tempfile, os
+import numpy as np
+import fusedopt
+assert "ml_dtypes" not in sys.modules, "import fusedopt imported ml_dtypes"
+params = [np.ones(5000, np.float32)]
+for options in ({}, {"state_dtype": np.float32}, {"state_bits": 8}):
+    opt = fusedopt.AdamW(params, lr=1e-3, **options)
+    opt.step([np.full(5000, 0.1, np.float32)])
+    ref = fusedopt.reference.AdamW([p.copy() for p in params], lr=1e-3, **options)
+    ref.step([np.full(5000, 0.1, np.float32)])
+    path = os.path.join(tempfile.mkdtemp(), "run.npz")
+    fusedopt.save(path, opt)
+    fusedopt.load(path, fusedopt.AdamW(params, lr=1e-3, **options))
+assert "ml_dtypes" not in sys.modules, "a float32 run imported ml_dtypes"
+opt = fusedopt.AdamW([np.ones(8, np.float32)], state_dtype="bfloat16")  # the name alone brings it in
+opt.step([np.full(8, 0.1, np.float32)])
+assert str(opt.state[0]["exp_avg"].dtype) == "bfloat16"
+"""
+
+
+def test_float32_runs_never_import_ml_dtypes():
+    """ml_dtypes takes about a second to import (NumPy 2.4): `import fusedopt`
+    and float32 steps, reference steps and checkpoints leave it unimported;
+    asking for bfloat16 by name imports it."""
+    result = subprocess.run([sys.executable, "-c", FLOAT32_ONLY], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

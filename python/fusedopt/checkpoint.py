@@ -42,7 +42,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from .precision import bfloat16
+from .precision import bfloat16_dtype, is_bfloat16
 
 if TYPE_CHECKING:
     from .optimizer import Optimizer
@@ -255,7 +255,7 @@ class _Encoder:
             depth += 1
         if isinstance(value, (np.ndarray, np.generic)):
             array = np.asarray(value)
-            if array.dtype == bfloat16:
+            if is_bfloat16(array.dtype):
                 tag = _BF16_ARRAY if isinstance(value, np.ndarray) else _BF16_SCALAR
                 return {tag: self._set_aside(array.view(np.uint16), where)}
             tag = _ARRAY if isinstance(value, np.ndarray) else _SCALAR
@@ -315,7 +315,7 @@ class _Decoder:
             if tag in (_BF16_ARRAY, _BF16_SCALAR):
                 if array.dtype != np.uint16:
                     raise ValueError(f"entry {inner!r} should hold bfloat16 bits (uint16), has dtype {array.dtype}")
-                array = array.view(bfloat16)
+                array = array.view(bfloat16_dtype())
             if tag in (_SCALAR, _BF16_SCALAR):
                 if array.ndim != 0:
                     raise ValueError(f"entry {inner!r} should be a scalar, has shape {array.shape}")

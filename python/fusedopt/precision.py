@@ -13,25 +13,63 @@ for a float32 param. docs/precision.md has the byte counts and the rules.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
-__all__ = ["bfloat16", "DTYPES", "dtype_name", "storage_options", "storage_state_keys", "state_dtypes", "absmax_key",
-           "deciding_elements"]
+__all__ = ["bfloat16", "bfloat16_dtype", "is_bfloat16", "DTYPES", "dtype_name", "storage_options",
+           "storage_state_keys", "state_dtypes", "absmax_key", "deciding_elements"]
 
-bfloat16 = np.dtype(ml_dtypes.bfloat16)
+_bfloat16: np.dtype | None = None
 
-# The dtypes a step takes, by the names the core and the param groups use.
-DTYPES: dict[str, np.dtype] = {
-    "float32": np.dtype(np.float32),
-    "float64": np.dtype(np.float64),
-    "bfloat16": bfloat16,
-    "float16": np.dtype(np.float16),
-}
-_SIXTEEN_BIT = (bfloat16, np.dtype(np.float16))
+
+def bfloat16_dtype() -> np.dtype:
+    """ml_dtypes' bfloat16, imported on first use: with NumPy 2.4, importing
+    ml_dtypes takes about a second (it registers its ufunc loops), which
+    ``import fusedopt`` should not cost a user who steps float32."""
+    global _bfloat16
+    if _bfloat16 is None:
+        import ml_dtypes
+
+        _bfloat16 = np.dtype(ml_dtypes.bfloat16)
+    return _bfloat16
+
+
+def is_bfloat16(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is bfloat16, without importing ml_dtypes: no array
+    can be bfloat16 before it is imported."""
+    return "ml_dtypes" in sys.modules and dtype == bfloat16_dtype()
+
+
+def __getattr__(name: str) -> Any:  # precision.bfloat16, made on first use
+    if name == "bfloat16":
+        return bfloat16_dtype()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Dtypes(Mapping):
+    """The dtypes a step takes, by the names the core and the param groups
+    use; bfloat16's is made when it is first asked for (bfloat16_dtype)."""
+
+    _NAMES = ("float32", "float64", "bfloat16", "float16")
+
+    def __getitem__(self, name: str) -> np.dtype:
+        if name == "bfloat16":
+            return bfloat16_dtype()
+        if name in self._NAMES:
+            return np.dtype(name)
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._NAMES)
+
+    def __len__(self) -> int:
+        return len(self._NAMES)
+
+
+DTYPES: Mapping[str, np.dtype] = _Dtypes()
 
 # Storage options and their defaults: a group holds only those set otherwise.
 STORAGE_DEFAULTS = {"state_dtype": None, "master_weights": False, "kahan_sum": False, "rounding": "nearest",
@@ -44,12 +82,16 @@ _QUANTIZED_LAYOUT = ("block_size", "min_8bit_size")
 def dtype_name(value: Any, name: str = "state_dtype") -> str:
     """The name of a dtype fusedopt steps ("float32", "bfloat16", ...), from a
     NumPy dtype, a scalar type or a name; ValueError naming ``name`` otherwise."""
+    if isinstance(value, str) and value == "bfloat16":
+        bfloat16_dtype()  # NumPy knows the name once ml_dtypes is imported
     try:
         dtype = np.dtype(value)
     except TypeError:
         dtype = None
-    for key, known in DTYPES.items():
-        if dtype is not None and dtype == known:  # a dtype compares equal to None as float64 does
+    for key in DTYPES:
+        if dtype is None:  # a dtype compares equal to None as float64 does
+            break
+        if is_bfloat16(dtype) if key == "bfloat16" else dtype == DTYPES[key]:
             return key
     raise ValueError(f"{name} must be one of {', '.join(DTYPES)} (or None), got {value!r}")
 
@@ -112,11 +154,15 @@ def absmax_key(key: str) -> str:
 
 
 def state_dtypes(key: str, param_dtype: np.dtype) -> tuple[np.dtype, ...]:
-    """The dtypes a state array ``key`` may have beside a param of ``param_dtype``."""
+    """The dtypes a state array ``key`` may have beside a param of
+    ``param_dtype``. bfloat16 is among them only once ml_dtypes is imported
+    (no array can have it before), so checking a float32 run's state does
+    not import it."""
     if key == "master_param":
         return (DTYPES["float32"],)
     if key == "kahan_comp":
         return (np.dtype(param_dtype),)
     if np.dtype(param_dtype) == DTYPES["float64"]:
         return (DTYPES["float64"],)
-    return (DTYPES["float32"], *_SIXTEEN_BIT)
+    bfloat16 = (DTYPES["bfloat16"],) if "ml_dtypes" in sys.modules else ()
+    return (DTYPES["float32"], *bfloat16, DTYPES["float16"])

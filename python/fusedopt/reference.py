@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _core, optimizers
 from .optimizer import Optimizer
-from .precision import DTYPES, STORAGE_DEFAULTS, absmax_key, bfloat16, deciding_elements
+from .precision import DTYPES, STORAGE_DEFAULTS, absmax_key, bfloat16_dtype, deciding_elements, is_bfloat16
 from .rule import nonfinite_grad_error
 
 __all__ = ["Momentum", "SGD", "Adadelta", "Adam", "AdamW", "RMSprop", "Adagrad", "NAdam", "RAdam", "Adamax",
@@ -70,7 +70,7 @@ _U32 = np.uint32
 
 def to_float32(a: np.ndarray) -> np.ndarray:
     """A float32 copy of a bfloat16, float16 or float32 array (exact)."""
-    if a.dtype == bfloat16:
+    if is_bfloat16(a.dtype):
         return (a.view(np.uint16).astype(_U32) << 16).view(np.float32)
     return a.astype(np.float32)
 
@@ -80,7 +80,7 @@ def bf16_nearest(x: np.ndarray) -> np.ndarray:
     u = np.ascontiguousarray(x, np.float32).view(_U32)
     rounded = (u + _U32(0x7FFF) + ((u >> 16) & _U32(1))) >> 16
     nan = ((u >> 16) & _U32(0x8000)) | _U32(0x7FC0)
-    return np.where((u & _U32(0x7FFFFFFF)) > _U32(0x7F800000), nan, rounded).astype(np.uint16).view(bfloat16)
+    return np.where((u & _U32(0x7FFFFFFF)) > _U32(0x7F800000), nan, rounded).astype(np.uint16).view(bfloat16_dtype())
 
 
 def f16_nearest(x: np.ndarray) -> np.ndarray:
@@ -101,7 +101,7 @@ def f16_nearest(x: np.ndarray) -> np.ndarray:
 
 def round_nearest(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """float32 values stored as ``dtype`` with the core's round-to-nearest-even."""
-    if dtype == bfloat16:
+    if is_bfloat16(dtype):
         return bf16_nearest(x)
     if dtype == np.float16:
         return f16_nearest(x)
@@ -143,9 +143,9 @@ def round_stochastic(x: np.ndarray, dtype: np.dtype, random: np.ndarray) -> np.n
     ``random`` holding 16 random bits per element."""
     u = np.ascontiguousarray(x, np.float32).view(_U32).reshape(-1)
     a = u & _U32(0x7FFFFFFF)
-    if dtype == bfloat16:
+    if is_bfloat16(dtype):
         out = ((u + random) >> 16).astype(np.uint16)
-        return np.where(a > _U32(0x7F800000), bf16_nearest(x).reshape(-1).view(np.uint16), out).view(bfloat16)
+        return np.where(a > _U32(0x7F800000), bf16_nearest(x).reshape(-1).view(np.uint16), out).view(bfloat16_dtype())
     e = a >> 23
     normal_kept = (a - _U32((127 - 15) << 23)) >> 13
     normal_scaled = (a & _U32(0x1FFF)) << 3
