@@ -37,10 +37,14 @@ def bfloat16_dtype() -> np.dtype:
     return _bfloat16
 
 
+def _bfloat16_can_exist() -> bool:
+    """No array, dtype or state can be bfloat16 before ml_dtypes is imported."""
+    return "ml_dtypes" in sys.modules
+
+
 def is_bfloat16(dtype: np.dtype) -> bool:
-    """Whether ``dtype`` is bfloat16, without importing ml_dtypes: no array
-    can be bfloat16 before it is imported."""
-    return "ml_dtypes" in sys.modules and dtype == bfloat16_dtype()
+    """Whether ``dtype`` is bfloat16, without importing ml_dtypes."""
+    return _bfloat16_can_exist() and dtype == bfloat16_dtype()
 
 
 def __getattr__(name: str) -> Any:  # precision.bfloat16, made on first use
@@ -164,5 +168,5 @@ def state_dtypes(key: str, param_dtype: np.dtype) -> tuple[np.dtype, ...]:
         return (np.dtype(param_dtype),)
     if np.dtype(param_dtype) == DTYPES["float64"]:
         return (DTYPES["float64"],)
-    bfloat16 = (DTYPES["bfloat16"],) if "ml_dtypes" in sys.modules else ()
+    bfloat16 = (DTYPES["bfloat16"],) if _bfloat16_can_exist() else ()
     return (DTYPES["float32"], *bfloat16, DTYPES["float16"])
