@@ -209,17 +209,9 @@ void adam_loop(const AdamScalars& s, T* __restrict w, const T* __restrict g, T* 
   }
 }
 
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__F16C__))
-// float32 Adam on the vector targets: the one-pass kernel's explicit vector body (below).
-void adam_float32_vector(const AdamScalars& s, void* const* streams, int64_t begin, int64_t end);
-#endif
-
 template <class T>
 void adam(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
   const auto& s = *static_cast<const AdamScalars*>(scalars);
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__F16C__))
-  if constexpr (sizeof(T) == sizeof(float)) return adam_float32_vector(s, streams, begin, end);
-#endif
   auto* w = static_cast<T*>(streams[0]);
   auto* g = static_cast<const T*>(streams[1]);
   auto* m = static_cast<T*>(streams[2]);
@@ -844,8 +836,12 @@ void dequantize(const QuantMap* map, const std::uint8_t* codes, const float* abs
 // the stores round as the bulk conversions do. A block with a result the
 // vector store cannot take (a NaN: its payload and the scalar converters'
 // NaN rules; with the BF16 conversion, a float32 subnormal) is redone by the
-// scalar element function, as is the tail. The vector is FloatVector: sixteen
-// lanes on AVX-512, eight on AVX2 (with F16C); other targets stage.
+// scalar element function, as is the tail. The vector is FloatVector, sixteen
+// AVX-512 lanes. The other targets stage: on AVX2, eight-lane one-pass
+// kernels were slower than the tiles (Adam, a 2-core Zen 4, 2026-12-02:
+// float32 1.6-2.4x, bfloat16 params with float32 state 1.2-1.3x), and on
+// every target the compiler's own float32 Adam loop beats the one-pass body
+// (8-25% on AVX-512 there), so float32 Adam is not a one-pass kernel.
 // A rule's one-pass kernel: its scalars, the grad's unscaling and the
 // param's rounding, and the task's streams.
 struct OnePassOptions {
@@ -857,20 +853,10 @@ struct OnePassOptions {
 using OnePassKernel = void (*)(const void* rule_scalars, const OnePassOptions& options, void* const* streams,
                                int64_t begin, int64_t end);
 
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__F16C__))
+#if defined(__AVX512F__)
 #define FUSEDOPT_ONE_PASS 1
 
-// Float32x16 (AVX-512) or Float32x8 (AVX2): float32 lanes with the scalar
-// operators; LaneMask has a bit per lane. FUSEDOPT_PS(op) names the
-// target's _mm512_op_ps or _mm256_op_ps (FUSEDOPT_EPI32, FUSEDOPT_SI alike),
-// so what the two ISAs share is written once, below the two branches.
-#define FUSEDOPT_JOIN_(a, b, c, d) a##b##c##d
-#define FUSEDOPT_JOIN(a, b, c, d) FUSEDOPT_JOIN_(a, b, c, d)
-#define FUSEDOPT_PS(op) FUSEDOPT_JOIN(_mm, FUSEDOPT_BITS, _##op##_ps, )
-#define FUSEDOPT_EPI32(op) FUSEDOPT_JOIN(_mm, FUSEDOPT_BITS, _##op##_epi32, )
-#define FUSEDOPT_SI(op) FUSEDOPT_JOIN(_mm, FUSEDOPT_BITS, _##op##_si, FUSEDOPT_BITS)
-#if defined(__AVX512F__)
-#define FUSEDOPT_BITS 512
+// Sixteen float32 lanes with the scalar operators; LaneMask has a bit per lane.
 using Native = __m512;
 using LaneMask = __mmask16;
 constexpr int64_t kVectorLanes = 16;
@@ -886,64 +872,30 @@ inline Bits16 narrow_f16(Native x) { return _mm512_cvtps_ph(x, kNearestEven); }
 using NativeInt = __m512i;
 inline NativeInt lane_index() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
 inline Bits16 low_halves(NativeInt a) { return _mm512_cvtepi32_epi16(a); }  // each lane < 2^16
-#else
-#define FUSEDOPT_BITS 256
-using Native = __m256;
-using LaneMask = unsigned;
-constexpr int64_t kVectorLanes = 8;
-inline LaneMask lanes(Native m) { return static_cast<LaneMask>(_mm256_movemask_ps(m)); }
-inline LaneMask less(Native a, Native b) { return lanes(_mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
-inline LaneMask at_least(Native a, Native b) { return lanes(_mm256_cmp_ps(a, b, _CMP_GE_OQ)); }
-inline LaneMask nan_lanes(Native a) { return lanes(_mm256_cmp_ps(a, a, _CMP_UNORD_Q)); }
-inline Native select(LaneMask take_b, Native a, Native b) {  // lane k from b where bit k is set
-  const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-  const __m256i chosen = _mm256_and_si256(_mm256_set1_epi32(static_cast<int>(take_b)), bit);
-  return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_cmpeq_epi32(chosen, bit)));
-}
-using Bits16 = __m128i;  // eight 16-bit values
-inline Bits16 load_bits16(const std::uint16_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
-inline void store_bits16(std::uint16_t* p, Bits16 x) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), x); }
-inline Native widen_bf16(Bits16 h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
-inline LaneMask bf16_scalar_lanes(Native x) { return nan_lanes(x); }  // the integer rounding is exact
-inline Native widen_f16(Bits16 h) { return _mm256_cvtph_ps(h); }
-inline Bits16 narrow_f16(Native x) { return _mm256_cvtps_ph(x, kNearestEven); }
-using NativeInt = __m256i;
-inline NativeInt lane_index() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
-inline Bits16 low_halves(NativeInt a) {  // each lane < 2^16
-  return _mm_packus_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
-}
-inline Bits16 bf16_narrow(Native x) { return low_halves(bf16_round(x)); }  // bf16_round: lanes < 2^16
-#endif
-inline Native set1(float x) { return FUSEDOPT_PS(set1)(x); }
-inline Native add(Native a, Native b) { return FUSEDOPT_PS(add)(a, b); }
-inline Native sub(Native a, Native b) { return FUSEDOPT_PS(sub)(a, b); }
-inline Native mul(Native a, Native b) { return FUSEDOPT_PS(mul)(a, b); }
-inline Native div(Native a, Native b) { return FUSEDOPT_PS(div)(a, b); }
-inline Native sqrt_lanes(Native a) { return FUSEDOPT_PS(sqrt)(a); }
-inline Native mul_add(Native a, Native b, Native c) { return FUSEDOPT_PS(fmadd)(a, b, c); }       // a b + c
-inline Native neg_mul_add(Native a, Native b, Native c) { return FUSEDOPT_PS(fnmadd)(a, b, c); }  // c - a b
-inline Native load_floats(const float* p) { return FUSEDOPT_PS(loadu)(p); }
-inline void store_floats(float* p, Native x) { FUSEDOPT_PS(storeu)(p, x); }
-inline NativeInt bits_of_lanes(Native x) { return FUSEDOPT_SI(castps)(x); }
-inline NativeInt xor_lanes(NativeInt a, NativeInt b) { return FUSEDOPT_SI(xor)(a, b); }
-inline NativeInt shift_right_lanes(NativeInt a, int n) { return FUSEDOPT_EPI32(srl)(a, _mm_cvtsi32_si128(n)); }
+inline Native set1(float x) { return _mm512_set1_ps(x); }
+inline Native add(Native a, Native b) { return _mm512_add_ps(a, b); }
+inline Native sub(Native a, Native b) { return _mm512_sub_ps(a, b); }
+inline Native mul(Native a, Native b) { return _mm512_mul_ps(a, b); }
+inline Native div(Native a, Native b) { return _mm512_div_ps(a, b); }
+inline Native sqrt_lanes(Native a) { return _mm512_sqrt_ps(a); }
+inline Native mul_add(Native a, Native b, Native c) { return _mm512_fmadd_ps(a, b, c); }       // a b + c
+inline Native neg_mul_add(Native a, Native b, Native c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a b
+inline Native load_floats(const float* p) { return _mm512_loadu_ps(p); }
+inline void store_floats(float* p, Native x) { _mm512_storeu_ps(p, x); }
+inline NativeInt bits_of_lanes(Native x) { return _mm512_castps_si512(x); }
+inline NativeInt xor_lanes(NativeInt a, NativeInt b) { return _mm512_xor_si512(a, b); }
+inline NativeInt shift_right_lanes(NativeInt a, int n) { return _mm512_srl_epi32(a, _mm_cvtsi32_si128(n)); }
 
 // Unsigned 32-bit lanes with the operators mix32 uses.
 struct UInt32Vector {
   NativeInt v;
   explicit UInt32Vector(NativeInt x) : v(x) {}
-  explicit UInt32Vector(std::uint32_t x) : v(FUSEDOPT_EPI32(set1)(static_cast<int>(x))) {}
+  explicit UInt32Vector(std::uint32_t x) : v(_mm512_set1_epi32(static_cast<int>(x))) {}
 };
 inline UInt32Vector operator^(UInt32Vector a, UInt32Vector b) { return UInt32Vector(xor_lanes(a.v, b.v)); }
 inline UInt32Vector operator>>(UInt32Vector a, int n) { return UInt32Vector(shift_right_lanes(a.v, n)); }
-inline UInt32Vector operator*(UInt32Vector a, UInt32Vector b) { return UInt32Vector(FUSEDOPT_EPI32(mullo)(a.v, b.v)); }
-inline UInt32Vector operator+(UInt32Vector a, UInt32Vector b) { return UInt32Vector(FUSEDOPT_EPI32(add)(a.v, b.v)); }
-#undef FUSEDOPT_PS
-#undef FUSEDOPT_EPI32
-#undef FUSEDOPT_SI
-#undef FUSEDOPT_BITS
-#undef FUSEDOPT_JOIN
-#undef FUSEDOPT_JOIN_
+inline UInt32Vector operator*(UInt32Vector a, UInt32Vector b) { return UInt32Vector(_mm512_mullo_epi32(a.v, b.v)); }
+inline UInt32Vector operator+(UInt32Vector a, UInt32Vector b) { return UInt32Vector(_mm512_add_epi32(a.v, b.v)); }
 constexpr LaneMask kAllLanes = static_cast<LaneMask>((1u << kVectorLanes) - 1);
 
 struct FloatVector {
@@ -1139,13 +1091,6 @@ OnePassKernel with_param(Dtype param, bool stochastic, Dtype state) {
     case kFloat16: return with_state<Kernel, Float16Storage, kAmsgrad>(state);
     default: return nullptr;
   }
-}
-
-void adam_float32_vector(const AdamScalars& s, void* const* streams, int64_t begin, int64_t end) {
-  if (s.amsgrad)
-    adam_one_pass<Float32Storage, Float32Storage, true>(&s, OnePassOptions{}, streams, begin, end);
-  else
-    adam_one_pass<Float32Storage, Float32Storage, false>(&s, OnePassOptions{}, streams, begin, end);
 }
 
 template <class Param, class State, bool kAmsgrad>
