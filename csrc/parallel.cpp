@@ -41,17 +41,24 @@ std::atomic<int> g_last_team_size{0};
 // rarely write to the same cache line.
 constexpr std::int64_t kPieceAlignment = 64;
 
-// The concatenation is handed out in chunks, about this many per thread, so
+// The concatenation is handed out in chunks, up to this many per thread, so
 // that the threads that run take over the share of a thread that starts
-// late; each chunk stays long enough (>= 4096 elements, a few microseconds)
-// that claiming it (one atomic add) costs nothing.
+// late; each chunk stays long enough (>= 4096 elements where each thread has
+// that many, a few microseconds) that claiming it (one atomic add) costs
+// nothing. Each thread gets the same
+// whole number of chunks where the cap allows it: with a count that does not
+// divide by the threads, one home region was a chunk longer than the others,
+// and on an idle machine the step waited for that chunk (30,000 elements on
+// 2 threads: 16,384 against 13,616).
 constexpr std::int64_t kChunksPerThread = 16;
 constexpr std::int64_t kMinChunk = 4096, kMaxChunk = 1 << 16;
 
 std::int64_t chunk_elements(std::int64_t total, int threads) {
-  const std::int64_t even = total / (kChunksPerThread * threads);
-  const std::int64_t clamped = std::clamp(even, kMinChunk, kMaxChunk);
-  return clamped - clamped % kPieceAlignment;
+  const std::int64_t per_thread = std::clamp(total / (threads * kMinChunk), std::int64_t{1}, kChunksPerThread);
+  const std::int64_t count = per_thread * threads;
+  const std::int64_t even = (total + count - 1) / count;
+  const std::int64_t aligned = (even + kPieceAlignment - 1) / kPieceAlignment * kPieceAlignment;
+  return std::min(aligned, kMaxChunk);
 }
 
 // [0, total) handed out chunk by chunk. The chunks are split into one home
@@ -111,12 +118,16 @@ class Chunks {
 // may wait milliseconds for a core, and the caller waits for it at the end of
 // the region (OpenMP joins every thread of a team). The chunks already move
 // its share to the threads that run; what is left is the wait for it to
-// arrive and find nothing to do. The guard measures that wait on the caller
-// and, when it cost more than half the caller's own work, runs the following
-// steps on the calling thread until they have worked kBackoff times the time
+// arrive and find nothing to do. The guard measures that wait on the caller;
+// a step stalled when the wait cost more than half the caller's own work.
+// After two stalled steps in a row it runs the following steps on the
+// calling thread until they have worked kBackoff times the time the two
 // lost (doubling, up to 2^kMaxDoublings times, while the stalls go on), then
 // tries the team again. A try that stalls thus costs at most 1/kBackoff of
-// the serial time between tries, and an idle machine never pays anything.
+// the serial time between tries. One stall alone changes nothing: on a
+// virtual machine the host takes a core away for a few milliseconds now and
+// then, and reacting to that once cost kBackoff/2 times the stall itself
+// (a 2.9 ms stall sent a 1e6-element SGD step to one thread for 29 ms).
 class ContentionGuard {
  public:
   bool team_allowed() const { return serial_budget_ns_.load(std::memory_order_relaxed) <= 0; }
@@ -131,13 +142,17 @@ class ContentionGuard {
   void team_step_took(Clock::duration work, Clock::duration waited) {
     team_steps_.fetch_add(1, std::memory_order_relaxed);
     if (waited <= kStallFloor || waited * 2 <= work) {
+      previous_stall_ns_.store(0, std::memory_order_relaxed);
       const int streak = stall_streak_.load(std::memory_order_relaxed);
       if (streak > 0) stall_streak_.store(streak - 1, std::memory_order_relaxed);
       return;
     }
     stalls_.fetch_add(1, std::memory_order_relaxed);
+    const std::int64_t previous = previous_stall_ns_.exchange(ns(waited), std::memory_order_relaxed);
+    if (previous == 0) return;  // the first of a row: wait for the second
+    previous_stall_ns_.store(0, std::memory_order_relaxed);
     const int streak = std::min(stall_streak_.fetch_add(1, std::memory_order_relaxed), kMaxDoublings);
-    serial_budget_ns_.store(kBackoff * ns(waited) << streak, std::memory_order_relaxed);
+    serial_budget_ns_.store(kBackoff * (previous + ns(waited)) << streak, std::memory_order_relaxed);
   }
 
   ContentionStats stats() const {
@@ -155,6 +170,7 @@ class ContentionGuard {
   static constexpr int kMaxDoublings = 4;
 
   std::atomic<std::int64_t> serial_budget_ns_{0};
+  std::atomic<std::int64_t> previous_stall_ns_{0};  // the wait of the last team step, if it stalled
   std::atomic<int> stall_streak_{0};
   std::atomic<std::int64_t> team_steps_{0}, serial_steps_{0}, stalls_{0};
 };

@@ -251,6 +251,53 @@ def test_the_default_count_steps_back_to_one_thread_when_the_team_stalls():
     assert out["serial_steps"] > out["team_steps"]  # after a stall, steps run on the caller
 
 
+# One stall alone (a host that takes a core away once) must not send the
+# following steps to one thread: the whole process is pinned to one core only
+# until a step stalls, then given back its cores.
+ONE_STALL = """
+import json, os, numpy as np, fusedopt
+from fusedopt import _core
+cores = sorted(os.sched_getaffinity(0))
+def pin(allowed):
+    for tid in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(tid), allowed)
+w = np.zeros(1_000_000, np.float32); g = np.full_like(w, 0.1)
+opt = fusedopt.Adam([w])
+calm = 0
+for _ in range(100):  # until the team (created by the first step) ran three steps without a stall
+    before = _core.contention_stats()["stalls"]
+    opt.step([g])
+    calm = calm + 1 if _core.contention_stats()["stalls"] == before else 0
+    if calm == 3:
+        break
+pin({cores[0]})
+stalled = False
+for _ in range(40):
+    before = _core.contention_stats()
+    opt.step([g])
+    if _core.contention_stats()["stalls"] > before["stalls"]:
+        stalled = True
+        break
+pin(set(cores))
+before = _core.contention_stats()
+opt.step([g])
+print(json.dumps({"calm": calm, "stalled": stalled, "team": _core.last_team_size(),
+                  "serial_steps": _core.contention_stats()["serial_steps"] - before["serial_steps"]}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs sched_setaffinity and two cores")
+def test_one_stall_alone_keeps_the_team():
+    result = python(ONE_STALL, OMP_NUM_THREADS="2")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    if "libgomp" not in fusedopt.cpu_features()["openmp"] and not out["stalled"]:
+        return  # libomp's spinning team measures no stall on one core (see above)
+    assert out["calm"] == 3 and out["stalled"]
+    assert out["team"] == 2 and out["serial_steps"] == 0
+
+
 def test_threadpoolctl_sees_and_limits_the_pool():
     runtime = os.path.realpath(fusedopt.cpu_features()["openmp"].split(" (")[0])
     pools = [os.path.realpath(info["filepath"]) for info in threadpoolctl.threadpool_info()
