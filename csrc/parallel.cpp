@@ -58,7 +58,7 @@ std::int64_t chunk_elements(std::int64_t total, int threads) {
   const std::int64_t count = per_thread * threads;
   const std::int64_t even = (total + count - 1) / count;
   const std::int64_t aligned = (even + kPieceAlignment - 1) / kPieceAlignment * kPieceAlignment;
-  return std::min(aligned, kMaxChunk);
+  return std::clamp(aligned, kPieceAlignment, kMaxChunk);  // an empty step still gets a chunk length
 }
 
 // [0, total) handed out chunk by chunk. The chunks are split into one home

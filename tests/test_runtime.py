@@ -251,6 +251,31 @@ def test_the_default_count_steps_back_to_one_thread_when_the_team_stalls():
     assert out["serial_steps"] > out["team_steps"]  # after a stall, steps run on the caller
 
 
+# With no serial cutoff a team runs even steps too small to split: empty ones
+# and ones shorter than a chunk (an empty step once divided by a zero chunk
+# length).
+SMALL_TEAM_STEPS = """
+import json, numpy as np, fusedopt
+from fusedopt import _core, reference
+results = []
+_core.set_serial_cutoff_bytes(0)
+with fusedopt.threads(2):
+    for n in (0, 1, 63, 64, 65, 127, 4097):
+        w = np.linspace(-1, 1, n, dtype=np.float32); g = np.full_like(w, 0.25)
+        expected = w.copy()
+        reference.Adam([expected]).step([g])
+        fusedopt.Adam([w]).step([g])
+        results.append(bool(np.array_equal(w, expected)))
+print(json.dumps(results))
+"""
+
+
+def test_a_fixed_team_runs_empty_and_tiny_steps():
+    result = python(SMALL_TEAM_STEPS)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [True] * 7
+
+
 # One stall alone (a host that takes a core away once) must not send the
 # following steps to one thread: the whole process is pinned to one core only
 # until a step stalls, then given back its cores.
