@@ -499,6 +499,8 @@ PYBIND11_MODULE(_core, m) {
     return py::dict("team_steps"_a = s.team_steps, "serial_steps"_a = s.serial_steps, "stalls"_a = s.stalls,
                     "stall_streak"_a = s.stall_streak, "serial_budget_ns"_a = s.serial_budget_ns);
   }, "What the default thread count did about a busy machine (see csrc/parallel.hpp).");
+  m.def("_report_team_step", &fusedopt::report_team_step, "work_ns"_a, "waited_ns"_a,
+        "Feed the contention guard a team step that did not happen (tests of its policy).");
   m.def("last_team_size", &fusedopt::last_team_size,
         "How many threads ran the most recent step (1 on the serial path).");
   m.def("serial_cutoff_bytes", &fusedopt::serial_cutoff_bytes);

@@ -217,6 +217,10 @@ int num_threads() {
 
 ContentionStats contention_stats() { return g_guard.stats(); }
 
+void report_team_step(std::int64_t work_ns, std::int64_t waited_ns) {
+  g_guard.team_step_took(std::chrono::nanoseconds(work_ns), std::chrono::nanoseconds(waited_ns));
+}
+
 std::int64_t serial_cutoff_bytes() { return g_serial_cutoff_bytes.load(); }
 
 std::int64_t set_serial_cutoff_bytes(std::int64_t bytes) {

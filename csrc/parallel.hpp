@@ -78,9 +78,9 @@ void init_threads();                 // reads FUSEDOPT_NUM_THREADS; installs the
 
 // What the default thread count did about a busy machine. A team step
 // stalled when the caller waited for the other threads (to get a core) more
-// than half as long as it worked itself; after a stall, steps run on the
-// calling thread until they have worked 10 times the time lost (doubling
-// while the stalls go on), then the team is tried again.
+// than half as long as it worked itself; after two stalls in a row, steps
+// run on the calling thread until they have worked 10 times the time lost
+// (doubling while the stalls go on), then the team is tried again.
 struct ContentionStats {
   std::int64_t team_steps;     // steps that ran on a team, judged by the guard
   std::int64_t serial_steps;   // steps over the cutoff run on the caller because of stalls
@@ -89,6 +89,10 @@ struct ContentionStats {
   std::int64_t serial_budget_ns;  // serial work left before the team is tried again
 };
 ContentionStats contention_stats();
+// Tells the guard about a team step that did not happen, as run_tasks would
+// (the caller's own work and its wait for the others): for tests of the
+// policy, which real stalls cannot trigger on demand.
+void report_team_step(std::int64_t work_ns, std::int64_t waited_ns);
 
 // Steps that move fewer bytes than this run on the calling thread: waking
 // the pool costs more than the work (see benchmarks/serial_cutoff.py).
