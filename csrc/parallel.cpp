@@ -45,11 +45,10 @@ constexpr std::int64_t kPieceAlignment = 64;
 // that the threads that run take over the share of a thread that starts
 // late; each chunk stays long enough (>= 4096 elements where each thread has
 // that many, a few microseconds) that claiming it (one atomic add) costs
-// nothing. Each thread gets the same
-// whole number of chunks where the cap allows it: with a count that does not
-// divide by the threads, one home region was a chunk longer than the others,
-// and on an idle machine the step waited for that chunk (30,000 elements on
-// 2 threads: 16,384 against 13,616).
+// nothing. Each thread gets the same whole number of chunks where the cap
+// allows it: with a count that does not divide by the threads, one home
+// region was a chunk longer than the others, and on an idle machine the step
+// waited for that chunk (30,000 elements on 2 threads: 16,384 against 13,616).
 constexpr std::int64_t kChunksPerThread = 16;
 constexpr std::int64_t kMinChunk = 4096, kMaxChunk = 1 << 16;
 
