@@ -841,7 +841,8 @@ void dequantize(const QuantMap* map, const std::uint8_t* codes, const float* abs
 // kernels were slower than the tiles (Adam, a 2-core Zen 4, 2026-12-02:
 // float32 1.6-2.4x, bfloat16 params with float32 state 1.2-1.3x), and on
 // every target the compiler's own float32 Adam loop beats the one-pass body
-// (8-25% on AVX-512 there), so float32 Adam is not a one-pass kernel.
+// (8-25% on AVX-512 there), so an unstaged float32 Adam step runs that loop
+// (architecture.md, "One pass for 16-bit Adam").
 // A rule's one-pass kernel: its scalars, the grad's unscaling and the
 // param's rounding, and the task's streams.
 struct OnePassOptions {
