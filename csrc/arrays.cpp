@@ -87,12 +87,16 @@ std::string dtype_text(const py::array& a) { return py::str(a.dtype()).cast<std:
 
 std::string shape_text(const py::array& a) { return py::str(py::tuple(a.attr("shape"))).cast<std::string>(); }
 
+// NumPy's flags for a C- or Fortran-ordered array: one dense block that
+// starts at its data pointer, whatever the strides of its length-1 axes.
+constexpr int kContiguous = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_F_CONTIGUOUS_;
+
 // Where the lowest-addressed element of a dense, non-overlapping array is, or
 // nullptr if the array is not one such block. Its elements then fill
 // [block, block + size * itemsize) exactly once.
 char* dense_block(const py::array& a) {
   char* data = static_cast<char*>(const_cast<void*>(a.data()));
-  if (a.size() <= 1) return data;
+  if (a.size() <= 1 || (a.flags() & kContiguous) != 0) return data;  // what almost every step sees
   std::vector<std::pair<py::ssize_t, py::ssize_t>> axes;  // (|stride|, extent) of axes longer than 1
   for (py::ssize_t k = 0; k < a.ndim(); ++k) {
     if (a.shape(k) == 1) continue;
@@ -112,6 +116,7 @@ char* dense_block(const py::array& a) {
 // The strides of the axes longer than 1, in elements: two arrays with the
 // same ones lay out their elements alike.
 bool same_layout(const py::array& a, const py::array& b) {
+  if ((a.flags() & b.flags() & kContiguous) != 0) return true;  // both C- or both F-ordered (same shapes)
   for (py::ssize_t k = 0; k < a.ndim(); ++k)
     if (a.shape(k) > 1 && a.strides(k) / a.itemsize() != b.strides(k) / b.itemsize()) return false;
   return true;

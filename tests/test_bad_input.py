@@ -153,6 +153,42 @@ def test_adjacent_views_are_fine():
     np.testing.assert_array_equal(base, np.r_[np.full(50, -1.0), np.full(50, -2.0)])
 
 
+# Dense arrays in an order other than C's: each makes a (8, 5)-element array
+# from a fresh buffer of 40.
+DENSE_LAYOUTS = {
+    "fortran": lambda a: np.asfortranarray(a.reshape(8, 5)),
+    "reversed": lambda a: a[::-1],
+    "transposed": lambda a: a.reshape(2, 4, 5).transpose(2, 0, 1),
+    "odd-stride-on-a-length-1-axis": lambda a: np.lib.stride_tricks.as_strided(
+        a, shape=(40, 1), strides=(a.itemsize, 1000 * a.itemsize)),
+}
+
+
+@pytest.mark.parametrize("layout", DENSE_LAYOUTS)
+def test_dense_arrays_in_any_order_step_as_their_contiguous_copies(layout):
+    make = DENSE_LAYOUTS[layout]
+    rng = np.random.default_rng(1)
+    param = make(rng.standard_normal(40).astype(np.float32))
+    grads = [make(rng.standard_normal(40).astype(np.float32)) for _ in range(3)]
+    contiguous = np.ascontiguousarray(param)
+    opt, expected = fusedopt.Adam([param], lr=0.1), fusedopt.Adam([contiguous], lr=0.1)
+    for g in grads:
+        opt.step([g])
+        expected.step([np.ascontiguousarray(g)])
+    np.testing.assert_array_equal(param, contiguous)  # element by element, at the same index
+    for key in ("exp_avg", "exp_avg_sq"):
+        np.testing.assert_array_equal(opt.state[0][key], expected.state[0][key])
+
+
+def test_a_grad_laid_out_unlike_its_param_is_refused():
+    opt = fusedopt.Adam([np.arange(40, dtype=np.float32).reshape(8, 5)])
+    grads = [np.asfortranarray(np.ones((8, 5), np.float32))]
+    before = snapshot(opt, grads)
+    with pytest.raises(ValueError, match=r"grads\[0\] lays out its elements differently from params\[0\]"):
+        opt.step(grads)
+    assert_unchanged(opt, grads, before)
+
+
 def test_read_only_grads_are_fine():
     opt, grads = fresh()
     for g in grads:
