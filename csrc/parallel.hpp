@@ -23,11 +23,11 @@ struct Task {
 };
 
 // Runs every task over all of its elements. The tensors are laid end to end
-// and the concatenation is cut into chunks that the threads claim (each its
-// own region first, a few chunks at a time), so the threads share the work
-// evenly however the sizes are spread,
-// and a thread that starts late (waiting for a core on a busy machine) finds
-// its share done by the others. Each element is updated by exactly one
+// and the concatenation is cut into one piece per thread (steps under 16 MB)
+// or into chunks that the threads claim (each its own region first, a few
+// chunks at a time), so the threads share the work evenly however the sizes
+// are spread, and in a chunked step a thread that starts late (waiting for
+// a core on a busy machine) finds its share done by the others. Each element is updated by exactly one
 // thread with the same arithmetic, so the result is the same for every
 // thread count and every split. A task with an alignment gets pieces that
 // start on multiples of it (each chunk boundary inside the task moves up to
