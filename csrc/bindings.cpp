@@ -506,6 +506,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("serial_cutoff_bytes", &fusedopt::serial_cutoff_bytes);
   m.def("set_serial_cutoff_bytes", &fusedopt::set_serial_cutoff_bytes, "bytes"_a,
         "Steps moving fewer bytes run on one thread; returns the previous cutoff.");
+  m.def("chunked_step_bytes", &fusedopt::chunked_step_bytes);
+  m.def("set_chunked_step_bytes", &fusedopt::set_chunked_step_bytes, "bytes"_a,
+        "Team steps moving fewer bytes are split one piece per thread, larger ones chunked; returns the "
+        "previous size.");
   m.def("select_target", &fusedopt::select_target, "name"_a,
         "Switch the kernels to a compiled, supported SIMD target (tests use it).");
   m.def("build_info", [] {

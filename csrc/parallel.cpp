@@ -53,7 +53,7 @@ constexpr std::int64_t kPieceAlignment = 64;
 constexpr std::int64_t kChunksPerThread = 16;
 
 // Steps that move fewer bytes than this are split in advance, one piece per
-// thread, with nothing to claim (StaticSplit). A thread that starts late is
+// thread, with nothing to claim (StaticSplit; set_chunked_step_bytes). A thread that starts late is
 // waited for at the end of the region anyway (OpenMP joins every thread), so
 // taking its share over saves only that share's work, tens of microseconds
 // in a small step against a wait of milliseconds; and claiming, and reading
@@ -61,7 +61,7 @@ constexpr std::int64_t kChunksPerThread = 16;
 // than a split in advance (SGD, Adadelta; 2 threads, Xeon, 2026-12-03). From
 // this size on a thread's share is hundreds of microseconds, and the chunks
 // pay for themselves on a busy machine.
-constexpr std::int64_t kStealingBytes = std::int64_t{16} << 20;
+std::atomic<std::int64_t> g_chunked_step_bytes{std::int64_t{16} << 20};
 constexpr std::int64_t kMinChunk = 4096, kMaxChunk = 1 << 16;
 
 std::int64_t chunk_elements(std::int64_t total, int threads) {
@@ -281,6 +281,13 @@ void report_team_step(std::int64_t work_ns, std::int64_t waited_ns) {
 
 std::int64_t serial_cutoff_bytes() { return g_serial_cutoff_bytes.load(); }
 
+std::int64_t chunked_step_bytes() { return g_chunked_step_bytes.load(); }
+
+std::int64_t set_chunked_step_bytes(std::int64_t bytes) {
+  if (bytes < 0) throw std::invalid_argument("the chunked-step size must be >= 0 bytes");
+  return g_chunked_step_bytes.exchange(bytes);
+}
+
 std::int64_t set_serial_cutoff_bytes(std::int64_t bytes) {
   if (bytes < 0) throw std::invalid_argument("the serial cutoff must be >= 0 bytes");
   return g_serial_cutoff_bytes.exchange(bytes);
@@ -470,7 +477,7 @@ std::int64_t run_tasks(const std::vector<Task>& tasks, const FiniteCheck* checks
       if (first_bad.load(std::memory_order_relaxed) == none) to_update.claim_all(thread, team, work, update);
     });
   };
-  if (bytes < kStealingBytes) {
+  if (bytes < chunked_step_bytes()) {
     const StaticSplit split(total);
     team_step(split, split);
   } else {

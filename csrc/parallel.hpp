@@ -100,6 +100,12 @@ void report_team_step(std::int64_t work_ns, std::int64_t waited_ns);
 std::int64_t serial_cutoff_bytes();
 std::int64_t set_serial_cutoff_bytes(std::int64_t bytes);  // returns the previous value
 
+// Team steps that move fewer bytes than this are split in advance, one piece
+// per thread; larger ones are chunked, so that running threads take over a
+// late one's share (parallel.cpp says why; tests run both ways).
+std::int64_t chunked_step_bytes();
+std::int64_t set_chunked_step_bytes(std::int64_t bytes);  // returns the previous value
+
 // The OpenMP runtime library and version, for show_config().
 std::string openmp_description();
 bool in_forked_child();

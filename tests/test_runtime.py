@@ -135,6 +135,14 @@ def test_small_steps_run_on_one_thread():
         assert adam_step() == 2
 
 
+@pytest.mark.parametrize("setting", ["serial_cutoff_bytes", "chunked_step_bytes"])
+def test_negative_step_sizes_are_refused_and_nothing_changes(setting):
+    before = getattr(_core, setting)()
+    with pytest.raises(ValueError, match=">= 0 bytes"):
+        getattr(_core, "set_" + setting)(-1)
+    assert getattr(_core, setting)() == before
+
+
 @pytest.mark.parametrize("count", [0, -1, 4097, 100_000])
 def test_thread_counts_out_of_range_are_refused_and_nothing_changes(count):
     """As FUSEDOPT_NUM_THREADS: 100_000 threads overflowed the OpenMP runtime's stack."""

@@ -187,6 +187,12 @@ def serial_cutoff_bytes() -> int:
 def set_serial_cutoff_bytes(bytes: int) -> int:
     """Set the serial cutoff; returns the previous one."""
 
+def chunked_step_bytes() -> int:
+    """Team steps moving fewer bytes are split one piece per thread; larger ones are chunked."""
+
+def set_chunked_step_bytes(bytes: int) -> int:
+    """Set that size; returns the previous one."""
+
 def select_target(name: str) -> None:
     """Switch the kernels to a compiled, supported SIMD target (tests use it)."""
 
