@@ -17,15 +17,21 @@ def target(request):
     _core.select_target(chosen)
 
 
-@pytest.fixture(params=["split", "chunked"])
-def parallel_everywhere(request):
-    """Make even tiny steps take the multi-threaded path: split one piece per
-    thread (as steps under 16 MB are), or chunked (as larger ones are)."""
+@pytest.fixture
+def parallel_everywhere():
+    """Make even tiny steps take the multi-threaded path."""
     previous = _core.set_serial_cutoff_bytes(0)
-    previous_chunked = _core.set_chunked_step_bytes(0 if request.param == "chunked" else 1 << 62)
     yield
     _core.set_serial_cutoff_bytes(previous)
-    _core.set_chunked_step_bytes(previous_chunked)
+
+
+@pytest.fixture(params=["split", "chunked"])
+def every_team_split(request, parallel_everywhere):
+    """parallel_everywhere, with the team's elements split one piece per
+    thread (as steps under 16 MB are) or chunked (as larger ones are)."""
+    previous = _core.set_chunked_step_bytes(0 if request.param == "chunked" else 1 << 62)
+    yield request.param
+    _core.set_chunked_step_bytes(previous)
 
 
 @pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])

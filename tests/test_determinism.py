@@ -28,7 +28,7 @@ def assert_bitwise_equal(got, want):
 
 
 @pytest.mark.parametrize("name, kwargs", CASES, ids=CASE_IDS)
-def test_one_and_two_threads_are_bitwise_identical(target, dtype, parallel_everywhere, name, kwargs):
+def test_one_and_two_threads_are_bitwise_identical(target, dtype, every_team_split, name, kwargs):
     with fusedopt.threads(1):
         one = run(name, kwargs, dtype)
     with fusedopt.threads(2):
@@ -73,7 +73,7 @@ def test_any_split_into_pieces_gives_the_same_bits(target, dtype, pieces):
 @pytest.mark.parametrize("threads", [3, 4])
 @pytest.mark.parametrize("name, kwargs", [("Adam", {"amsgrad": True}), ("RMSprop", {"centered": True, "momentum": 0.9}),
                                           ("SGD", {"momentum": 0.9, "nesterov": True})])
-def test_more_threads_than_cores_give_the_same_bits(dtype, parallel_everywhere, threads, name, kwargs):
+def test_more_threads_than_cores_give_the_same_bits(dtype, every_team_split, threads, name, kwargs):
     """With more threads than cores, which thread claims which chunk changes
     from step to step (a thread waiting for a core finds its share taken):
     the bits do not."""
@@ -86,7 +86,7 @@ def test_more_threads_than_cores_give_the_same_bits(dtype, parallel_everywhere, 
 
 @pytest.mark.parametrize("threads", [2, 4])
 @pytest.mark.parametrize("where", ["first", "last"])
-def test_a_nonfinite_grad_in_any_chunk_stops_every_thread(dtype, parallel_everywhere, threads, where):
+def test_a_nonfinite_grad_in_any_chunk_stops_every_thread(dtype, every_team_split, threads, where):
     """The threads agree on the verdict once every chunk is checked, whoever
     checked it: a NaN in the first or the last element changes nothing."""
     rng = np.random.default_rng(4)

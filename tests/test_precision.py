@@ -23,9 +23,9 @@ SIXTEEN_BIT_IDS = ["bfloat16", "float16"]
 
 # The (target, thread count) pairs a step is checked on. Every case runs on
 # every target on one thread; one case per rule (the one with every state
-# array) also on two threads, with the serial cutoff at 0 (parallel_everywhere)
-# so that two threads split even small steps, and a tensor of 1e5 elements
-# between them. (A two-thread step of these small arrays costs ~16 ms on this
+# array) also on two threads, with the serial cutoff at 0 so that two threads
+# split even small steps (every_team_split: one piece per thread, and
+# chunked), and a tensor of 1e5 elements between them. (A two-thread step of these small arrays costs ~16 ms on this
 # shared 2-core machine, against ~15 us on one: the threads wait for a core.)
 ONE_THREAD = [(target, 1) for target in SUPPORTED_TARGETS]
 EVERY_THREAD_COUNT = [(target, threads) for target in SUPPORTED_TARGETS for threads in (1, 2)]
@@ -84,7 +84,7 @@ def test_every_case_in_every_precision_is_the_reference_bitwise(name, kwargs, pr
 
 @pytest.mark.parametrize("precision", PRECISIONS, ids=PRECISION_IDS)
 @pytest.mark.parametrize("name, kwargs", FULL_STATE_CASES, ids=FULL_STATE_CASE_IDS)
-def test_two_threads_and_a_large_array_are_the_reference_bitwise(parallel_everywhere, name, kwargs, precision):
+def test_two_threads_and_a_large_array_are_the_reference_bitwise(every_team_split, name, kwargs, precision):
     """Every rule with all its state arrays, every precision, every target, 1
     and 2 threads; the small sizes and 1e5 elements (hundreds of tiles, cut
     between the threads inside the tensor)."""

@@ -210,7 +210,7 @@ def test_every_rule_in_every_mode_is_the_reference_bitwise(name, kwargs, precisi
 
 @pytest.mark.parametrize("threads", [2, 3, 4])
 @pytest.mark.parametrize("name, kwargs", FULL_STATE_CASES, ids=FULL_STATE_CASE_IDS)
-def test_threads_never_split_a_block(parallel_everywhere, name, kwargs, threads):
+def test_threads_never_split_a_block(every_team_split, name, kwargs, threads):
     """Tensors laid end to end at offsets that are not multiples of a block,
     one of 1e5 elements cut between the threads: the chunks move to the
     block grid of each tensor, and every thread count gives the reference's bits."""
