@@ -724,14 +724,17 @@ inline std::uint32_t largest_magnitude_bits(const float* __restrict x, int64_t n
   return largest;
 }
 
-// The vector encoder (AVX2, which the avx512 target has too): quant_encode's
-// integer steps, eight lanes at a time, so every target gives the same bits.
-// The bucket lookups stay scalar loads, but fed from memory: a first pass
-// stores each element's bucket as 16 bits, a second reads them four to a
-// 64-bit word, loads the four entries and finishes in vector lanes. This is
-// faster here than moving lanes to registers one by one (GCC's own
-// vectorisation of quant_encode) or a hardware gather (slower still).
-#if defined(__AVX2__)
+// The vector encoders: quant_encode's integer steps on vector lanes, so every
+// target gives the same bits. AVX-512 gathers the sixteen bucket entries
+// (with the gathered decode below: quantize 0.67 -> 0.51 ns and dequantize
+// 0.43 -> 0.25 ns per element, AdamW8bit with bf16 params 3.0 -> 2.2 ns per
+// element on one thread; Xeon, 2026-12-03). AVX2 works eight lanes at a time,
+// its bucket lookups scalar loads, but fed from memory: a first pass stores
+// each element's bucket as 16 bits, a second reads them four to a 64-bit
+// word, loads the four entries and finishes in vector lanes. That was faster
+// than moving lanes to registers one by one (GCC's own vectorisation of
+// quant_encode) or an AVX2 gather (slower still).
+#if defined(__AVX2__) && !defined(__AVX512F__)
 constexpr int64_t kCodecBlock = 32;   // elements per vector step: four vectors packed into 32 codes
 constexpr int64_t kCodecChunk = 256;  // elements whose buckets the first pass stores for the second
 static_assert(2 * kQuantBucketsPerSign <= 65536, "a bucket index must fit in 16 bits");
@@ -746,7 +749,29 @@ inline __m128i look_up4(const std::int32_t* __restrict table, std::uint64_t word
 __attribute__((noinline)) void encode_block(const std::int32_t* __restrict buckets, const float* __restrict x,
                                             float divisor, bool scaled, std::uint8_t* __restrict codes, int64_t n) {
   int64_t i = 0;
-#if defined(__AVX2__)
+#if defined(__AVX512F__)
+  // quant_encode on sixteen lanes, the bucket entries gathered (the table,
+  // 26 KB, stays in L1).
+  constexpr int kFirst = (kQuantLowestExponent - 1) << kQuantBucketMantissaBits;
+  constexpr int kOne = 127 << kQuantBucketMantissaBits;
+  const __m512 d = _mm512_set1_ps(divisor);
+  const __m512i keep = _mm512_set1_epi32(scaled ? -1 : 0);  // not scaled: encode +0
+  for (; i + 16 <= n; i += 16) {
+    const __m512i u = _mm512_and_si512(_mm512_castps_si512(_mm512_div_ps(_mm512_loadu_ps(x + i), d)), keep);
+    const __m512i top = _mm512_srli_epi32(_mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)), 16);
+    const __m512i clamped = _mm512_min_epi32(_mm512_max_epi32(top, _mm512_set1_epi32(kFirst)), _mm512_set1_epi32(kOne));
+    const __m512i negative = _mm512_srai_epi32(u, 31);  // all ones for x < 0
+    const __m512i bucket = _mm512_add_epi32(_mm512_sub_epi32(clamped, _mm512_set1_epi32(kFirst)),
+                                            _mm512_and_si512(negative, _mm512_set1_epi32(kQuantBucketsPerSign)));
+    const __m512i entry = _mm512_i32gather_epi32(bucket, buckets, 4);
+    const __m512i low = _mm512_and_si512(u, _mm512_set1_epi32(0xFFFF));
+    const __m512i key = _mm512_sub_epi32(_mm512_xor_si512(low, negative), negative);  // -low for x < 0
+    const __mmask16 above = _mm512_cmpge_epi32_mask(key, _mm512_srai_epi32(entry, 8));  // key >= threshold
+    const __m512i first = _mm512_and_si512(entry, _mm512_set1_epi32(0xFF));
+    const __m512i code = _mm512_mask_add_epi32(first, above, first, _mm512_set1_epi32(1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(code));
+  }
+#elif defined(__AVX2__)
   constexpr int kFirst = (kQuantLowestExponent - 1) << kQuantBucketMantissaBits;
   constexpr int kOne = 127 << kQuantBucketMantissaBits;
   const __m256 d = _mm256_set1_ps(divisor);
@@ -803,7 +828,15 @@ __attribute__((noinline)) void encode_block(const std::int32_t* __restrict bucke
 
 __attribute__((noinline)) void decode_block(const float* __restrict table, const std::uint8_t* __restrict codes,
                                             float scale, float* __restrict out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = table[codes[i]] * scale;  // code * absmax
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  const __m512 s = _mm512_set1_ps(scale);
+  for (; i + 16 <= n; i += 16) {  // sixteen codes widened and looked up at once
+    const __m512i index = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i)));
+    _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_i32gather_ps(index, table, 4), s));
+  }
+#endif
+  for (; i < n; ++i) out[i] = table[codes[i]] * scale;  // code * absmax
 }
 
 // One block: its absmax (NaN when it holds a NaN or an infinity, so that the
