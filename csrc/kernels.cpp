@@ -963,14 +963,17 @@ template <>
 struct Divisor<FloatVector> {
   Native value, reciprocal;
   bool multiply;  // c is in the range where the corrected product is exact
+  bool identity;  // c is 1: Adam's sqrt(1 - beta2^t) from t of about 16,600 (beta2 0.999) on
   explicit Divisor(double divisor) {
     const float c = static_cast<float>(divisor);
     value = set1(c);
     reciprocal = set1(1.0f / c);
     multiply = c >= 0x1p-20f && c <= 1.0f;
+    identity = c == 1.0f;
   }
 };
 inline FloatVector operator/(FloatVector x, const Divisor<FloatVector>& d) {
+  if (d.identity && nan_lanes(x.v) == 0) return x;  // x / 1 is x, but for the quieting of a signalling NaN
   if (!d.multiply) return FloatVector(div(x.v, d.value));
   const Native c = d.value, y = d.reciprocal;
   const Native q0 = mul(x.v, y);
