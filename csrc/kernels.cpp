@@ -729,9 +729,8 @@ inline std::uint32_t largest_magnitude_bits(const float* __restrict x, int64_t n
 
 // The vector encoders: quant_encode's integer steps on vector lanes, so every
 // target gives the same bits. AVX-512 gathers the sixteen bucket entries
-// (with the gathered decode below: quantize 0.67 -> 0.51 ns and dequantize
-// 0.43 -> 0.25 ns per element, AdamW8bit with bf16 params 3.0 -> 2.2 ns per
-// element on one thread; Xeon, 2026-12-03). AVX2 works eight lanes at a time,
+// (quantize 0.67 -> 0.51 ns per element on one thread; Xeon, 2026-12-03;
+// docs/precision.md has the whole step). AVX2 works eight lanes at a time,
 // its bucket lookups scalar loads, but fed from memory: a first pass stores
 // each element's bucket as 16 bits, a second reads them four to a 64-bit
 // word, loads the four entries and finishes in vector lanes. That was faster
@@ -833,10 +832,22 @@ __attribute__((noinline)) void decode_block(const float* __restrict table, const
                                             float scale, float* __restrict out, int64_t n) {
   int64_t i = 0;
 #if defined(__AVX512F__)
+  // Sixteen codes at once, looked up in registers: each two-table permute
+  // picks from 32 of the 256 values by the index's low five bits, and three
+  // rounds of blends by bits 5, 6 and 7 keep the right one. A gather was as
+  // fast on the Xeon but is twice as slow as plain loads on AMD's cores.
+  __m512 part[kQuantCodes / 16];
+  for (int k = 0; k < kQuantCodes / 16; ++k) part[k] = _mm512_loadu_ps(table + 16 * k);
   const __m512 s = _mm512_set1_ps(scale);
-  for (; i + 16 <= n; i += 16) {  // sixteen codes widened and looked up at once
+  for (; i + 16 <= n; i += 16) {
     const __m512i index = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i)));
-    _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_i32gather_ps(index, table, 4), s));
+    __m512 pick[8];
+    for (int k = 0; k < 8; ++k) pick[k] = _mm512_permutex2var_ps(part[2 * k], index, part[2 * k + 1]);
+    for (int bit = 5, count = 8; bit < 8; ++bit, count /= 2) {
+      const __mmask16 upper = _mm512_test_epi32_mask(index, _mm512_set1_epi32(1 << bit));
+      for (int k = 0; k < count / 2; ++k) pick[k] = _mm512_mask_blend_ps(upper, pick[2 * k], pick[2 * k + 1]);
+    }
+    _mm512_storeu_ps(out + i, _mm512_mul_ps(pick[0], s));
   }
 #endif
   for (; i < n; ++i) out[i] = table[codes[i]] * scale;  // code * absmax
