@@ -900,6 +900,7 @@ struct OnePassOptions {
   double grad_scale = 1.0;
   std::uint64_t random_key = 0;   // stochastic rounding of the param: as StagedScalars
   std::int64_t random_offset = 0;
+  void* kahan_compensation = nullptr;  // Kahan summation of the param: as StagedScalars
 };
 using OnePassKernel = void (*)(const void* rule_scalars, const OnePassOptions& options, void* const* streams,
                                int64_t begin, int64_t end);
@@ -1015,6 +1016,7 @@ struct Float32Storage {
   static void store_vector(void* base, int64_t i, FloatVector x) { store_floats(static_cast<float*>(base) + i, x.v); }
   static LaneMask scalar_lanes(FloatVector x) { return nan_lanes(x.v); }
   static LaneMask unstorable_lanes(FloatVector) { return 0; }
+  static void prefetch_companion(int64_t) {}  // a stream the store reads besides the param: none
 };
 
 template <float (*kLoad)(std::uint16_t), std::uint16_t (*kStore)(float), Native (*kWiden)(Bits16),
@@ -1032,6 +1034,9 @@ struct Storage16 {
   }
   static LaneMask scalar_lanes(FloatVector x) { return kScalarLanes(x.v); }
   static LaneMask unstorable_lanes(FloatVector x) { return kUnstorableLanes(x.v); }
+  static Bits16 narrowed(FloatVector x) { return kNarrow(x.v); }  // what store_vector writes
+  static FloatVector widened(Bits16 h) { return FloatVector(kWiden(h)); }
+  static void prefetch_companion(int64_t) {}
 };
 // bfloat16 loads are exact (the bits shifted to the top half). F16C quiets
 // signalling NaNs on load; a NaN input gives a NaN result, and that block
@@ -1102,6 +1107,41 @@ struct Bfloat16StochasticStorage : Bfloat16Storage {
   }
 };
 
+// A 16-bit param stored with Kahan summation: store_kahan's arithmetic on
+// one element or a vector, with the compensation stream beside the param.
+// A vector whose sum or compensation the vector store would get wrong is
+// stored lane by lane, before anything of it is written. The check of the
+// compensation covers the sum's: a NaN sum makes it NaN, and a subnormal
+// sum that the BF16 conversion flushes makes it that sum.
+template <class Base>
+struct KahanStorage : Base {
+  void* compensation;
+  explicit KahanStorage(const OnePassOptions& o) : Base(o), compensation(o.kahan_compensation) {}
+  void store(void* base, int64_t i, float x) const {
+    const float old = Base::load(base, i);
+    const float carry = Base::load(compensation, i) + (x - old);  // y: the update plus what earlier stores dropped
+    Base::store(base, i, old + carry);                             // w <- round(w + y)
+    Base::store(compensation, i, carry - (Base::load(base, i) - old));  // what this store dropped
+  }
+  void store_vector(void* base, int64_t i, FloatVector x) const {
+    const FloatVector old = Base::load_vector(base, i);
+    const FloatVector carry = Base::load_vector(compensation, i) + (x - old);
+    const Bits16 sum = Base::narrowed(old + carry);
+    const FloatVector dropped = carry - (Base::widened(sum) - old);
+    if (Base::scalar_lanes(dropped) != 0) {
+      alignas(64) float lanes[kVectorLanes];
+      store_floats(lanes, x.v);
+      for (int64_t l = 0; l < kVectorLanes; ++l) store(base, i + l, lanes[l]);
+      return;
+    }
+    store_bits16(static_cast<std::uint16_t*>(base) + i, sum);
+    Base::store_vector(compensation, i, dropped);
+  }
+  void prefetch_companion(int64_t i) const {
+    _mm_prefetch(static_cast<const char*>(compensation) + Base::kItemSize * i, _MM_HINT_T0);
+  }
+};
+
 template <class Storage>
 inline void prefetch(const void* base, int64_t i) {
   _mm_prefetch(static_cast<const char*>(base) + Storage::kItemSize * i, _MM_HINT_T0);
@@ -1159,6 +1199,7 @@ void adam_one_pass(const void* rule_scalars, const OnePassOptions& options, void
       prefetch<State>(m, i + kPrefetchAhead);
       prefetch<State>(v, i + kPrefetchAhead);
       if constexpr (kAmsgrad) prefetch<State>(v_max, i + kPrefetchAhead);
+      param.prefetch_companion(i + kPrefetchAhead);
     }
   };
   int64_t i = begin;
@@ -1213,8 +1254,16 @@ OnePassKernel with_state(Dtype state) {
 }
 
 template <template <class, class, bool> class Kernel, bool kAmsgrad>
-OnePassKernel with_param(Dtype param, bool stochastic, Dtype state) {
-  if (stochastic) return param == kBfloat16 ? with_state<Kernel, Bfloat16StochasticStorage, kAmsgrad>(state) : nullptr;
+OnePassKernel with_param(Dtype param, ParamStore store, Dtype state) {
+  if (store == ParamStore::kStochastic)
+    return param == kBfloat16 ? with_state<Kernel, Bfloat16StochasticStorage, kAmsgrad>(state) : nullptr;
+  if (store == ParamStore::kKahan) {
+    switch (param) {
+      case kBfloat16: return with_state<Kernel, KahanStorage<Bfloat16Storage>, kAmsgrad>(state);
+      case kFloat16: return with_state<Kernel, KahanStorage<Float16Storage>, kAmsgrad>(state);
+      default: return nullptr;
+    }
+  }
   switch (param) {
     case kFloat32: return with_state<Kernel, Float32Storage, kAmsgrad>(state);
     case kBfloat16: return with_state<Kernel, Bfloat16Storage, kAmsgrad>(state);
@@ -1241,18 +1290,17 @@ void divide_by_step_constant(const float* x, double divisor, float* out, int64_t
 
 // The one-pass kernel of a staged task, or nullptr where the task needs the
 // tiles: a rule without an element function over vectors, 8-bit state,
-// Kahan summation, stochastic rounding into float16, master weights, or
+// stochastic rounding into float16, master weights, or
 // state arrays of different formats.
 inline OnePassKernel one_pass_kernel(const StagedScalars& s) {
 #ifdef FUSEDOPT_ONE_PASS
-  if (s.rule != kAdam || s.param_store == ParamStore::kKahan || s.param_copy != nullptr) return nullptr;
+  if (s.rule != kAdam || s.param_copy != nullptr) return nullptr;
   for (int k = 2; k < s.stream_count; ++k)
     if (s.quant_maps[k] != nullptr || s.dtypes[k] != s.dtypes[2]) return nullptr;
   if (s.dtypes[1] != s.dtypes[0]) return nullptr;
-  const bool stochastic = s.param_store == ParamStore::kStochastic;
   return static_cast<const AdamScalars*>(s.scalars)->amsgrad
-             ? with_param<AdamOnePass, true>(s.dtypes[0], stochastic, s.dtypes[2])
-             : with_param<AdamOnePass, false>(s.dtypes[0], stochastic, s.dtypes[2]);
+             ? with_param<AdamOnePass, true>(s.dtypes[0], s.param_store, s.dtypes[2])
+             : with_param<AdamOnePass, false>(s.dtypes[0], s.param_store, s.dtypes[2]);
 #else
   (void)s;
   return nullptr;
@@ -1351,7 +1399,7 @@ void staged(const void* scalars, void* const* streams, int64_t begin, int64_t en
   constexpr Dtype kNative = sizeof(T) == sizeof(double) ? kFloat64 : kFloat32;
   if constexpr (kNative == kFloat32) {
     if (const OnePassKernel one_pass = one_pass_kernel(s)) {
-      const OnePassOptions options{s.scale_grad, s.grad_scale, s.random_key, s.random_offset};
+      const OnePassOptions options{s.scale_grad, s.grad_scale, s.random_key, s.random_offset, s.kahan_compensation};
       return one_pass(s.scalars, options, streams, begin, end);
     }
   }

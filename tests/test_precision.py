@@ -118,9 +118,11 @@ def test_two_threads_and_a_large_array_are_the_reference_bitwise(every_team_spli
 
 
 # The 16-bit modes a step converts in 16-element SIMD blocks with a scalar
-# redo of a block that holds a NaN (csrc/kernels.cpp, the bulk conversions).
+# redo of a block that holds a NaN (csrc/kernels.cpp, the bulk conversions),
+# Kahan summation's compensated store among them.
 NEAREST_PRECISIONS = [p for p in PRECISIONS if p.name in
-                      ("bfloat16", "float16", "bfloat16-state-float32", "float16-state-float32")]
+                      ("bfloat16", "float16", "bfloat16-state-float32", "float16-state-float32",
+                       "bfloat16-kahan", "float16-kahan")]
 
 # (where, element, raw 16-bit pattern) for each dtype: a signalling NaN with a
 # payload, a negative quiet NaN with a payload, infinities, the smallest
@@ -223,6 +225,47 @@ def test_float32_subnormal_results_of_a_bfloat16_step_are_the_reference_bitwise(
     magnitudes = [np.abs(a.astype(np.float32)) for a in stored]
     subnormal = sum(int(((m > 0) & (m < np.finfo(np.float32).tiny)).sum()) for m in magnitudes)
     assert subnormal > 0, "no array holds a subnormal: the case does not test what it says"
+
+
+BFLOAT16_KAHAN = [p for p in PRECISIONS if p.name == "bfloat16-kahan"]
+
+
+@pytest.mark.parametrize("precision", BFLOAT16_KAHAN, ids=[p.name for p in BFLOAT16_KAHAN])
+@pytest.mark.parametrize("name, kwargs", FULL_STATE_CASES, ids=FULL_STATE_CASE_IDS)
+def test_a_kahan_compensation_below_float32s_normal_range_is_the_reference_bitwise(name, kwargs, precision):
+    """Tiny normal bfloat16 params with zero grads, and compensations that
+    make what the store drops (even vectors: a compensation under half an
+    ulp of w) or the compensated sum (odd vectors: -w plus a few units of
+    the lowest binade) a float32 subnormal. The AVX-512 BF16 conversion would
+    flush those to zero; every target rounds them as NumPy does."""
+    rng = np.random.default_rng(15)
+    sizes = [33, 40]
+    even = lambda n: np.arange(n) // 16 % 2 == 0  # a kind per AVX-512 vector: each check must catch its own
+    tiny = lambda n: (rng.uniform(1.0, 2.0, n) * np.where(even(n), 2.0**-120, 2.0**-126) * rng.choice([-1.0, 1.0], n))
+    start = [tiny(n).astype(precision.dtype) for n in sizes]
+    options = {**kwargs, **precision.kwargs(name)}
+    ref = getattr(reference, name)([p.copy() for p in start], **options)
+    fused = {run: getattr(fusedopt, name)([p.copy() for p in start], **options) for run in ONE_THREAD}
+    zero_grads = [np.zeros(n, precision.dtype) for n in sizes]
+    for step in range(1, 4):
+        with np.errstate(under="ignore", invalid="ignore"):
+            ref.step(zero_grads)
+        for run, opt in fused.items():
+            step_on(opt, run, zero_grads)
+            assert_same_bits(opt, ref, f"{run[0]}, after step {step}")
+        if step == 1:  # compensations as a checkpoint may hold them
+            for i, param in enumerate(ref.param_groups[0]["params"]):
+                n = param.size
+                # k 2^-133 with k < 32 is under half the ulp (2^-127) of a w above 2^-120: w + c rounds to w.
+                subnormal = (rng.integers(1, 32, n) | (rng.integers(0, 2, n) << 15)).astype(np.uint16).view(precision.dtype)
+                # -w + k 2^-133 is exact in bfloat16 for w in [2^-126, 2^-125): w + c is a subnormal.
+                cancelling = (-param.astype(np.float32) + rng.integers(1, 100, n) * 2.0**-133).astype(precision.dtype)
+                compensation = np.where(even(n), subnormal, cancelling)
+                for opt in (ref, *fused.values()):
+                    opt.state[i]["kahan_comp"][...] = compensation
+    compensation = ref.state[0]["kahan_comp"].astype(np.float32)
+    assert ((compensation != 0) & (np.abs(compensation) < np.finfo(np.float32).tiny)).any(), \
+        "no compensation is subnormal: the case does not test what it says"
 
 
 # ----------------------------------------------------------------- conversions
