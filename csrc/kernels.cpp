@@ -1080,16 +1080,46 @@ inline void store_bf16_pair(void* base, int64_t i, FloatVector low, FloatVector 
   _mm512_storeu_si512(static_cast<std::uint16_t*>(base) + i, in_place);
 }
 
-// A bfloat16 param stored with stochastic rounding: bf16_stochastic with
+// bf16_stochastic and f16_stochastic on sixteen lanes of x (not NaN: those
+// blocks go to the scalar code), each half in the low bits of its 32-bit
+// lane: the scalar functions' integer steps, each branch a blend.
+inline NativeInt bf16_stochastic_lanes(Native x, UInt32Vector random) {
+  return ((UInt32Vector(bits_of_lanes(x)) + random) >> 16).v;
+}
+// f16_stochastic's comparison of the dropped bits with the random ones, done
+// as arithmetic. A normal half's 13 dropped bits m round up when m > r / 8
+// (16 bits against 13), that is when m + (0x1FFF - r / 8) carries into the
+// kept bits. Below 2^-14, |x| 2^24 (exact) holds the half's units and, below
+// the point, the fraction that the comparison takes at 16 bits. Equal to
+// f16_stochastic for every float32 but NaN (checked for all 2^31 magnitudes).
+inline NativeInt f16_stochastic_lanes(Native x, UInt32Vector random) {
+  const auto all = [](std::uint32_t c) { return _mm512_set1_epi32(static_cast<int>(c)); };
+  const __m512i u = bits_of_lanes(x);
+  const __m512i a = _mm512_and_si512(u, all(0x7FFFFFFFu));
+  const __m512i sign = _mm512_and_si512(_mm512_srli_epi32(u, 16), all(0x8000u));
+  const __m512i carry_in = _mm512_sub_epi32(all(0x1FFFu), _mm512_srli_epi32(random.v, 3));
+  const __m512i normal = _mm512_srli_epi32(_mm512_add_epi32(_mm512_sub_epi32(a, all((127u - 15u) << 23)), carry_in), 13);
+  const __m512 units = _mm512_mul_ps(_mm512_castsi512_ps(a), set1(0x1p24f));
+  const __m512i whole = _mm512_cvttps_epi32(units);
+  const __m512i fraction = _mm512_cvttps_epi32(mul(sub(units, _mm512_cvtepi32_ps(whole)), set1(0x1p16f)));
+  const __m512i below = _mm512_mask_add_epi32(whole, _mm512_cmpgt_epu32_mask(fraction, random.v), whole, all(1u));
+  const __mmask16 is_normal = _mm512_cmpge_epu32_mask(a, all(113u << 23));
+  const __m512i out = _mm512_or_si512(sign, _mm512_mask_blend_epi32(is_normal, below, normal));
+  const __mmask16 beyond = _mm512_cmpge_epu32_mask(a, all(0x47800000u));  // as round-to-nearest
+  if (beyond == 0) return out;
+  return _mm512_mask_blend_epi32(beyond, out, _mm512_cvtepu16_epi32(narrow_f16(x)));
+}
+
+// A 16-bit param stored with stochastic rounding (kRound, kRoundLanes) with
 // the random bits random16 draws for the element's index in its param
 // (random_offset: the index of the stream's first element), a lane each.
-struct Bfloat16StochasticStorage : Bfloat16Storage {
+template <class Base, std::uint16_t (*kRound)(float, std::uint32_t), NativeInt (*kRoundLanes)(Native, UInt32Vector)>
+struct StochasticStorage : Base {
   std::uint64_t key;
   std::int64_t first;
-  explicit Bfloat16StochasticStorage(const OnePassOptions& o)
-      : Bfloat16Storage(o), key(o.random_key), first(o.random_offset) {}
+  explicit StochasticStorage(const OnePassOptions& o) : Base(o), key(o.random_key), first(o.random_offset) {}
   void store(void* base, int64_t i, float x) const {
-    static_cast<std::uint16_t*>(base)[i] = bf16_stochastic(x, random16(key, first + i));
+    static_cast<std::uint16_t*>(base)[i] = kRound(x, random16(key, first + i));
   }
   // scalar_lanes (NaN) already sent NaN blocks to the scalar code.
   void store_vector(void* base, int64_t i, FloatVector x) const {
@@ -1102,10 +1132,11 @@ struct Bfloat16StochasticStorage : Bfloat16Storage {
     }
     const UInt32Vector low = UInt32Vector(static_cast<std::uint32_t>(index)) + UInt32Vector(lane_index());
     const UInt32Vector random = random16_of(low, static_cast<std::uint32_t>(key), high_of(key, index));
-    const UInt32Vector rounded = (UInt32Vector(bits_of_lanes(x.v)) + random) >> 16;  // bf16_stochastic
-    store_bits16(static_cast<std::uint16_t*>(base) + i, low_halves(rounded.v));
+    store_bits16(static_cast<std::uint16_t*>(base) + i, low_halves(kRoundLanes(x.v, random)));
   }
 };
+using Bfloat16StochasticStorage = StochasticStorage<Bfloat16Storage, bf16_stochastic, bf16_stochastic_lanes>;
+using Float16StochasticStorage = StochasticStorage<Float16Storage, f16_stochastic, f16_stochastic_lanes>;
 
 // A 16-bit param stored with Kahan summation: store_kahan's arithmetic on
 // one element or a vector, with the compensation stream beside the param.
@@ -1255,8 +1286,13 @@ OnePassKernel with_state(Dtype state) {
 
 template <template <class, class, bool> class Kernel, bool kAmsgrad>
 OnePassKernel with_param(Dtype param, ParamStore store, Dtype state) {
-  if (store == ParamStore::kStochastic)
-    return param == kBfloat16 ? with_state<Kernel, Bfloat16StochasticStorage, kAmsgrad>(state) : nullptr;
+  if (store == ParamStore::kStochastic) {
+    switch (param) {
+      case kBfloat16: return with_state<Kernel, Bfloat16StochasticStorage, kAmsgrad>(state);
+      case kFloat16: return with_state<Kernel, Float16StochasticStorage, kAmsgrad>(state);
+      default: return nullptr;
+    }
+  }
   if (store == ParamStore::kKahan) {
     switch (param) {
       case kBfloat16: return with_state<Kernel, KahanStorage<Bfloat16Storage>, kAmsgrad>(state);
@@ -1290,7 +1326,7 @@ void divide_by_step_constant(const float* x, double divisor, float* out, int64_t
 
 // The one-pass kernel of a staged task, or nullptr where the task needs the
 // tiles: a rule without an element function over vectors, 8-bit state,
-// stochastic rounding into float16, master weights, or
+// master weights, or
 // state arrays of different formats.
 inline OnePassKernel one_pass_kernel(const StagedScalars& s) {
 #ifdef FUSEDOPT_ONE_PASS

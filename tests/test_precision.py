@@ -119,10 +119,12 @@ def test_two_threads_and_a_large_array_are_the_reference_bitwise(every_team_spli
 
 # The 16-bit modes a step converts in 16-element SIMD blocks with a scalar
 # redo of a block that holds a NaN (csrc/kernels.cpp, the bulk conversions),
-# Kahan summation's compensated store among them.
+# Kahan summation's compensated store and stochastic rounding among them.
 NEAREST_PRECISIONS = [p for p in PRECISIONS if p.name in
-                      ("bfloat16", "float16", "bfloat16-state-float32", "float16-state-float32",
-                       "bfloat16-kahan", "float16-kahan")]
+                      ("bfloat16", "float16", "bfloat16-state-float32", "float16-state-float32")]
+VECTOR_STORE_PRECISIONS = NEAREST_PRECISIONS + [p for p in PRECISIONS if p.name in
+                                                ("bfloat16-kahan", "float16-kahan",
+                                                 "bfloat16-stochastic", "float16-stochastic")]
 
 # (where, element, raw 16-bit pattern) for each dtype: a signalling NaN with a
 # payload, a negative quiet NaN with a payload, infinities, the smallest
@@ -152,7 +154,7 @@ def special_lanes(precision):
             for where, i, pattern in SPECIAL_LANES[dtype]]
 
 
-@pytest.mark.parametrize("precision", NEAREST_PRECISIONS, ids=[p.name for p in NEAREST_PRECISIONS])
+@pytest.mark.parametrize("precision", VECTOR_STORE_PRECISIONS, ids=[p.name for p in VECTOR_STORE_PRECISIONS])
 @pytest.mark.parametrize("name, kwargs", FULL_STATE_CASES, ids=FULL_STATE_CASE_IDS)
 def test_a_nan_or_an_inf_in_one_lane_of_a_16bit_step_is_the_reference_bitwise(name, kwargs, precision):
     """NaNs with payloads (signalling ones included), infinities and a
@@ -266,6 +268,34 @@ def test_a_kahan_compensation_below_float32s_normal_range_is_the_reference_bitwi
     compensation = ref.state[0]["kahan_comp"].astype(np.float32)
     assert ((compensation != 0) & (np.abs(compensation) < np.finfo(np.float32).tiny)).any(), \
         "no compensation is subnormal: the case does not test what it says"
+
+
+STOCHASTIC_PRECISIONS = [p for p in PRECISIONS if p.name in ("bfloat16-stochastic", "float16-stochastic")]
+
+
+@pytest.mark.parametrize("precision", STOCHASTIC_PRECISIONS, ids=[p.name for p in STOCHASTIC_PRECISIONS])
+@pytest.mark.parametrize("name, kwargs", FULL_STATE_CASES, ids=FULL_STATE_CASE_IDS)
+def test_a_stochastic_store_beyond_the_largest_finite_value_is_the_reference_bitwise(name, kwargs, precision):
+    """Stochastic rounding stores results beyond the format's range (and
+    infinities) as round-to-nearest does. Vectors without a NaN, so that
+    the vector store decides: the largest finite value with an lr that
+    carries it further, and an infinity among finite params."""
+    rng = np.random.default_rng(16)
+    sizes = [33, 40]
+    largest = float(np.finfo(precision.dtype).max)
+    start = precision.params(rng, sizes)
+    start[0][:16] = (largest * rng.choice([-1.0, 1.0], 16)).astype(precision.dtype)
+    start[0][20], start[0][27] = np.inf, -np.inf
+    options = {**kwargs, **precision.kwargs(name), "lr": largest}
+    ref = getattr(reference, name)([p.copy() for p in start], **options)
+    fused = {run: getattr(fusedopt, name)([p.copy() for p in start], **options) for run in ONE_THREAD}
+    grads = precision.grads(rng, sizes)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ref.step(grads)
+    for run, opt in fused.items():
+        step_on(opt, run, grads)
+        assert_same_bits(opt, ref, f"{run[0]}")
+    assert np.isinf(ref.param_groups[0]["params"][0][16:32].astype(np.float32)).any()
 
 
 # ----------------------------------------------------------------- conversions
