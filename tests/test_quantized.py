@@ -140,6 +140,38 @@ def test_the_encoder_is_exact_in_every_lane_chunk_and_tail(target, signed, block
         assert np.isnan(absmax[-1]) and np.all(got[last] == zero_code)
 
 
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_the_encoder_divides_by_any_absmax_exactly(target, signed, rng):
+    """Blocks of absmax c from subnormal to huge, holding the floats nearest
+    threshold * c and their neighbours: x / c falls within an ulp or two of a
+    threshold, where a quotient that is not correctly rounded gets the
+    neighbouring code. The codes are the reference's (NumPy's division)."""
+    codes, thresholds = _core.quantization_map(signed)
+    finite = thresholds[:-1]
+    blocks = 600
+    exponents = np.concatenate([rng.uniform(-44, 38, blocks - 4), [-45, -38, 0, 38]])
+    absmax = (rng.uniform(1, 10, blocks) * 10.0 ** exponents).astype(np.float32)
+    absmax[absmax == 0] = np.float32(1e-45)
+    picked = rng.choice(finite, (blocks, BLOCK - 1))
+    with np.errstate(under="ignore", over="ignore"):
+        near = (picked.astype(np.float64) * absmax[:, None]).astype(np.float32)
+        steps = rng.integers(-2, 3, near.shape)
+        for _ in range(2):  # up to two ulps either way
+            near = np.where(steps > 0, np.nextafter(near, np.float32(np.inf)), near)
+            near = np.where(steps < 0, np.nextafter(near, np.float32(-np.inf)), near)
+            steps = steps - np.sign(steps)
+    near = np.clip(near, -absmax[:, None], absmax[:, None])  # |x| <= absmax: c stays the block's absmax
+    laid_out = np.concatenate([absmax[:, None], near], axis=1).ravel()
+    got, got_absmax = np.empty(laid_out.size, np.uint8), np.empty(blocks, np.float32)
+    _core.quantize(laid_out, got, got_absmax, BLOCK, signed)
+    want, want_absmax = reference.quantize(laid_out, BLOCK, signed)
+    assert np.array_equal(bits(got_absmax), bits(absmax)) and np.array_equal(bits(want_absmax), bits(absmax))
+    wrong = np.flatnonzero(got != want)
+    assert wrong.size == 0, (f"{wrong.size} of {laid_out.size} values get another code, the first "
+                             f"{laid_out[wrong[0]]!r} of absmax {absmax[wrong[0] // BLOCK]!r}: {got[wrong[0]]}, "
+                             f"want {want[wrong[0]]}")
+
+
 @pytest.mark.parametrize("block_size", [64, 256, 4096])
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_quantize_and_dequantize_are_the_reference_bitwise(target, signed, block_size, rng):
