@@ -18,7 +18,7 @@ import pytest
 import fusedopt
 from cases import CASE_IDS, CASES, all_arrays, assert_same_state, core_bytes_per_element
 from fusedopt import _core
-from fusedopt.bench import baselines, contention, cython_loop, rules, workloads
+from fusedopt.bench import baselines, contention, cython_loop, rules, timing, workloads
 from fusedopt.bench.precisions import PRECISIONS
 
 FEATURES = fusedopt.cpu_features()
@@ -220,6 +220,37 @@ def test_precision_modes_are_workloads_with_their_peers(tmp_path):
             assert row["skipped"] is None and row["seconds"]["median"] > 0, (precision, family, row["skipped"])
         if family in ("fusedopt", "numpy", "torch fused") and row["skipped"] is None:
             assert row["percent_of_roof"] > 0
+
+
+def test_rounds_measure_a_rows_implementations_in_turns(tmp_path):
+    """--rounds 3: every implementation of a row is timed in each of three
+    rounds (its samples pooled), and the header and the JSON say so."""
+    out = run_bench(tmp_path, "--rules", "adam", "--sizes", "1e3", "--models", "none", "--dtypes", "float32,bfloat16",
+                    "--impls", "roof,fusedopt,numpy", "--threads", "1", "--seconds", "0.03", "--min-samples", "6",
+                    "--rounds", "3", "--json", str(tmp_path / "bench.json"))
+    assert "measured in turns: 3 rounds of 0.01 s each" in out
+    document = json.loads((tmp_path / "bench.json").read_text())
+    assert document["settings"]["rounds"] == 3
+    measured = [row for row in document["results"] if row["skipped"] is None]
+    assert {row["family"] for row in measured} == {"roof", "fusedopt", "numpy"}
+    assert all(row["seconds"]["samples"] >= 6 and row["seconds"]["median"] > 0 for row in measured)
+
+
+def test_measure_in_turns_samples_every_step_in_every_round():
+    """Steps slower than a sample's minimum (one step per sample): each is
+    warmed up and calibrated, then every round takes its share of each in
+    turn, and the samples of all rounds are pooled."""
+    order: list[str] = []
+
+    def step(name):
+        def run():
+            order.append(name)
+            time.sleep(2 * timing.MIN_SAMPLE_SECONDS)
+        return run
+
+    timings = timing.measure_in_turns([step("a"), step("b")], rounds=4, seconds=0.0, min_samples=8)
+    assert "".join(order) == "aa" + "bb" + "aabb" * 4  # warm-up and calibration, then 2 samples each per round
+    assert [t.samples for t in timings] == [9, 9] and [t.steps_per_sample for t in timings] == [1, 1]
 
 
 @pytest.mark.parametrize("kind", ["python", "fusedopt"])

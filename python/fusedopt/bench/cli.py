@@ -79,6 +79,13 @@ def _count(text: str) -> int:
     return count
 
 
+def _rounds(text: str) -> int:
+    rounds = int(text)
+    if rounds < 1:
+        raise ValueError(f"--rounds must be at least 1, got {rounds}")
+    return rounds
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "How much faster is fusedopt than NumPy, PyTorch and a plain compiled loop on this machine, and "
@@ -112,6 +119,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, metavar="S",
                         help="time per measurement (default 0.2, 0.04 with --quick)")
     parser.add_argument("--min-samples", type=int, metavar="N", help="samples per measurement, at least")
+    parser.add_argument("--rounds", type=_rounds, default=1, metavar="N",
+                        help="measure the implementations of each row in turns, N rounds of --seconds / N each, "
+                             "so that a phase of a shared machine slows them alike (default 1: one after another)")
     parser.add_argument("--contention", type=_count, default=0, metavar="N",
                         help="run N busy processes beside the measurement, as on a busy machine (default 0)")
     parser.add_argument("--contention-kind", choices=list(contention.KINDS), default="python",
@@ -166,6 +176,7 @@ def settings_from(args: argparse.Namespace) -> runner.Settings:
         seed=args.seed,
         contention=args.contention,
         contention_kind=args.contention_kind,
+        rounds=args.rounds,
     )
 
 
@@ -224,6 +235,9 @@ def main(args: argparse.Namespace, command: str | None = None) -> int:
                   "thread count steps back to one thread while a second one waits for a core, a fixed "
                   "count (--threads) may wait milliseconds")
     print(f"contention: {report.contention_text(settings)}")
+    if settings.rounds > 1:
+        print(f"each row's implementations measured in turns: {settings.rounds} rounds of "
+              f"{settings.seconds / settings.rounds:g} s each, their arrays all allocated at once")
     if "deepspeed" in settings.families:
         print("deepspeed: DeepSpeed builds its CPU Adam on first use with -march=native (its own build, "
               "for this CPU only; minutes the first time)")

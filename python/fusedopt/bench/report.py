@@ -217,7 +217,7 @@ def write_json(path: str, rows: list[dict[str, Any]], settings: Settings, machin
             "threads": settings.threads, "targets": settings.targets,
             "headline": {"target": settings.headline[0], "threads": settings.headline[1]},
             "seconds_per_measurement": settings.seconds, "min_samples": settings.min_samples,
-            "seed": settings.seed,
+            "rounds": settings.rounds, "seed": settings.seed,
             "contention": {"processes": settings.contention, "kind": settings.contention_kind,
                            "description": contention_text(settings)},
         },

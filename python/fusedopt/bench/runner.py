@@ -9,6 +9,7 @@ memory for one implementation at a time.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from dataclasses import dataclass, field
 from typing import Callable
@@ -22,7 +23,7 @@ from .implementations import Implementation
 from .contention import busy_processes
 from .precisions import Precision
 from .rules import BenchRule
-from .timing import Timing, measure
+from .timing import Timing, measure, measure_in_turns
 from .workloads import Workload, available_memory_bytes, grad_sets, make_arrays
 
 __all__ = ["Settings", "Result", "run"]
@@ -47,6 +48,7 @@ class Settings:
     seed: int = 0
     contention: int = 0       # busy processes beside the measurement (see contention.py)
     contention_kind: str = "python"
+    rounds: int = 1           # >1: the implementations of a row measured in turns, this many rounds
 
     @property
     def headline(self) -> tuple[str, int]:
@@ -122,20 +124,28 @@ def _run_all(settings: Settings, chosen: list[Implementation], reasons: dict, pr
         for workload in settings.workloads:
             # One set of arrays per workload, shared by every rule (each gets its own copy of the params).
             largest = max(settings.rules, key=lambda rule: rule.streams)
-            short_of_memory = _memory_shortfall(largest, precision, workload)
+            short_of_memory = _memory_shortfall(largest, precision, workload,
+                                                copies=len(chosen) if settings.rounds > 1 else 1)
             params = grads = None
             if short_of_memory is None:
                 params, grads = make_arrays(workload, precision.numpy_dtype, settings.seed)
             for rule in settings.rules:
-                for impl in chosen:
-                    progress.update(f"{precision.name} {workload.name} {rule.key}: {impl.label}")
-                    result = Result(rule, precision, workload, impl)
-                    result.skipped = short_of_memory or reasons[(rule.key, impl)] or impl.refuses(precision)
-                    if result.skipped is None:
-                        result.timing, result.skipped = _measure_one(impl, rule, precision, params, grads,
-                                                                     settings)
-                    measured.append(result)
-                    progress.update(progress.label, advance=1)
+                row = [Result(rule, precision, workload, impl) for impl in chosen]
+                for result in row:
+                    result.skipped = short_of_memory or reasons[(rule.key, result.implementation)] or \
+                        result.implementation.refuses(precision)
+                if settings.rounds > 1:
+                    progress.update(f"{precision.name} {workload.name} {rule.key}: all in turns")
+                    _measure_in_turns([r for r in row if r.skipped is None], params, grads, settings)
+                    progress.update(progress.label, advance=len(row))
+                else:
+                    for result in row:
+                        progress.update(f"{precision.name} {workload.name} {rule.key}: {result.implementation.label}")
+                        if result.skipped is None:
+                            result.timing, result.skipped = _measure_one(result.implementation, rule, precision,
+                                                                         params, grads, settings)
+                        progress.update(progress.label, advance=1)
+                measured += row
             del params, grads
             gc.collect()
         for rule in settings.rules:
@@ -157,14 +167,44 @@ def _measure_one(impl: Implementation, rule: BenchRule, precision: Precision, pa
     except Exception as error:  # noqa: BLE001 - only a peer's refusal is reported, not ours
         if not isinstance(impl, impls.PEERS):
             raise
-        return None, f"{impl.family} raised {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        return None, _peer_error(impl, error)
 
 
-def _memory_shortfall(rule: BenchRule, precision: Precision, workload: Workload) -> str | None:
+def _measure_in_turns(row: list[Result], params, grads, settings: Settings) -> None:
+    """Every implementation of a row prepared at once (each on its own copy of
+    the params) and timed in turns (timing.measure_in_turns). A peer that
+    cannot prepare or take a first step is reported, as in _measure_one."""
+    with contextlib.ExitStack() as stack:
+        ready: list[tuple[Result, Callable[[], object]]] = []
+        for result in row:
+            impl, rule, precision = result.implementation, result.rule, result.precision
+            try:
+                step = stack.enter_context(impl.prepared(rule, precision, [p.copy() for p in params],
+                                                         grad_sets(rule, grads)))
+                step()  # a peer's refusal shows here, not in the middle of the rounds
+                ready.append((result, step))
+            except impls.Unsupported as refusal:
+                result.skipped = str(refusal)
+            except Exception as error:  # noqa: BLE001 - only a peer's refusal is reported, not ours
+                if not isinstance(impl, impls.PEERS):
+                    raise
+                result.skipped = _peer_error(impl, error)
+        timings = measure_in_turns([step for _, step in ready], rounds=settings.rounds, seconds=settings.seconds,
+                                   min_samples=settings.min_samples)
+        for (result, _), timing in zip(ready, timings):
+            result.timing = timing
+
+
+def _peer_error(impl: Implementation, error: Exception) -> str:
+    return f"{impl.family} raised {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
+def _memory_shortfall(rule: BenchRule, precision: Precision, workload: Workload, copies: int = 1) -> str | None:
     # Counted as if every array were the widest the mode has, float32 at least
-    # (16-bit arrays are made from float32 ones; a master copy is one more array).
+    # (16-bit arrays are made from float32 ones; a master copy is one more
+    # array), once per implementation prepared at the same time.
     itemsize = max(precision.numpy_dtype.itemsize, precision.state_dtype.itemsize, 4)
-    need = workload.elements * itemsize * (rule.streams + EXTRA_ARRAYS + (0 if precision.is_plain else 1))
+    need = copies * workload.elements * itemsize * (rule.streams + EXTRA_ARRAYS + (0 if precision.is_plain else 1))
     available = available_memory_bytes()
     if available is not None and need > 0.8 * available:
         return f"needs about {need / 1e9:.1f} GB, {available / 1e9:.1f} GB available"
