@@ -1343,6 +1343,25 @@ inline OnePassKernel one_pass_kernel(const StagedScalars& s) {
 #endif
 }
 
+// The one-pass kernel that steps a task with 8-bit state a tile at a time
+// (quantized_one_pass), or nullptr: 16-bit w and g in their formats, the
+// decoded state as float32 tiles.
+inline OnePassKernel quantized_one_pass_kernel(const StagedScalars& s) {
+#ifdef FUSEDOPT_ONE_PASS
+  // float32 params keep the compiler's loop, as without 8-bit state (architecture.md).
+  if (s.rule != kAdam || s.param_copy != nullptr || s.dtypes[0] == kFloat32 || s.dtypes[1] != s.dtypes[0])
+    return nullptr;
+  for (int k = 2; k < s.stream_count; ++k)
+    if (s.quant_maps[k] == nullptr) return nullptr;
+  return static_cast<const AdamScalars*>(s.scalars)->amsgrad
+             ? with_param<AdamOnePass, true>(s.dtypes[0], s.param_store, kFloat32)
+             : with_param<AdamOnePass, false>(s.dtypes[0], s.param_store, kFloat32);
+#else
+  (void)s;
+  return nullptr;
+#endif
+}
+
 // ------------------------------------------------------ the staged kernel
 // Runs a rule's kernel on streams stored in other formats than its compute
 // type T (docs/architecture.md): tile by tile, each stream not stored as T
@@ -1429,6 +1448,36 @@ inline void store_kahan(Dtype dtype, const float* __restrict updated, void* stre
   store(carry, c, n);
 }
 
+// 8-bit state through a one-pass kernel: per tile of whole blocks, the state
+// is decoded into float32 tiles, the kernel steps w and g where they lie
+// (converted in registers) with the tiles as its state, and the tiles are
+// encoded back. It spares the staged loop's tiles of w and g and runs the
+// one pass's arithmetic (Divisor) on the rest.
+inline void quantized_one_pass(const StagedScalars& s, OnePassKernel kernel, void* const* streams, int64_t begin,
+                               int64_t end) {
+  const int64_t block = s.block_size;
+  const int64_t tile = block >= kTile ? block : kTile / block * block;
+  alignas(64) float buffer[(kMaxStreams - 2) * kMaxQuantBlock];
+  const auto at = [](void* stream, Dtype dtype, int64_t start) {
+    return static_cast<void*>(static_cast<char*>(stream) + start * itemsize(dtype));
+  };
+  for (int64_t start = begin; start < end; start += tile) {
+    const int64_t n = end - start < tile ? end - start : tile;
+    void* operands[kMaxStreams] = {at(streams[0], s.dtypes[0], start), at(streams[1], s.dtypes[1], start)};
+    for (int k = 2; k < s.stream_count; ++k) {
+      operands[k] = buffer + (k - 2) * tile;
+      dequantize(s.quant_maps[k], static_cast<const std::uint8_t*>(streams[k]) + start, s.absmax[k] + start / block,
+                 static_cast<float*>(operands[k]), n, block);
+    }
+    OnePassOptions options{s.scale_grad, s.grad_scale, s.random_key, s.random_offset + start, nullptr};
+    if (s.param_store == ParamStore::kKahan) options.kahan_compensation = at(s.kahan_compensation, s.dtypes[0], start);
+    kernel(s.scalars, options, operands, 0, n);
+    for (int k = 2; k < s.stream_count; ++k)
+      quantize(s.quant_maps[k], static_cast<const float*>(operands[k]), static_cast<std::uint8_t*>(streams[k]) + start,
+               s.absmax[k] + start / block, n, block);
+  }
+}
+
 template <class T>
 void staged(const void* scalars, void* const* streams, int64_t begin, int64_t end) {
   const auto& s = *static_cast<const StagedScalars*>(scalars);
@@ -1438,6 +1487,7 @@ void staged(const void* scalars, void* const* streams, int64_t begin, int64_t en
       const OnePassOptions options{s.scale_grad, s.grad_scale, s.random_key, s.random_offset, s.kahan_compensation};
       return one_pass(s.scalars, options, streams, begin, end);
     }
+    if (const OnePassKernel one_pass = quantized_one_pass_kernel(s)) return quantized_one_pass(s, one_pass, streams, begin, end);
   }
   // Room for a tile of the largest block in every stream (only float32
   // arithmetic has 8-bit state); the tiles lie `tile` elements apart, so

@@ -313,6 +313,7 @@ QUANTIZED_PRECISIONS = (
     Precision("float16-8bit-stochastic-blocks-1024", FLOAT16,
               {**EIGHT_BIT, "rounding": "stochastic", "seed": 9, "block_size": 1024}),
     Precision("float32-8bit-grad-scale", FLOAT32, EIGHT_BIT, grad_scale=1000.0),
+    Precision("bfloat16-8bit-grad-scale", bfloat16, EIGHT_BIT, grad_scale=1000.0),  # the one pass unscales
 )
 QUANTIZED_PRECISION_IDS = [p.name for p in QUANTIZED_PRECISIONS]
 
